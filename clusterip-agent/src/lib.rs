@@ -1,0 +1,14 @@
+//! clusterip-agent: keeps the clusterip eBPF datapath in sync with Kubernetes Services and
+//! EndpointSlices. `main.rs` only wires; everything lives here.
+
+pub mod cli;
+pub mod datapath;
+pub mod dump;
+pub mod manifests;
+pub mod model;
+pub mod syncer;
+pub mod table;
+
+/// The eBPF object built by `cargo xtask build-ebpf`; empty when the agent was built without it.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/clusterip.bpf.o"));

@@ -1,0 +1,113 @@
+//! The desired datapath table: what the model computes from Kubernetes objects and what the
+//! syncer writes to the maps. Pure data, no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+/// L4 protocol of a service port. SCTP ports are skipped by the model (not supported yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IPPROTO_* number as stored in the maps.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => clusterip_common::PROTO_TCP,
+            Protocol::Udp => clusterip_common::PROTO_UDP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            clusterip_common::PROTO_TCP => Some(Protocol::Tcp),
+            clusterip_common::PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+/// A service frontend: one cluster IP, one service port, one protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Frontend {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", SocketAddr::new(self.vip, self.port), self.protocol)
+    }
+}
+
+/// What happens to traffic for a frontend that has no usable backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NoEndpoints {
+    /// Reject (ECONNREFUSED / ICMP port unreachable / TCP RST), as kube-proxy's REJECT.
+    #[default]
+    Reject,
+    /// Drop, as kube-proxy does for internalTrafficPolicy: Local with no local endpoints.
+    Drop,
+}
+
+/// Which Service (and which of its ports) a frontend comes from; for logs, dump and explain.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+    /// The ServicePort's name ("" when the port is unnamed).
+    pub port_name: String,
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port_name.is_empty() {
+            write!(f, "{}/{}", self.namespace, self.name)
+        } else {
+            write!(f, "{}/{}:{}", self.namespace, self.name, self.port_name)
+        }
+    }
+}
+
+/// The desired state of one frontend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceEntry {
+    pub service: ServiceRef,
+    /// Backends (pod IP, target port), sorted and without duplicates; same family as the VIP.
+    pub backends: Vec<SocketAddr>,
+    /// ClientIP session affinity timeout; None without affinity.
+    pub affinity_timeout_s: Option<u32>,
+    /// Only meaningful when `backends` is empty.
+    pub no_endpoints: NoEndpoints,
+}
+
+/// The whole desired table. BTreeMap: deterministic order for diffs, dumps and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DesiredTable {
+    pub services: BTreeMap<Frontend, ServiceEntry>,
+}
+
+impl DesiredTable {
+    /// Every VIP that has at least one frontend (each gets a wildcard entry in the maps, so
+    /// other ports on it are refused).
+    pub fn vips(&self) -> std::collections::BTreeSet<IpAddr> {
+        self.services.keys().map(|f| f.vip).collect()
+    }
+}

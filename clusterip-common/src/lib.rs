@@ -1,0 +1,385 @@
+//! Map keys and values shared by the clusterip eBPF programs and the agent.
+//!
+//! Every type is `#[repr(C)]` with explicit padding fields (always zero), so the kernel, the
+//! eBPF programs and the agent agree byte for byte and `bpftool map dump` shows named fields
+//! (the programs declare their maps with BTF). Sizes are asserted at compile time.
+//!
+//! Byte order: addresses and ports are stored in **network byte order**, exactly as the kernel
+//! hands them to cgroup sock_addr programs (`user_ip4`, `user_ip6`, the low 16 bits of
+//! `user_port`). The constructors below take host values and do the conversion, so the agent
+//! never has to think about it; the eBPF side copies the context fields as they are.
+//!
+//! # The service table (Cilium's layout)
+//! One hash map per family keyed by (VIP, port, protocol, slot):
+//! - slot 0 is the *frontend*: [`ServiceValue::count`] backends, flags, affinity timeout and the
+//!   service id;
+//! - slots 1..=count each hold one backend id, resolved through the backends map.
+//! - an entry with port 0 and protocol 0 ([`SVC_FLAG_WILDCARD`]) marks an address as a VIP, so
+//!   a connection to a port the service does not define is refused rather than sent on.
+//!
+//! Writers follow the order backends, slots, frontend (count), then trim stale slots and
+//! backends, so a reader that saw any count only ever reads slots that exist.
+#![no_std]
+
+use core::net::{Ipv4Addr, Ipv6Addr};
+
+/// IPPROTO_TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IPPROTO_UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// The service has ClientIP session affinity; `affinity_timeout_s` is valid.
+pub const SVC_FLAG_AFFINITY: u16 = 1 << 0;
+/// With no backends, drop (internalTrafficPolicy: Local without local endpoints) instead of
+/// rejecting. At socket level the connect fails with EHOSTUNREACH rather than ECONNREFUSED.
+pub const SVC_FLAG_DROP: u16 = 1 << 1;
+/// The (addr, port 0, proto 0, slot 0) entry that marks an address as a service VIP.
+pub const SVC_FLAG_WILDCARD: u16 = 1 << 2;
+
+/// Kinds of client identity in [`AffinityKey`].
+pub const AFFINITY_CLIENT_NETNS: u8 = 0;
+pub const AFFINITY_CLIENT_IPV4: u8 = 4;
+pub const AFFINITY_CLIENT_IPV6: u8 = 6;
+
+/// Map names: the eBPF object defines maps with these names, pinned by name in the agent's
+/// bpffs directory. Kept here so userspace opens exactly what the programs use.
+pub mod map_names {
+    pub const SERVICES_V4: &str = "CIP_SVC4";
+    pub const SERVICES_V6: &str = "CIP_SVC6";
+    pub const BACKENDS_V4: &str = "CIP_BE4";
+    pub const BACKENDS_V6: &str = "CIP_BE6";
+    pub const SOCK_REVNAT_V4: &str = "CIP_RNAT4";
+    pub const SOCK_REVNAT_V6: &str = "CIP_RNAT6";
+    pub const AFFINITY: &str = "CIP_AFFINITY";
+    pub const SOCK_FLOWS: &str = "CIP_SOCKFLOW";
+    /// All maps the agent owns, in the order `dump` and `cleanup` walk them.
+    pub const ALL: [&str; 8] = [
+        SERVICES_V4,
+        SERVICES_V6,
+        BACKENDS_V4,
+        BACKENDS_V6,
+        SOCK_REVNAT_V4,
+        SOCK_REVNAT_V6,
+        AFFINITY,
+        SOCK_FLOWS,
+    ];
+}
+
+/// Map capacities.
+pub const MAX_SERVICE_ENTRIES: u32 = 65_536;
+pub const MAX_BACKENDS: u32 = 65_536;
+pub const MAX_SOCK_REVNAT: u32 = 262_144;
+pub const MAX_AFFINITY: u32 = 65_536;
+pub const MAX_SOCK_FLOWS: u32 = 65_536;
+
+/// The largest number of backends one frontend can have (slots are u16, slot 0 is the frontend).
+pub const MAX_BACKENDS_PER_SERVICE: u16 = u16::MAX - 1;
+
+/// Host-order port to the network-order representation stored in the maps.
+#[inline(always)]
+pub const fn port_to_net(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// Network-order port from a map back to host order.
+#[inline(always)]
+pub const fn port_from_net(port: u16) -> u16 {
+    u16::from_be(port)
+}
+
+/// An IPv4 address in the maps' representation (network order in memory).
+#[inline(always)]
+pub const fn ip4_to_net(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+#[inline(always)]
+pub const fn ip4_from_net(addr: u32) -> Ipv4Addr {
+    let b = addr.to_ne_bytes();
+    Ipv4Addr::new(b[0], b[1], b[2], b[3])
+}
+
+/// An IPv6 address in the maps' representation: four u32 words as in `bpf_sock_addr.user_ip6`.
+#[inline(always)]
+pub const fn ip6_to_net(addr: Ipv6Addr) -> [u32; 4] {
+    let o = addr.octets();
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+#[inline(always)]
+pub const fn ip6_from_net(addr: [u32; 4]) -> Ipv6Addr {
+    let a = addr[0].to_ne_bytes();
+    let b = addr[1].to_ne_bytes();
+    let c = addr[2].to_ne_bytes();
+    let d = addr[3].to_ne_bytes();
+    Ipv6Addr::from_octets([
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ])
+}
+
+/// Key of `CIP_SVC4`: frontend (slot 0) or backend slot (1..=count) of an IPv4 service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Service4Key {
+    /// VIP, network order.
+    pub addr: u32,
+    /// Service port, network order; 0 in the wildcard entry.
+    pub port: u16,
+    /// 0 = frontend, 1..=count = backend slots.
+    pub slot: u16,
+    /// PROTO_TCP / PROTO_UDP; 0 in the wildcard entry.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl Service4Key {
+    pub const fn new(vip: Ipv4Addr, port: u16, proto: u8, slot: u16) -> Self {
+        Self { addr: ip4_to_net(vip), port: port_to_net(port), slot, proto, _pad: [0; 3] }
+    }
+    pub const fn wildcard(vip: Ipv4Addr) -> Self {
+        Self::new(vip, 0, 0, 0)
+    }
+}
+
+/// Key of `CIP_SVC6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Service6Key {
+    /// VIP, network order words.
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub slot: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl Service6Key {
+    pub const fn new(vip: Ipv6Addr, port: u16, proto: u8, slot: u16) -> Self {
+        Self { addr: ip6_to_net(vip), port: port_to_net(port), slot, proto, _pad: [0; 3] }
+    }
+    pub const fn wildcard(vip: Ipv6Addr) -> Self {
+        Self::new(vip, 0, 0, 0)
+    }
+}
+
+/// Value of `CIP_SVC4` / `CIP_SVC6`.
+///
+/// In the frontend (slot 0): `count`, `flags`, `svc_id`, `affinity_timeout_s`; `backend_id` 0.
+/// In slot i: `backend_id`, with the frontend's other fields copied (readers use only
+/// `backend_id`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceValue {
+    pub backend_id: u32,
+    /// Number of backend slots (frontend only).
+    pub count: u16,
+    /// SVC_FLAG_*.
+    pub flags: u16,
+    /// Stable id of this frontend (VIP, port, protocol); keys affinity and reverse NAT.
+    pub svc_id: u32,
+    /// ClientIP affinity timeout in seconds (valid with SVC_FLAG_AFFINITY).
+    pub affinity_timeout_s: u32,
+}
+
+/// Value of `CIP_BE4` (key: backend id, u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend4 {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl Backend4 {
+    pub const fn new(addr: Ipv4Addr, port: u16, proto: u8) -> Self {
+        Self { addr: ip4_to_net(addr), port: port_to_net(port), proto, _pad: 0 }
+    }
+}
+
+/// Value of `CIP_BE6` (key: backend id, u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend6 {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl Backend6 {
+    pub const fn new(addr: Ipv6Addr, port: u16, proto: u8) -> Self {
+        Self { addr: ip6_to_net(addr), port: port_to_net(port), proto, _pad: 0 }
+    }
+}
+
+/// Key of `CIP_RNAT4` (LRU): which VIP a socket's traffic to/from a backend stands for.
+/// Written by connect4/sendmsg4, read by recvmsg4/getpeername4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNat4Key {
+    /// bpf_get_socket_cookie() of the client socket.
+    pub cookie: u64,
+    /// Backend address and port, network order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `CIP_RNAT4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNat4Value {
+    /// VIP and service port, network order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub svc_id: u32,
+}
+
+/// Key of `CIP_RNAT6` (LRU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNat6Key {
+    pub cookie: u64,
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `CIP_RNAT6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNat6Value {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: u16,
+    pub svc_id: u32,
+}
+
+/// Key of `CIP_AFFINITY` (LRU): ClientIP session affinity, shared by all datapaths.
+/// Socket-level programs identify the client by its network namespace cookie (a pod), the
+/// per-packet programs by its source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// AFFINITY_CLIENT_NETNS: the netns cookie in words 0..2 (native order), rest 0.
+    /// AFFINITY_CLIENT_IPV4: the address in word 0. AFFINITY_CLIENT_IPV6: all four words.
+    pub client: [u32; 4],
+    pub svc_id: u32,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+impl AffinityKey {
+    pub const fn netns(cookie: u64, svc_id: u32) -> Self {
+        Self {
+            client: [cookie as u32, (cookie >> 32) as u32, 0, 0],
+            svc_id,
+            kind: AFFINITY_CLIENT_NETNS,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of `CIP_AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// bpf_ktime_get_ns() of the last use.
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+
+/// Key of `CIP_SOCKFLOW` (LRU): the backend an unconnected UDP socket's datagrams to one
+/// VIP:port go to, so they keep going to one backend while it exists (as a conntrack entry
+/// does for kube-proxy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockFlowKey {
+    pub cookie: u64,
+    /// VIP, network order (IPv4 in word 0).
+    pub addr: [u32; 4],
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: u32,
+}
+
+/// Value of `CIP_SOCKFLOW`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockFlowValue {
+    pub backend_id: u32,
+    /// The slot the backend was found in; reused only while that slot still holds it.
+    pub slot: u16,
+    pub _pad: u16,
+}
+
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Service4Key>() == 12);
+    assert!(size_of::<Service6Key>() == 24);
+    assert!(size_of::<ServiceValue>() == 16);
+    assert!(size_of::<Backend4>() == 8);
+    assert!(size_of::<Backend6>() == 20);
+    assert!(size_of::<SockRevNat4Key>() == 16);
+    assert!(size_of::<SockRevNat4Value>() == 12);
+    assert!(size_of::<SockRevNat6Key>() == 32);
+    assert!(size_of::<SockRevNat6Value>() == 24);
+    assert!(size_of::<AffinityKey>() == 24);
+    assert!(size_of::<AffinityValue>() == 16);
+    assert!(size_of::<SockFlowKey>() == 32);
+    assert!(size_of::<SockFlowValue>() == 8);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], contain only integers and explicit padding fields
+    // (no implicit padding, sizes asserted above), so every bit pattern is valid.
+    unsafe impl aya::Pod for Service4Key {}
+    unsafe impl aya::Pod for Service6Key {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for Backend4 {}
+    unsafe impl aya::Pod for Backend6 {}
+    unsafe impl aya::Pod for SockRevNat4Key {}
+    unsafe impl aya::Pod for SockRevNat4Value {}
+    unsafe impl aya::Pod for SockRevNat6Key {}
+    unsafe impl aya::Pod for SockRevNat6Value {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for SockFlowKey {}
+    unsafe impl aya::Pod for SockFlowValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_in_network_order() {
+        let v4 = Ipv4Addr::new(10, 96, 0, 1);
+        assert_eq!(ip4_to_net(v4).to_ne_bytes(), [10, 96, 0, 1]);
+        assert_eq!(ip4_from_net(ip4_to_net(v4)), v4);
+        let v6: Ipv6Addr = "fd00:96::1".parse().unwrap();
+        assert_eq!(ip6_from_net(ip6_to_net(v6)), v6);
+        assert_eq!(ip6_to_net(v6)[0].to_ne_bytes(), [0xfd, 0, 0, 0x96]);
+        assert_eq!(port_to_net(80).to_ne_bytes(), [0, 80]);
+        assert_eq!(port_from_net(port_to_net(8080)), 8080);
+    }
+
+    #[test]
+    fn affinity_key_holds_the_whole_cookie() {
+        let k = AffinityKey::netns(0x1122_3344_5566_7788, 9);
+        assert_eq!(k.client, [0x5566_7788, 0x1122_3344, 0, 0]);
+    }
+}
