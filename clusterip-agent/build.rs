@@ -13,9 +13,8 @@ fn main() -> anyhow::Result<()> {
         Some(path) => {
             let path = PathBuf::from(path);
             println!("cargo:rerun-if-changed={}", path.display());
-            fs::copy(&path, &out).map_err(|e| {
-                anyhow::anyhow!("CLUSTERIP_EBPF_OBJECT={}: {e}", path.display())
-            })?;
+            fs::copy(&path, &out)
+                .map_err(|e| anyhow::anyhow!("CLUSTERIP_EBPF_OBJECT={}: {e}", path.display()))?;
         }
         None => {
             fs::write(&out, [])?;

@@ -1,1 +1,595 @@
-//! (being written)
+//! Applies a [`DesiredTable`] to the pinned maps with minimal, make-before-break writes.
+//!
+//! The syncer keeps a mirror of what it wrote, seeded from the maps themselves when it starts
+//! (so a restarted agent adopts what the previous one left and only writes the difference).
+//!
+//! Write order for one frontend (Cilium's): new backends, then the slots, then the frontend
+//! (slot 0, which carries the count), then trim the slots beyond the new count, then delete
+//! the backends nobody uses. A connect() racing an update reads a count and then a slot at or
+//! below it, and every such slot still names a live backend.
+//!
+//! Backend ids are per frontend: the same pod behind two services gets two ids. A backend id
+//! therefore exists exactly while it belongs to its service, which lets the datapath validate
+//! affinity and UDP socket flows with one lookup. Ids are never reused while the agent runs;
+//! entries of the LRU maps that name a removed backend are purged after each update (and at
+//! start, for what an earlier agent left behind).
+
+use std::collections::{BTreeSet, HashMap as StdHashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use clusterip_common::{
+    AffinityKey, Backend4, Backend6, MAX_BACKENDS_PER_SERVICE, SVC_FLAG_AFFINITY, SVC_FLAG_DROP,
+    SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue, map_names,
+};
+use tracing::{debug, info, warn};
+
+use crate::maps::{BackendAddr, Installed, InstalledFrontend, MapsError, PinnedMaps, op_err};
+use crate::table::{DesiredTable, Frontend, NoEndpoints, ServiceEntry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("{frontend}: {count} backends, more than the {max} one frontend can hold")]
+    TooManyBackends {
+        frontend: Frontend,
+        count: usize,
+        max: u16,
+    },
+    #[error("{frontend}: backend {backend} is not of the VIP's address family")]
+    FamilyMismatch {
+        frontend: Frontend,
+        backend: SocketAddr,
+    },
+    #[error("out of ids")]
+    OutOfIds,
+}
+
+/// What one `apply` changed, for the "synced" log line and for tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub frontends: usize,
+    pub frontends_added: usize,
+    pub frontends_updated: usize,
+    pub frontends_removed: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    pub writes: usize,
+    pub deletes: usize,
+    pub lru_purged: usize,
+}
+
+impl SyncStats {
+    pub fn changed(&self) -> bool {
+        self.writes + self.deletes > 0
+    }
+}
+
+pub struct Syncer {
+    maps: PinnedMaps,
+    /// Mirror of the maps: what we believe is installed.
+    installed: Installed,
+    /// (svc_id, backend) -> backend id.
+    backend_index: StdHashMap<(u32, BackendAddr), u32>,
+    next_backend_id: u32,
+    next_svc_id: u32,
+}
+
+impl Syncer {
+    /// Opens the pinned maps in `bpffs` and adopts what they hold.
+    pub fn open(bpffs: &Path) -> Result<Self, SyncError> {
+        let maps = PinnedMaps::open(bpffs)?;
+        let mut s = Self {
+            maps,
+            installed: Installed::default(),
+            backend_index: StdHashMap::new(),
+            next_backend_id: 1,
+            next_svc_id: 1,
+        };
+        s.resync()?;
+        Ok(s)
+    }
+
+    /// Re-reads the maps into the mirror (at start, and after a failed apply).
+    pub fn resync(&mut self) -> Result<(), SyncError> {
+        let installed = self.maps.read_installed()?;
+        self.backend_index.clear();
+        for fe in installed.frontends.values() {
+            for id in &fe.slots {
+                if let Some(b) = installed.backends.get(id) {
+                    self.backend_index.insert((fe.svc_id, *b), *id);
+                }
+            }
+        }
+        let max_backend = installed.backends.keys().max().copied().unwrap_or(0);
+        let max_svc = installed
+            .frontends
+            .values()
+            .map(|f| f.svc_id)
+            .max()
+            .unwrap_or(0);
+        self.next_backend_id = self.next_backend_id.max(max_backend.saturating_add(1));
+        self.next_svc_id = self.next_svc_id.max(max_svc.saturating_add(1));
+        debug!(
+            frontends = installed.frontends.len(),
+            backends = installed.backends.len(),
+            "adopted the pinned maps"
+        );
+        self.installed = installed;
+        Ok(())
+    }
+
+    pub fn installed(&self) -> &Installed {
+        &self.installed
+    }
+
+    /// Makes the maps hold `desired`, writing only what differs.
+    pub fn apply(&mut self, desired: &DesiredTable) -> Result<SyncStats, SyncError> {
+        let mut st = SyncStats {
+            frontends: desired.services.len(),
+            ..Default::default()
+        };
+        for (fe, entry) in &desired.services {
+            check_entry(fe, entry)?;
+        }
+
+        // Wildcards first: from now on other ports on a new VIP are refused.
+        for vip in desired.vips() {
+            if !self.installed.wildcards.contains(&vip) {
+                let v = ServiceValue {
+                    flags: SVC_FLAG_WILDCARD,
+                    ..Default::default()
+                };
+                self.write_svc(vip, 0, 0, 0, &v)?;
+                self.installed.wildcards.insert(vip);
+                st.writes += 1;
+            }
+        }
+
+        let mut removed_backends: BTreeSet<u32> = BTreeSet::new();
+        for (fe, entry) in &desired.services {
+            self.apply_frontend(fe, entry, &mut st, &mut removed_backends)?;
+        }
+
+        // Frontends that are no longer wanted: frontend first, so nothing new picks them.
+        let gone: Vec<Frontend> = self
+            .installed
+            .frontends
+            .keys()
+            .filter(|fe| !desired.services.contains_key(fe))
+            .copied()
+            .collect();
+        for fe in gone {
+            let Some(old) = self.installed.frontends.remove(&fe) else {
+                continue;
+            };
+            self.delete_svc(fe.vip, fe.port, fe.protocol.number(), 0)?;
+            st.deletes += 1;
+            for slot in 1..=old.slots.len() {
+                self.delete_svc(fe.vip, fe.port, fe.protocol.number(), slot_u16(slot))?;
+                st.deletes += 1;
+            }
+            for id in old.slots {
+                removed_backends.insert(id);
+            }
+            st.frontends_removed += 1;
+            debug!(%fe, "frontend removed");
+        }
+
+        // Stray slot entries (a crash mid-update of an earlier agent).
+        for (fe, slot) in std::mem::take(&mut self.installed.stray_slots) {
+            self.delete_svc(fe.vip, fe.port, fe.protocol.number(), slot)?;
+            st.deletes += 1;
+        }
+
+        // Backends: delete the ids that no frontend uses any more, and orphans.
+        let used: BTreeSet<u32> = self
+            .installed
+            .frontends
+            .values()
+            .flat_map(|f| f.slots.iter().copied())
+            .collect();
+        let orphans: Vec<u32> = self
+            .installed
+            .backends
+            .keys()
+            .filter(|id| !used.contains(id))
+            .copied()
+            .collect();
+        for id in orphans {
+            self.delete_backend(id)?;
+            removed_backends.insert(id);
+            st.backends_removed += 1;
+            st.deletes += 1;
+        }
+        self.backend_index.retain(|_, id| used.contains(id));
+
+        // Wildcards of VIPs that have no frontend left.
+        let vips = desired.vips();
+        let stale: Vec<IpAddr> = self
+            .installed
+            .wildcards
+            .iter()
+            .filter(|v| !vips.contains(v))
+            .copied()
+            .collect();
+        for vip in stale {
+            self.delete_svc(vip, 0, 0, 0)?;
+            self.installed.wildcards.remove(&vip);
+            st.deletes += 1;
+        }
+
+        if !removed_backends.is_empty() {
+            st.lru_purged = self.purge_lru()?;
+        }
+        Ok(st)
+    }
+
+    fn apply_frontend(
+        &mut self,
+        fe: &Frontend,
+        entry: &ServiceEntry,
+        st: &mut SyncStats,
+        removed: &mut BTreeSet<u32>,
+    ) -> Result<(), SyncError> {
+        let proto = fe.protocol.number();
+        let old = self.installed.frontends.get(fe).cloned();
+        let svc_id = match &old {
+            Some(o) => o.svc_id,
+            None => alloc(&mut self.next_svc_id)?,
+        };
+
+        // 1. Backends: reuse this frontend's ids, write the new ones.
+        let mut ids = BTreeSet::new();
+        for addr in &entry.backends {
+            let key = (
+                svc_id,
+                BackendAddr {
+                    addr: *addr,
+                    protocol: fe.protocol,
+                },
+            );
+            let id = match self.backend_index.get(&key) {
+                Some(id) => *id,
+                None => {
+                    let id = alloc(&mut self.next_backend_id)?;
+                    self.write_backend(id, key.1)?;
+                    self.backend_index.insert(key, id);
+                    self.installed.backends.insert(id, key.1);
+                    st.backends_added += 1;
+                    st.writes += 1;
+                    id
+                }
+            };
+            ids.insert(id);
+        }
+
+        // 2. Slots, keeping every remaining backend where it was.
+        let old_slots: &[u32] = old.as_ref().map(|o| o.slots.as_slice()).unwrap_or(&[]);
+        let slots = assign_slots(old_slots, &ids);
+        for (i, id) in slots.iter().enumerate() {
+            if old_slots.get(i) != Some(id) {
+                let v = ServiceValue {
+                    backend_id: *id,
+                    svc_id,
+                    ..Default::default()
+                };
+                self.write_svc(fe.vip, fe.port, proto, slot_u16(i + 1), &v)?;
+                st.writes += 1;
+            }
+        }
+
+        // 3. The frontend, which publishes the new count.
+        let mut flags = 0;
+        if entry.affinity_timeout_s.is_some() {
+            flags |= SVC_FLAG_AFFINITY;
+        }
+        if entry.backends.is_empty() && entry.no_endpoints == NoEndpoints::Drop {
+            flags |= SVC_FLAG_DROP;
+        }
+        let new_fe = InstalledFrontend {
+            svc_id,
+            flags,
+            affinity_timeout_s: entry.affinity_timeout_s.unwrap_or(0),
+            slots,
+        };
+        let header_changed = old.as_ref().is_none_or(|o| {
+            o.flags != new_fe.flags
+                || o.affinity_timeout_s != new_fe.affinity_timeout_s
+                || o.slots.len() != new_fe.slots.len()
+        });
+        if header_changed {
+            let v = ServiceValue {
+                backend_id: 0,
+                count: slot_u16(new_fe.slots.len()),
+                flags,
+                svc_id,
+                affinity_timeout_s: new_fe.affinity_timeout_s,
+            };
+            self.write_svc(fe.vip, fe.port, proto, 0, &v)?;
+            st.writes += 1;
+        }
+
+        // 4. Trim slots beyond the new count.
+        for slot in new_fe.slots.len() + 1..=old_slots.len() {
+            self.delete_svc(fe.vip, fe.port, proto, slot_u16(slot))?;
+            st.deletes += 1;
+        }
+        for id in old_slots {
+            if !ids.contains(id) {
+                removed.insert(*id);
+            }
+        }
+
+        match &old {
+            None => {
+                st.frontends_added += 1;
+                debug!(%fe, service = %entry.service, backends = entry.backends.len(), "frontend added");
+            }
+            Some(o) if *o != new_fe => {
+                st.frontends_updated += 1;
+                debug!(%fe, service = %entry.service, backends = entry.backends.len(), "frontend updated");
+            }
+            Some(_) => {}
+        }
+        self.installed.frontends.insert(*fe, new_fe);
+        Ok(())
+    }
+
+    /// Deletes affinity and socket-flow entries whose backend is gone from its service.
+    fn purge_lru(&mut self) -> Result<usize, SyncError> {
+        let live: BTreeSet<u32> = self.installed.backends.keys().copied().collect();
+        let members: BTreeSet<(u32, u32)> = self
+            .installed
+            .frontends
+            .values()
+            .flat_map(|f| f.slots.iter().map(move |id| (f.svc_id, *id)))
+            .collect();
+        let mut stale_aff: Vec<AffinityKey> = Vec::new();
+        for item in self.maps.affinity.iter() {
+            match item {
+                Ok((k, v)) if !members.contains(&(k.svc_id, v.backend_id)) => stale_aff.push(k),
+                Ok(_) => {}
+                // LRU entries can vanish while we walk: skip, never fail the sync for it.
+                Err(e) => debug!(error = %e, "walking the affinity map"),
+            }
+        }
+        let mut stale_flows = Vec::new();
+        for (k, v) in self.maps.sockflow.iter().flatten() {
+            if !live.contains(&v.backend_id) {
+                stale_flows.push(k);
+            }
+        }
+        let n = stale_aff.len() + stale_flows.len();
+        for k in stale_aff {
+            ignore_missing(self.maps.affinity.remove(&k), map_names::AFFINITY)?;
+        }
+        for k in stale_flows {
+            ignore_missing(self.maps.sockflow.remove(&k), map_names::SOCK_FLOWS)?;
+        }
+        Ok(n)
+    }
+
+    fn write_svc(
+        &mut self,
+        vip: IpAddr,
+        port: u16,
+        proto: u8,
+        slot: u16,
+        v: &ServiceValue,
+    ) -> Result<(), SyncError> {
+        match vip {
+            IpAddr::V4(a) => self
+                .maps
+                .svc4
+                .insert(&Service4Key::new(a, port, proto, slot), v, 0)
+                .map_err(op_err(
+                    map_names::SERVICES_V4,
+                    format!("write {vip} port {port} slot {slot}"),
+                ))?,
+            IpAddr::V6(a) => self
+                .maps
+                .svc6
+                .insert(&Service6Key::new(a, port, proto, slot), v, 0)
+                .map_err(op_err(
+                    map_names::SERVICES_V6,
+                    format!("write {vip} port {port} slot {slot}"),
+                ))?,
+        }
+        Ok(())
+    }
+
+    fn delete_svc(
+        &mut self,
+        vip: IpAddr,
+        port: u16,
+        proto: u8,
+        slot: u16,
+    ) -> Result<(), SyncError> {
+        match vip {
+            IpAddr::V4(a) => ignore_missing(
+                self.maps
+                    .svc4
+                    .remove(&Service4Key::new(a, port, proto, slot)),
+                map_names::SERVICES_V4,
+            ),
+            IpAddr::V6(a) => ignore_missing(
+                self.maps
+                    .svc6
+                    .remove(&Service6Key::new(a, port, proto, slot)),
+                map_names::SERVICES_V6,
+            ),
+        }
+    }
+
+    fn write_backend(&mut self, id: u32, b: BackendAddr) -> Result<(), SyncError> {
+        let proto = b.protocol.number();
+        match b.addr {
+            SocketAddr::V4(a) => self
+                .maps
+                .be4
+                .insert(&id, &Backend4::new(*a.ip(), a.port(), proto), 0)
+                .map_err(op_err(
+                    map_names::BACKENDS_V4,
+                    format!("write backend {id} {}", b.addr),
+                ))?,
+            SocketAddr::V6(a) => self
+                .maps
+                .be6
+                .insert(&id, &Backend6::new(*a.ip(), a.port(), proto), 0)
+                .map_err(op_err(
+                    map_names::BACKENDS_V6,
+                    format!("write backend {id} {}", b.addr),
+                ))?,
+        }
+        Ok(())
+    }
+
+    fn delete_backend(&mut self, id: u32) -> Result<(), SyncError> {
+        match self.installed.backends.remove(&id).map(|b| b.addr) {
+            Some(SocketAddr::V6(_)) => {
+                ignore_missing(self.maps.be6.remove(&id), map_names::BACKENDS_V6)
+            }
+            _ => ignore_missing(self.maps.be4.remove(&id), map_names::BACKENDS_V4),
+        }
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<(), SyncError> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(op_err(name, "delete")(e).into()),
+    }
+}
+
+fn check_entry(fe: &Frontend, entry: &ServiceEntry) -> Result<(), SyncError> {
+    if entry.backends.len() > usize::from(MAX_BACKENDS_PER_SERVICE) {
+        return Err(SyncError::TooManyBackends {
+            frontend: *fe,
+            count: entry.backends.len(),
+            max: MAX_BACKENDS_PER_SERVICE,
+        });
+    }
+    if let Some(b) = entry
+        .backends
+        .iter()
+        .find(|b| b.is_ipv4() != fe.vip.is_ipv4())
+    {
+        return Err(SyncError::FamilyMismatch {
+            frontend: *fe,
+            backend: *b,
+        });
+    }
+    Ok(())
+}
+
+/// Slot numbers fit u16: `check_entry` bounds the backend count.
+fn slot_u16(slot: usize) -> u16 {
+    u16::try_from(slot).unwrap_or(u16::MAX)
+}
+
+fn alloc(next: &mut u32) -> Result<u32, SyncError> {
+    let id = *next;
+    if id == u32::MAX {
+        return Err(SyncError::OutOfIds);
+    }
+    *next += 1;
+    Ok(id)
+}
+
+/// New slot contents for a frontend: backends that stay keep their slot, newcomers fill the
+/// holes, and when the set shrinks the last slots move into the remaining holes. Slots are
+/// dense (1..=count), so a few moves are unavoidable when backends leave; none when they only
+/// come.
+pub fn assign_slots(old: &[u32], desired: &BTreeSet<u32>) -> Vec<u32> {
+    let mut seen = BTreeSet::new();
+    let mut slots: Vec<Option<u32>> = old
+        .iter()
+        .map(|id| (desired.contains(id) && seen.insert(*id)).then_some(*id))
+        .collect();
+    let mut newcomers: VecDeque<u32> = desired
+        .iter()
+        .filter(|id| !seen.contains(id))
+        .copied()
+        .collect();
+    for s in slots.iter_mut().filter(|s| s.is_none()) {
+        match newcomers.pop_front() {
+            Some(id) => *s = Some(id),
+            None => break,
+        }
+    }
+    slots.extend(newcomers.into_iter().map(Some));
+    // Compact: move the last occupied slot into the first hole until none is left.
+    while let Some(hole) = slots.iter().position(Option::is_none) {
+        match slots.iter().rposition(Option::is_some) {
+            Some(last) if last > hole => {
+                slots[hole] = slots[last].take();
+            }
+            _ => break,
+        }
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// Logs the outcome of an apply.
+pub fn log_stats(st: &SyncStats) {
+    if st.changed() {
+        info!(
+            frontends = st.frontends,
+            added = st.frontends_added,
+            updated = st.frontends_updated,
+            removed = st.frontends_removed,
+            backends_added = st.backends_added,
+            backends_removed = st.backends_removed,
+            writes = st.writes,
+            deletes = st.deletes,
+            lru_purged = st.lru_purged,
+            "synced"
+        );
+    } else {
+        info!(frontends = st.frontends, "synced (no change)");
+    }
+}
+
+/// Used when an apply fails half way: the mirror may be off, so the maps are read again.
+pub fn recover(syncer: &mut Syncer, err: &SyncError) {
+    warn!(error = %err, "applying the table failed; re-reading the maps and retrying on the next change");
+    if let Err(e) = syncer.resync() {
+        warn!(error = %e, "re-reading the maps failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u32]) -> BTreeSet<u32> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn growing_keeps_every_slot() {
+        assert_eq!(
+            assign_slots(&[3, 1, 2], &set(&[1, 2, 3, 4, 5])),
+            vec![3, 1, 2, 4, 5]
+        );
+    }
+
+    #[test]
+    fn a_new_backend_fills_the_hole_of_a_removed_one() {
+        assert_eq!(assign_slots(&[1, 2, 3], &set(&[1, 3, 9])), vec![1, 9, 3]);
+    }
+
+    #[test]
+    fn shrinking_moves_only_the_last_slot() {
+        assert_eq!(assign_slots(&[1, 2, 3, 4], &set(&[1, 3, 4])), vec![1, 4, 3]);
+        assert_eq!(assign_slots(&[1, 2, 3, 4], &set(&[4])), vec![4]);
+        assert_eq!(assign_slots(&[1, 2], &set(&[])), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn duplicate_or_zero_slots_are_repaired() {
+        assert_eq!(assign_slots(&[1, 1, 0], &set(&[1, 2])), vec![1, 2]);
+    }
+}

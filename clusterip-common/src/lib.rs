@@ -140,7 +140,13 @@ pub struct Service4Key {
 
 impl Service4Key {
     pub const fn new(vip: Ipv4Addr, port: u16, proto: u8, slot: u16) -> Self {
-        Self { addr: ip4_to_net(vip), port: port_to_net(port), slot, proto, _pad: [0; 3] }
+        Self {
+            addr: ip4_to_net(vip),
+            port: port_to_net(port),
+            slot,
+            proto,
+            _pad: [0; 3],
+        }
     }
     pub const fn wildcard(vip: Ipv4Addr) -> Self {
         Self::new(vip, 0, 0, 0)
@@ -161,7 +167,13 @@ pub struct Service6Key {
 
 impl Service6Key {
     pub const fn new(vip: Ipv6Addr, port: u16, proto: u8, slot: u16) -> Self {
-        Self { addr: ip6_to_net(vip), port: port_to_net(port), slot, proto, _pad: [0; 3] }
+        Self {
+            addr: ip6_to_net(vip),
+            port: port_to_net(port),
+            slot,
+            proto,
+            _pad: [0; 3],
+        }
     }
     pub const fn wildcard(vip: Ipv6Addr) -> Self {
         Self::new(vip, 0, 0, 0)
@@ -199,7 +211,12 @@ pub struct Backend4 {
 
 impl Backend4 {
     pub const fn new(addr: Ipv4Addr, port: u16, proto: u8) -> Self {
-        Self { addr: ip4_to_net(addr), port: port_to_net(port), proto, _pad: 0 }
+        Self {
+            addr: ip4_to_net(addr),
+            port: port_to_net(port),
+            proto,
+            _pad: 0,
+        }
     }
 }
 
@@ -215,7 +232,12 @@ pub struct Backend6 {
 
 impl Backend6 {
     pub const fn new(addr: Ipv6Addr, port: u16, proto: u8) -> Self {
-        Self { addr: ip6_to_net(addr), port: port_to_net(port), proto, _pad: 0 }
+        Self {
+            addr: ip6_to_net(addr),
+            port: port_to_net(port),
+            proto,
+            _pad: 0,
+        }
     }
 }
 

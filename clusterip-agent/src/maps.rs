@@ -1,0 +1,178 @@
+//! The pinned maps, opened by path, and what they hold read back into Rust values.
+//!
+//! Both the syncer (which adopts what a previous agent left) and `dump` (which shows what the
+//! datapath really holds) go through [`PinnedMaps::read_installed`]: the maps are the truth,
+//! never the agent's memory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use clusterip_common::{
+    AffinityKey, AffinityValue, Backend4, Backend6, SVC_FLAG_WILDCARD, Service4Key, Service6Key,
+    ServiceValue, SockFlowKey, SockFlowValue, ip4_from_net, ip6_from_net, map_names, port_from_net,
+};
+
+use crate::table::{Frontend, Protocol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error(
+        "cannot open pinned map {path}: {source} (is the agent running or has it run with this --bpffs? \
+         `clusterip-agent run` creates the pins)"
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {name}: {op}: {source}")]
+    Op {
+        name: &'static str,
+        op: String,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// A backend as the maps hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendAddr {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// One frontend as installed: its slot-0 value and the backend ids of slots 1..=count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstalledFrontend {
+    pub svc_id: u32,
+    pub flags: u16,
+    pub affinity_timeout_s: u32,
+    /// Backend id per slot, slot 1 first. A slot missing from the map reads as 0.
+    pub slots: Vec<u32>,
+}
+
+/// Everything the service and backend maps hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    pub frontends: BTreeMap<Frontend, InstalledFrontend>,
+    /// VIPs with a wildcard entry.
+    pub wildcards: BTreeSet<IpAddr>,
+    pub backends: BTreeMap<u32, BackendAddr>,
+    /// Slot entries (slot >= 1) that belong to no frontend or lie beyond its count.
+    pub stray_slots: Vec<(Frontend, u16)>,
+}
+
+type Svc4 = HashMap<MapData, Service4Key, ServiceValue>;
+type Svc6 = HashMap<MapData, Service6Key, ServiceValue>;
+
+/// Handles on the pinned maps in one bpffs directory.
+pub struct PinnedMaps {
+    pub svc4: Svc4,
+    pub svc6: Svc6,
+    pub be4: HashMap<MapData, u32, Backend4>,
+    pub be6: HashMap<MapData, u32, Backend6>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub sockflow: HashMap<MapData, SockFlowKey, SockFlowValue>,
+}
+
+fn open<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, MapsError> {
+    let path = dir.join(name);
+    let open_err = |source| MapsError::Open {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(open_err)?;
+    let map = Map::from_map_data(data).map_err(open_err)?;
+    HashMap::try_from(map).map_err(open_err)
+}
+
+pub(crate) fn op_err(
+    name: &'static str,
+    op: impl Into<String>,
+) -> impl FnOnce(MapError) -> MapsError {
+    let op = op.into();
+    move |source| MapsError::Op { name, op, source }
+}
+
+impl PinnedMaps {
+    pub fn open(dir: &Path) -> Result<Self, MapsError> {
+        Ok(Self {
+            svc4: open(dir, map_names::SERVICES_V4)?,
+            svc6: open(dir, map_names::SERVICES_V6)?,
+            be4: open(dir, map_names::BACKENDS_V4)?,
+            be6: open(dir, map_names::BACKENDS_V6)?,
+            affinity: open(dir, map_names::AFFINITY)?,
+            sockflow: open(dir, map_names::SOCK_FLOWS)?,
+        })
+    }
+
+    /// Reads the service and backend maps.
+    pub fn read_installed(&self) -> Result<Installed, MapsError> {
+        let mut out = Installed::default();
+        // (frontend, slot) -> backend id, for slots >= 1.
+        let mut slots: BTreeMap<(Frontend, u16), u32> = BTreeMap::new();
+        let mut visit = |vip: IpAddr, port: u16, proto: u8, slot: u16, v: ServiceValue| {
+            if slot == 0 && v.flags & SVC_FLAG_WILDCARD != 0 {
+                out.wildcards.insert(vip);
+                return;
+            }
+            let Some(protocol) = Protocol::from_number(proto) else {
+                return;
+            };
+            let fe = Frontend {
+                vip,
+                port: port_from_net(port),
+                protocol,
+            };
+            if slot == 0 {
+                out.frontends.insert(
+                    fe,
+                    InstalledFrontend {
+                        svc_id: v.svc_id,
+                        flags: v.flags,
+                        affinity_timeout_s: v.affinity_timeout_s,
+                        slots: vec![0; usize::from(v.count)],
+                    },
+                );
+            } else {
+                slots.insert((fe, slot), v.backend_id);
+            }
+        };
+        for item in self.svc4.iter() {
+            let (k, v) = item.map_err(op_err(map_names::SERVICES_V4, "iterate"))?;
+            visit(IpAddr::V4(ip4_from_net(k.addr)), k.port, k.proto, k.slot, v);
+        }
+        for item in self.svc6.iter() {
+            let (k, v) = item.map_err(op_err(map_names::SERVICES_V6, "iterate"))?;
+            visit(IpAddr::V6(ip6_from_net(k.addr)), k.port, k.proto, k.slot, v);
+        }
+        for ((fe, slot), id) in slots {
+            match out.frontends.get_mut(&fe) {
+                Some(f) if usize::from(slot) <= f.slots.len() => {
+                    f.slots[usize::from(slot) - 1] = id
+                }
+                _ => out.stray_slots.push((fe, slot)),
+            }
+        }
+        for item in self.be4.iter() {
+            let (id, b) = item.map_err(op_err(map_names::BACKENDS_V4, "iterate"))?;
+            if let Some(protocol) = Protocol::from_number(b.proto) {
+                let addr = SocketAddr::new(IpAddr::V4(ip4_from_net(b.addr)), port_from_net(b.port));
+                out.backends.insert(id, BackendAddr { addr, protocol });
+            }
+        }
+        for item in self.be6.iter() {
+            let (id, b) = item.map_err(op_err(map_names::BACKENDS_V6, "iterate"))?;
+            if let Some(protocol) = Protocol::from_number(b.proto) {
+                let addr = SocketAddr::new(IpAddr::V6(ip6_from_net(b.addr)), port_from_net(b.port));
+                out.backends.insert(id, BackendAddr { addr, protocol });
+            }
+        }
+        Ok(out)
+    }
+}
