@@ -1,7 +1,7 @@
 //! clusterip-agent: keeps the clusterip eBPF datapath in sync with Kubernetes Services and
 //! EndpointSlices. `main.rs` only wires; everything lives here.
 
-// pub mod agent; (wired once datapath.rs and manifests.rs land)
+pub mod agent;
 pub mod cli;
 pub mod datapath;
 pub mod dump;
@@ -12,7 +12,7 @@ pub mod syncer;
 pub mod table;
 pub mod telemetry;
 
-// pub use agent::{main, run};
+pub use agent::{main, run};
 
 /// The eBPF object built by `cargo xtask build-ebpf`; empty when the agent was built without it.
 pub static EBPF_OBJECT: &[u8] =

@@ -88,6 +88,15 @@ impl Syncer {
             next_svc_id: 1,
         };
         s.resync()?;
+        // An earlier agent may have removed backends whose ids this one will hand out again:
+        // forget the LRU entries that name ids not installed now.
+        let purged = s.purge_lru()?;
+        if purged > 0 {
+            debug!(
+                purged,
+                "purged affinity and flow entries of removed backends"
+            );
+        }
         Ok(s)
     }
 

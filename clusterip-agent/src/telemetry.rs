@@ -12,7 +12,11 @@ pub fn init() {
         .try_init();
 }
 
-/// Whether debug records would be printed anywhere: then the eBPF programs log too.
-pub fn debug_enabled() -> bool {
-    tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG
+/// The target of the eBPF programs' log records (their crate name).
+pub const EBPF_LOG_TARGET: &str = "clusterip";
+
+/// Whether the eBPF programs' debug records would be printed (`RUST_LOG=debug` or
+/// `RUST_LOG=clusterip=debug`): only then are they loaded with logging on.
+pub fn ebpf_debug_enabled() -> bool {
+    tracing::enabled!(target: "clusterip", tracing::Level::DEBUG)
 }

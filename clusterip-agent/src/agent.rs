@@ -1,0 +1,119 @@
+//! The agent's commands: `run` (load, attach, follow the manifests), `dump`, `cleanup`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use tracing::info;
+
+use crate::cli::{Cli, Command, RunArgs};
+use crate::datapath::{Datapath, DatapathConfig};
+use crate::manifests::ManifestSource;
+use crate::syncer::Syncer;
+use crate::{datapath, dump, syncer, telemetry};
+
+/// How often the manifests are re-read: a change is in the maps well within a second.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Runs one CLI command to completion.
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            rt.block_on(run(args))
+        }
+        Command::Dump(args) => {
+            let entries = dump::read(&args.bpffs)?;
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                serde_json::to_writer_pretty(&mut out, &entries)?;
+                writeln!(out)?;
+            } else {
+                dump::print_text(&mut out, &entries)?;
+            }
+            Ok(())
+        }
+        Command::Cleanup(args) => {
+            datapath::cleanup(&args.bpffs)
+                .with_context(|| format!("cleaning up {}", args.bpffs.display()))?;
+            info!(bpffs = %args.bpffs.display(), "detached and unpinned");
+            Ok(())
+        }
+    }
+}
+
+/// `clusterip-agent run`: load or adopt the datapath, then follow the manifests until SIGINT or
+/// SIGTERM. On exit the datapath stays attached (pinned), like the kernel side does when the
+/// agent is killed: connections keep working; `cleanup` removes it.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cgroup = match args.cgroup {
+        Some(c) => c,
+        None => datapath::default_cgroup_root().context("finding the cgroup v2 root")?,
+    };
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => hostname().context("reading the hostname (set --node-name or NODE_NAME)")?,
+    };
+    let debug_logs = telemetry::ebpf_debug_enabled();
+    let cfg = DatapathConfig {
+        bpffs: args.bpffs.clone(),
+        cgroup: cgroup.clone(),
+        debug_logs,
+    };
+    let mut datapath = Datapath::load(&cfg).context("loading the eBPF datapath")?;
+    if debug_logs {
+        datapath
+            .spawn_log_forwarder()
+            .context("forwarding eBPF logs")?;
+    }
+    let mut syncer = Syncer::open(&args.bpffs).context("opening the pinned maps")?;
+    info!(
+        cgroup = %cgroup.display(),
+        bpffs = %args.bpffs.display(),
+        node = %node_name,
+        manifests = %args.manifests.display(),
+        adopted_frontends = syncer.installed().frontends.len(),
+        "datapath attached"
+    );
+
+    let mut source = ManifestSource::new(args.manifests.clone(), node_name);
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    // After a failed apply the next table is applied even if the manifests did not change.
+    let mut pending = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Some(table) = source.poll() {
+                    pending = Some(table);
+                }
+                if let Some(table) = pending.take() {
+                    match syncer.apply(&table) {
+                        Ok(stats) => syncer::log_stats(&stats),
+                        Err(e) => {
+                            syncer::recover(&mut syncer, &e);
+                            pending = Some(table);
+                        }
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    info!("stopping; the datapath stays attached (`clusterip-agent cleanup` removes it)");
+    drop(datapath);
+    Ok(())
+}
+
+fn hostname() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_string())
+}

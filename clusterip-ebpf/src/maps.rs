@@ -1,0 +1,82 @@
+//! Every map of the datapath. Layouts and names are the contract in `clusterip_common`.
+//!
+//! The maps are BTF maps pinned by name: the loader creates them under its pin directory or,
+//! when a pin of that name exists, adopts it (so a restarted agent keeps the table and the
+//! per-socket state). aya names a BTF map after the static's symbol, so each static's
+//! identifier *is* the map name in `clusterip_common::map_names` (checked by the const block
+//! below).
+
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap},
+    macros::btf_map,
+};
+use clusterip_common::{
+    AffinityKey, AffinityValue, Backend4, Backend6, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_SERVICE_ENTRIES, MAX_SOCK_FLOWS, MAX_SOCK_REVNAT, Service4Key, Service6Key, ServiceValue,
+    SockFlowKey, SockFlowValue, SockRevNat4Key, SockRevNat4Value, SockRevNat6Key, SockRevNat6Value,
+    map_names,
+};
+
+const SVC: usize = MAX_SERVICE_ENTRIES as usize;
+const BE: usize = MAX_BACKENDS as usize;
+const RNAT: usize = MAX_SOCK_REVNAT as usize;
+const AFF: usize = MAX_AFFINITY as usize;
+const FLOWS: usize = MAX_SOCK_FLOWS as usize;
+
+/// IPv4 services: (VIP, port, proto, slot) -> frontend (slot 0) or backend id (slots 1..=count).
+#[btf_map(pin_by_name)]
+pub static CIP_SVC4: HashMap<Service4Key, ServiceValue, SVC> = HashMap::new();
+
+/// IPv6 services.
+#[btf_map(pin_by_name)]
+pub static CIP_SVC6: HashMap<Service6Key, ServiceValue, SVC> = HashMap::new();
+
+/// IPv4 backends by id.
+#[btf_map(pin_by_name)]
+pub static CIP_BE4: HashMap<u32, Backend4, BE> = HashMap::new();
+
+/// IPv6 backends by id.
+#[btf_map(pin_by_name)]
+pub static CIP_BE6: HashMap<u32, Backend6, BE> = HashMap::new();
+
+/// (socket cookie, backend) -> (VIP, port) for recvmsg4/getpeername4.
+#[btf_map(pin_by_name)]
+pub static CIP_RNAT4: LruHashMap<SockRevNat4Key, SockRevNat4Value, RNAT> = LruHashMap::new();
+
+/// (socket cookie, backend) -> (VIP, port) for recvmsg6/getpeername6.
+#[btf_map(pin_by_name)]
+pub static CIP_RNAT6: LruHashMap<SockRevNat6Key, SockRevNat6Value, RNAT> = LruHashMap::new();
+
+/// ClientIP session affinity.
+#[btf_map(pin_by_name)]
+pub static CIP_AFFINITY: LruHashMap<AffinityKey, AffinityValue, AFF> = LruHashMap::new();
+
+/// The backend each unconnected UDP socket sends a VIP:port's datagrams to.
+#[btf_map(pin_by_name)]
+pub static CIP_SOCKFLOW: LruHashMap<SockFlowKey, SockFlowValue, FLOWS> = LruHashMap::new();
+
+/// The symbol names above must be the contract's map names.
+const _: () = {
+    const fn eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    assert!(eq(map_names::SERVICES_V4, "CIP_SVC4"));
+    assert!(eq(map_names::SERVICES_V6, "CIP_SVC6"));
+    assert!(eq(map_names::BACKENDS_V4, "CIP_BE4"));
+    assert!(eq(map_names::BACKENDS_V6, "CIP_BE6"));
+    assert!(eq(map_names::SOCK_REVNAT_V4, "CIP_RNAT4"));
+    assert!(eq(map_names::SOCK_REVNAT_V6, "CIP_RNAT6"));
+    assert!(eq(map_names::AFFINITY, "CIP_AFFINITY"));
+    assert!(eq(map_names::SOCK_FLOWS, "CIP_SOCKFLOW"));
+};
