@@ -183,8 +183,11 @@ impl Service6Key {
 /// Value of `CIP_SVC4` / `CIP_SVC6`.
 ///
 /// In the frontend (slot 0): `count`, `flags`, `svc_id`, `affinity_timeout_s`; `backend_id` 0.
-/// In slot i: `backend_id`, with the frontend's other fields copied (readers use only
-/// `backend_id`).
+/// In slot i: `backend_id` and `svc_id`; the other fields are 0.
+///
+/// Backend ids are per frontend (the same pod behind two services has two ids) and are not
+/// reused while LRU entries may name them, so "the id is in the backends map" means "still a
+/// backend of this service": affinity and UDP flows are validated with one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ServiceValue {
@@ -341,7 +344,7 @@ pub struct SockFlowKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SockFlowValue {
     pub backend_id: u32,
-    /// The slot the backend was found in; reused only while that slot still holds it.
+    /// The slot the backend was found in (for people reading dumps).
     pub slot: u16,
     pub _pad: u16,
 }

@@ -123,7 +123,7 @@ fn refuse_errno(fe: &ServiceValue) -> i32 {
 /// Chooses the backend for a connection or datagram to the frontend `key` (slot 0).
 ///
 /// `flow` is set for unconnected UDP (sendmsg): the socket keeps the backend it got while that
-/// backend still sits in the slot recorded for it.
+/// backend exists.
 #[inline(always)]
 pub fn select<F: Family>(
     ctx: &SockAddrContext,
@@ -144,30 +144,24 @@ pub fn select<F: Family>(
     }
     let affinity = fe.flags & SVC_FLAG_AFFINITY != 0;
 
-    // Unconnected UDP: stay with the socket's backend while it is still in its slot.
+    // Unconnected UDP: stay with the socket's backend while it exists. Backend ids are per
+    // frontend and the agent never reuses one while LRU entries may name it, so "the id is in
+    // the backends map" means "still a backend of this service".
     if let Some(fk) = flow {
         // SAFETY: copied out right away.
         if let Some(prev) = unsafe { CIP_SOCKFLOW.get(fk) }.copied() {
-            if prev.slot >= 1 && prev.slot <= count {
-                if let Some(slot) = F::service(&F::with_slot(key, prev.slot)) {
-                    if slot.backend_id == prev.backend_id {
-                        if let Some(backend) = F::backend(prev.backend_id) {
-                            if affinity {
-                                write_affinity(ctx, &fe, prev.backend_id);
-                            }
-                            debug!(
-                                ctx,
-                                "clusterip: svc {} udp flow keeps backend {}",
-                                fe.svc_id,
-                                prev.backend_id
-                            );
-                            return Decision::Forward {
-                                backend,
-                                svc_id: fe.svc_id,
-                            };
-                        }
-                    }
+            if let Some(backend) = F::backend(prev.backend_id) {
+                if affinity {
+                    write_affinity(ctx, &fe, prev.backend_id);
                 }
+                debug!(
+                    ctx,
+                    "clusterip: svc {} udp flow keeps backend {}", fe.svc_id, prev.backend_id
+                );
+                return Decision::Forward {
+                    backend,
+                    svc_id: fe.svc_id,
+                };
             }
         }
     }
