@@ -52,8 +52,14 @@ pub mod map_names {
     pub const SOCK_REVNAT_V6: &str = "CIP_RNAT6";
     pub const AFFINITY: &str = "CIP_AFFINITY";
     pub const SOCK_FLOWS: &str = "CIP_SOCKFLOW";
+    /// Per-packet datapath (TC/XDP).
+    pub const MAGLEV: &str = "CIP_MAGLEV";
+    pub const CONNTRACK_V4: &str = "CIP_CT4";
+    pub const CONNTRACK_V6: &str = "CIP_CT6";
+    pub const STATS: &str = "CIP_STATS";
+    pub const CONFIG: &str = "CIP_CONFIG";
     /// All maps the agent owns, in the order `dump` and `cleanup` walk them.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 13] = [
         SERVICES_V4,
         SERVICES_V6,
         BACKENDS_V4,
@@ -62,6 +68,11 @@ pub mod map_names {
         SOCK_REVNAT_V6,
         AFFINITY,
         SOCK_FLOWS,
+        MAGLEV,
+        CONNTRACK_V4,
+        CONNTRACK_V6,
+        STATS,
+        CONFIG,
     ];
 }
 
@@ -71,6 +82,16 @@ pub const MAX_BACKENDS: u32 = 65_536;
 pub const MAX_SOCK_REVNAT: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;
 pub const MAX_SOCK_FLOWS: u32 = 65_536;
+
+pub const MAX_MAGLEV_SERVICES: u32 = 65_536;
+/// Default conntrack capacity per family (the agent may set another at load time).
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 262_144;
+/// Size of the statistics array: indexed by svc_id, so service ids stay below this.
+pub const MAX_SVC_ID: u32 = 65_536;
+
+/// Maglev lookup table size per service: a prime. Each backend owns about M/N entries; adding
+/// or removing one of N backends moves about 1/N of the entries (and so of new flows).
+pub const MAGLEV_TABLE_SIZE: usize = 1021;
 
 /// The largest number of backends one frontend can have (slots are u16, slot 0 is the frontend).
 pub const MAX_BACKENDS_PER_SERVICE: u16 = u16::MAX - 1;
@@ -349,8 +370,128 @@ pub struct SockFlowValue {
     pub _pad: u16,
 }
 
+/// Value of `CIP_MAGLEV` (key: svc_id, u32): backend id per Maglev table entry. A flow's entry
+/// is `hash(5-tuple) % MAGLEV_TABLE_SIZE`. Written whole by the agent (one map update, so
+/// readers see the old or the new table, never a mix) before the frontend's count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevValue {
+    pub backend_ids: [u32; MAGLEV_TABLE_SIZE],
+    pub _pad: u32,
+}
+
+/// Conntrack entry direction.
+pub const CT_DIR_FORWARD: u8 = 0;
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// The flow was hairpinned (client is its own backend): its source was rewritten too.
+pub const CT_FLAG_HAIRPIN: u16 = 1 << 0;
+/// TCP: FIN or RST seen; the entry expires with the short (closing) timeout.
+pub const CT_FLAG_CLOSING: u16 = 1 << 1;
+
+/// Key of `CIP_CT4` (LRU). Forward entries are keyed by the packet as the client sends it
+/// (client -> VIP:port); reply entries by the packet as the backend sends it (backend ->
+/// client, or -> the hairpin source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ct4Key {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// CT_DIR_FORWARD or CT_DIR_REPLY.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `CIP_CT4`.
+/// Forward: `addr:port` = the backend to send to; `nat_addr` = the new source when hairpinned.
+/// Reply: `addr:port` = the VIP:port to show as source; `nat_addr` = the client to restore as
+/// destination when hairpinned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ct4Value {
+    pub addr: u32,
+    pub nat_addr: u32,
+    pub port: u16,
+    /// CT_FLAG_*.
+    pub flags: u16,
+    pub svc_id: u32,
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns() of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// Key of `CIP_CT6` (LRU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ct6Key {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `CIP_CT6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ct6Value {
+    pub addr: [u32; 4],
+    pub nat_addr: [u32; 4],
+    pub port: u16,
+    pub flags: u16,
+    pub svc_id: u32,
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_seen_ns: u64,
+}
+
+/// Value of `CIP_STATS` (per-CPU array indexed by svc_id): packets and bytes the per-packet
+/// datapath forwarded to the service (both directions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SvcStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Value of `CIP_CONFIG` (array of one, index 0): settings the agent writes at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DatapathConfigValue {
+    /// Idle timeout of an established TCP flow's conntrack entry.
+    pub ct_tcp_timeout_s: u32,
+    /// Idle timeout of a TCP flow after FIN/RST, and of an unanswered SYN.
+    pub ct_tcp_closing_timeout_s: u32,
+    pub ct_udp_timeout_s: u32,
+    pub _pad: u32,
+}
+
+impl DatapathConfigValue {
+    /// kube-proxy/Linux-like defaults: 6 h established TCP (nf_conntrack_tcp_timeout_established
+    /// is 5 days; Cilium uses 6 h), 10 s closing, 30 s UDP (nf_conntrack_udp_timeout).
+    pub const DEFAULT: Self = Self {
+        ct_tcp_timeout_s: 21_600,
+        ct_tcp_closing_timeout_s: 10,
+        ct_udp_timeout_s: 30,
+        _pad: 0,
+    };
+}
+
 const _: () = {
     use core::mem::size_of;
+    assert!(size_of::<MaglevValue>() == 4 * MAGLEV_TABLE_SIZE + 4);
+    assert!(size_of::<Ct4Key>() == 16);
+    assert!(size_of::<Ct4Value>() == 32);
+    assert!(size_of::<Ct6Key>() == 40);
+    assert!(size_of::<Ct6Value>() == 56);
+    assert!(size_of::<SvcStats>() == 16);
+    assert!(size_of::<DatapathConfigValue>() == 16);
     assert!(size_of::<Service4Key>() == 12);
     assert!(size_of::<Service6Key>() == 24);
     assert!(size_of::<ServiceValue>() == 16);
@@ -384,6 +525,13 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for SockFlowKey {}
     unsafe impl aya::Pod for SockFlowValue {}
+    unsafe impl aya::Pod for MaglevValue {}
+    unsafe impl aya::Pod for Ct4Key {}
+    unsafe impl aya::Pod for Ct4Value {}
+    unsafe impl aya::Pod for Ct6Key {}
+    unsafe impl aya::Pod for Ct6Value {}
+    unsafe impl aya::Pod for SvcStats {}
+    unsafe impl aya::Pod for DatapathConfigValue {}
 }
 
 #[cfg(test)]
