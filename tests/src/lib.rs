@@ -1,1 +1,67 @@
-//! Test harness (being written)
+//! Harness for the privileged end-to-end tests of clusterip.
+//!
+//! Everything a test creates lives behind a guard with a unique name (pid + counter) that
+//! removes it in `Drop`, also when the test panics:
+//! - [`netns::Topology`]: a client netns and a pods netns joined by a veth pair;
+//! - [`cgroup::Cgroup`]: a child cgroup v2 the agent attaches to and the clients run in;
+//! - [`bpffs::PinDir`]: the agent's bpffs pin directory (`clusterip-agent cleanup` on drop);
+//! - [`agent::Agent`]: the agent process, its output captured line by line;
+//! - [`manifests::Manifests`]: a directory of Service/EndpointSlice YAML;
+//! - [`process`]: backends in the pods netns, clients in the client netns and cgroup.
+//!
+//! [`fixture::Fixture`] puts them together in the order they must be torn down.
+//! [`env::prerequisites`] (or [`require_env!`]) decides whether a test can run at all.
+
+pub mod agent;
+pub mod bpffs;
+pub mod cgroup;
+pub mod env;
+pub mod fixture;
+pub mod manifests;
+pub mod netns;
+pub mod process;
+
+pub use env::{Bins, Env, prerequisites, prerequisites_without_agent};
+pub use fixture::Fixture;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A short name unique among all tests running on this machine: `<pid>x<counter>`.
+/// Short on purpose: it ends up in netns and cgroup names and IFNAMSIZ is 15.
+pub fn uniq() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Returns the [`Env`] or, when a prerequisite is missing, skips the calling test (prints
+/// `SKIP <test>: <reason>` and returns) — or panics when `CLUSTERIP_E2E_REQUIRED=1`.
+#[macro_export]
+macro_rules! require_env {
+    () => {{
+        fn here() {}
+        let name = ::std::any::type_name_of_val(&here);
+        let name = name.strip_suffix("::here").unwrap_or(name);
+        match $crate::prerequisites(name, $crate::bins!()) {
+            Some(env) => env,
+            None => return,
+        }
+    }};
+}
+
+/// [`require_env!`] for harness self-tests that do not need the agent.
+#[macro_export]
+macro_rules! require_root {
+    () => {{
+        fn here() {}
+        let name = ::std::any::type_name_of_val(&here);
+        let name = name.strip_suffix("::here").unwrap_or(name);
+        match $crate::prerequisites_without_agent(name, $crate::bins!()) {
+            Some(env) => env,
+            None => return,
+        }
+    }};
+}

@@ -1,0 +1,279 @@
+//! The agent under test: process, captured output, `dump --json`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Every line the agent printed (stdout and stderr interleaved, ANSI escapes removed),
+/// each prefixed with the run number.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+impl Log {
+    fn push(&self, line: String) {
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line);
+        self.changed.notify_all();
+    }
+}
+
+/// `clusterip-agent run` for one test; killed on drop, its output then printed to stderr.
+pub struct Agent {
+    bin: PathBuf,
+    manifests: PathBuf,
+    cgroup: PathBuf,
+    bpffs: PathBuf,
+    child: Option<Child>,
+    runs: u32,
+    /// Index in the log where the current run started.
+    run_start: usize,
+    log: Arc<Log>,
+}
+
+impl Agent {
+    /// Starts `BIN run --manifests DIR --cgroup CG --bpffs BPFFS --node-name node-a`.
+    pub fn start(bin: &Path, manifests: &Path, cgroup: &Path, bpffs: &Path) -> Result<Self> {
+        let mut agent = Self {
+            bin: bin.to_owned(),
+            manifests: manifests.to_owned(),
+            cgroup: cgroup.to_owned(),
+            bpffs: bpffs.to_owned(),
+            child: None,
+            runs: 0,
+            run_start: 0,
+            log: Arc::default(),
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        self.runs += 1;
+        self.run_start = self.log_len();
+        let mut child = Command::new(&self.bin)
+            .arg("run")
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .args(["--node-name", "node-a"])
+            .env("RUST_LOG", "info,clusterip_agent=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", self.bin.display()))?;
+        let run = self.runs;
+        let pipes: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().context("agent stdout")?),
+            Box::new(child.stderr.take().context("agent stderr")?),
+        ];
+        for pipe in pipes {
+            let log = self.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    log.push(format!("run#{run}: {}", strip_ansi(&line)));
+                }
+            });
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Number of lines logged so far; a mark for [`Agent::wait_line_since`].
+    pub fn log_len(&self) -> usize {
+        self.log
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.log
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits for a line logged at or after index `from` that contains every one of `patterns`.
+    pub fn wait_line_since(
+        &mut self,
+        from: usize,
+        patterns: &[&str],
+        timeout: Duration,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let lines = self.log.lines.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(l) = lines
+                    .iter()
+                    .skip(from)
+                    .find(|l| patterns.iter().all(|p| l.contains(p)))
+                {
+                    return Ok(l.clone());
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let wait = (deadline - now).min(Duration::from_millis(50));
+                drop(self.log.changed.wait_timeout(lines, wait));
+            }
+            if let Some(status) = self.exit_status() {
+                // Let the reader threads collect the last lines before reporting.
+                std::thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "agent exited ({status}) while waiting for a line with {patterns:?}; log:\n{}",
+                    self.lines().join("\n")
+                );
+            }
+        }
+        bail!(
+            "no agent line with {patterns:?} within {timeout:?}; log:\n{}",
+            self.lines().join("\n")
+        )
+    }
+
+    /// Waits for the current run to log a line containing "synced".
+    pub fn wait_synced(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_line_since(self.run_start, &["synced"], timeout)
+            .map(|_| ())
+    }
+
+    /// The exit status if the agent process has ended.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().context("killing the agent")?;
+            child.wait().context("reaping the agent")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent again (after [`Agent::kill9`]) with the same arguments.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9()?;
+        self.spawn()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill9() {
+            eprintln!("cleanup: {e}");
+        }
+        // The reader threads end at EOF; give them a moment for the last lines.
+        std::thread::sleep(Duration::from_millis(20));
+        eprintln!("----- agent output -----");
+        for line in self.lines() {
+            eprintln!("{line}");
+        }
+        eprintln!("------------------------");
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte(@..~)
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One frontend as `clusterip-agent dump --json` prints it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DumpEntry {
+    pub vip: String,
+    pub port: u16,
+    pub protocol: String,
+    pub backends: Vec<String>,
+    pub affinity_timeout_s: Option<u32>,
+}
+
+impl DumpEntry {
+    pub fn new(
+        vip: &str,
+        port: u16,
+        protocol: &str,
+        backends: &[&str],
+        affinity: Option<u32>,
+    ) -> Self {
+        let mut backends: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+        backends.sort();
+        Self {
+            vip: vip.into(),
+            port,
+            protocol: protocol.into(),
+            backends,
+            affinity_timeout_s: affinity,
+        }
+    }
+}
+
+/// `BIN dump --bpffs DIR --json`, entries and their backends sorted.
+pub fn dump_json(bin: &Path, bpffs: &Path) -> Result<Vec<DumpEntry>> {
+    let out = Command::new(bin)
+        .arg("dump")
+        .arg("--bpffs")
+        .arg(bpffs)
+        .arg("--json")
+        .output()
+        .context("running clusterip-agent dump")?;
+    if !out.status.success() {
+        bail!(
+            "clusterip-agent dump failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut entries: Vec<DumpEntry> = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "parsing dump --json output: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    for e in &mut entries {
+        e.backends.sort();
+    }
+    entries.sort();
+    Ok(entries)
+}

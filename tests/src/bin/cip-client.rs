@@ -1,0 +1,364 @@
+//! A test client: connects like an application would and reports what the socket API said.
+//!
+//! ```text
+//! cip-client tcp ADDR:PORT [--count N] [--timeout-ms MS]
+//! cip-client udp-connected ADDR:PORT [--count N] [--timeout-ms MS]
+//! cip-client udp-unconnected ADDR:PORT [--count N] [--timeout-ms MS]
+//! cip-client tcp-hold ADDR:PORT [--timeout-ms MS]
+//! ```
+//! Prints one JSON object per line on stdout. Network errors never abort the program; they are
+//! reported as `{"error": "...", "errno": N, "elapsed_ms": T}`.
+//! - `tcp`: N sequential connections; each `{"peer": getpeername(), "reply": first line}`.
+//! - `udp-connected`: one socket, connect(), N times send "ping" and recv:
+//!   `{"peer": getpeername(), "from": address recvfrom reported, "reply": ...}`.
+//! - `udp-unconnected`: one socket that is never bound nor connected, N times sendto "ping" and
+//!   recvfrom: `{"from": address recvfrom reported, "reply": ...}`.
+//! - `tcp-hold`: one connection; prints `{"peer", "reply"}` for the greeting, then for each line
+//!   read on stdin sends it, reads the echo and prints `{"alive": echo == line, "reply": ...}`.
+//!   Exits at end of stdin.
+//!
+//! Every object also carries `elapsed_ms`, the time the operation took, so tests can tell an
+//! immediate error from a timeout.
+
+use std::io::{BufRead, BufReader, Write};
+use std::mem::{size_of, zeroed};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Args {
+    mode: String,
+    addr: SocketAddr,
+    count: u32,
+    timeout: Duration,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().ok_or("missing mode")?;
+    let addr = args.next().ok_or("missing ADDR:PORT")?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    let mut count = 1;
+    let mut timeout = Duration::from_millis(1000);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--count" => count = value.parse().map_err(|e| format!("bad --count: {e}"))?,
+            "--timeout-ms" => {
+                timeout = Duration::from_millis(
+                    value
+                        .parse()
+                        .map_err(|e| format!("bad --timeout-ms: {e}"))?,
+                )
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(Args {
+        mode,
+        addr,
+        count,
+        timeout,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cip-client: {e}");
+            eprintln!(
+                "usage: cip-client tcp|udp-connected|udp-unconnected|tcp-hold ADDR:PORT [--count N] [--timeout-ms MS]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match args.mode.as_str() {
+        "tcp" => (0..args.count).for_each(|_| emit(tcp_once(&args))),
+        "udp-connected" => udp(&args, true),
+        "udp-unconnected" => udp(&args, false),
+        "tcp-hold" => tcp_hold(&args),
+        other => {
+            eprintln!("cip-client: unknown mode {other}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn emit(v: Value) {
+    let mut out = std::io::stdout().lock();
+    // If the test stopped reading there is nobody to tell.
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+fn error(e: &std::io::Error, start: Instant) -> Value {
+    json!({
+        "error": e.to_string(),
+        "errno": e.raw_os_error().unwrap_or(0),
+        "elapsed_ms": ms(start),
+    })
+}
+
+fn read_line(stream: &mut BufReader<TcpStream>) -> std::io::Result<String> {
+    let mut line = String::new();
+    stream.read_line(&mut line)?;
+    Ok(line.trim_end_matches('\n').to_owned())
+}
+
+fn tcp_connect(
+    args: &Args,
+    start: Instant,
+) -> Result<(BufReader<TcpStream>, String, String), Value> {
+    let stream =
+        TcpStream::connect_timeout(&args.addr, args.timeout).map_err(|e| error(&e, start))?;
+    stream
+        .set_read_timeout(Some(args.timeout))
+        .map_err(|e| error(&e, start))?;
+    stream
+        .set_write_timeout(Some(args.timeout))
+        .map_err(|e| error(&e, start))?;
+    let peer = stream.peer_addr().map_err(|e| error(&e, start))?;
+    let mut reader = BufReader::new(stream);
+    let reply = read_line(&mut reader).map_err(|e| error(&e, start))?;
+    Ok((reader, peer.to_string(), reply))
+}
+
+fn tcp_once(args: &Args) -> Value {
+    let start = Instant::now();
+    match tcp_connect(args, start) {
+        Ok((_, peer, reply)) => json!({"peer": peer, "reply": reply, "elapsed_ms": ms(start)}),
+        Err(v) => v,
+    }
+}
+
+fn tcp_hold(args: &Args) {
+    let start = Instant::now();
+    let mut reader = match tcp_connect(args, start) {
+        Ok((reader, peer, reply)) => {
+            emit(json!({"peer": peer, "reply": reply, "elapsed_ms": ms(start)}));
+            reader
+        }
+        Err(v) => return emit(v),
+    };
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { return };
+        let start = Instant::now();
+        let sent = reader.get_mut().write_all(format!("{line}\n").as_bytes());
+        let result = sent.and_then(|_| read_line(&mut reader));
+        emit(match result {
+            Ok(reply) => {
+                json!({"alive": reply == line, "reply": reply, "elapsed_ms": ms(start)})
+            }
+            Err(e) => {
+                let mut v = error(&e, start);
+                v["alive"] = json!(false);
+                v
+            }
+        });
+    }
+}
+
+fn sockaddr_from(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn sockaddr_to(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                sin.sin_addr.s_addr.to_ne_bytes().into(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn cvt(ret: libc::c_int) -> std::io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> std::io::Result<usize> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// A UDP socket that is neither bound nor connected yet (the kernel autobinds on first use).
+fn udp_socket(addr: &SocketAddr, timeout: Duration) -> std::io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the fd is owned right after.
+    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: tv outlives the call; the length matches.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    Ok(fd)
+}
+
+fn getpeername(fd: &OwnedFd) -> std::io::Result<String> {
+    // SAFETY: zeroed sockaddr_storage is valid; the kernel fills at most `len` bytes.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    cvt(unsafe {
+        libc::getpeername(
+            fd.as_raw_fd(),
+            &mut storage as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        )
+    })?;
+    Ok(sockaddr_to(&storage).map_or_else(|| "?".into(), |a| a.to_string()))
+}
+
+fn udp(args: &Args, connected: bool) {
+    let start = Instant::now();
+    let fd = match udp_socket(&args.addr, args.timeout) {
+        Ok(fd) => fd,
+        Err(e) => return emit(error(&e, start)),
+    };
+    let (dst, dst_len) = sockaddr_from(&args.addr);
+    if connected {
+        // SAFETY: dst is a valid sockaddr of length dst_len.
+        let r = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                &dst as *const _ as *const libc::sockaddr,
+                dst_len,
+            )
+        };
+        if let Err(e) = cvt(r) {
+            return emit(error(&e, start));
+        }
+    }
+    let payload = b"ping";
+    for _ in 0..args.count {
+        let start = Instant::now();
+        emit(match udp_exchange(&fd, connected, payload, &dst, dst_len) {
+            Ok((reply, from)) => {
+                let reply = String::from_utf8_lossy(&reply).into_owned();
+                let from = from.map_or_else(|| "?".into(), |a| a.to_string());
+                if connected {
+                    match getpeername(&fd) {
+                        Ok(peer) => json!({
+                            "peer": peer, "from": from, "reply": reply, "elapsed_ms": ms(start)
+                        }),
+                        Err(e) => error(&e, start),
+                    }
+                } else {
+                    json!({"from": from, "reply": reply, "elapsed_ms": ms(start)})
+                }
+            }
+            Err(e) => error(&e, start),
+        });
+    }
+}
+
+fn udp_exchange(
+    fd: &OwnedFd,
+    connected: bool,
+    payload: &[u8],
+    dst: &libc::sockaddr_storage,
+    dst_len: libc::socklen_t,
+) -> std::io::Result<(Vec<u8>, Option<SocketAddr>)> {
+    let raw = fd.as_raw_fd();
+    let ptr = payload.as_ptr() as *const libc::c_void;
+    // SAFETY: payload and dst are valid for the given lengths during the calls.
+    cvt_size(unsafe {
+        if connected {
+            libc::send(raw, ptr, payload.len(), 0)
+        } else {
+            libc::sendto(
+                raw,
+                ptr,
+                payload.len(),
+                0,
+                dst as *const _ as *const libc::sockaddr,
+                dst_len,
+            )
+        }
+    })?;
+    let mut buf = vec![0u8; 2048];
+    // SAFETY: zeroed sockaddr_storage is valid; the kernel writes at most `len` bytes into it
+    // and at most buf.len() bytes into buf.
+    let mut from: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let n = cvt_size(unsafe {
+        libc::recvfrom(
+            raw,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            0,
+            &mut from as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        )
+    })?;
+    buf.truncate(n);
+    Ok((buf, sockaddr_to(&from)))
+}

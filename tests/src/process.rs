@@ -1,0 +1,333 @@
+//! Backends in the pods netns, clients in the client netns and the test cgroup.
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+
+use crate::cgroup::Cgroup;
+use crate::netns::Netns;
+
+/// Makes `cmd` enter `netns` (and join `cgroup`) between fork and exec, with only
+/// async-signal-safe syscalls (setns, open, write, close); everything is prepared before.
+pub fn enter(cmd: &mut Command, netns: Option<&Netns>, cgroup: Option<&Cgroup>) -> Result<()> {
+    let ns_fd = netns.map(|n| n.file().as_raw_fd());
+    let procs = match cgroup {
+        Some(cg) => Some(
+            CString::new(
+                cg.path()
+                    .join("cgroup.procs")
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            )
+            .context("cgroup path")?,
+        ),
+        None => None,
+    };
+    // SAFETY: the closure only makes async-signal-safe syscalls on data prepared before fork;
+    // io::Error::last_os_error does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = ns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(procs) = &procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a backend serves: `--tcp`, `--tcp-echo` and `--udp` addresses.
+#[derive(Clone, Debug, Default)]
+pub struct Listen {
+    pub tcp: Vec<SocketAddr>,
+    pub tcp_echo: Vec<SocketAddr>,
+    pub udp: Vec<SocketAddr>,
+}
+
+/// Starts `cip-backend --name NAME ...` in `netns` and waits for its `ready`.
+pub fn start_backend(bin: &Path, netns: &Netns, name: &str, listen: &Listen) -> Result<Proc> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--name", name]);
+    for (flag, addrs) in [
+        ("--tcp", &listen.tcp),
+        ("--tcp-echo", &listen.tcp_echo),
+        ("--udp", &listen.udp),
+    ] {
+        for a in addrs {
+            cmd.arg(flag).arg(a.to_string());
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    enter(&mut cmd, Some(netns), None)?;
+    let mut child = cmd.spawn().context("spawning cip-backend")?;
+    let stdout = child.stdout.take().context("backend stdout")?;
+    let mut proc = Proc {
+        name: name.into(),
+        child,
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(line) if line.trim() == "ready" => Ok(proc),
+        Ok(line) => {
+            let status = proc.child.wait().ok();
+            bail!("backend {name} did not start (said {line:?}, exit {status:?})")
+        }
+        Err(_) => bail!("backend {name} not ready within 10 s"),
+    }
+}
+
+/// One line of `cip-client` output.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Reply {
+    pub peer: Option<String>,
+    pub from: Option<String>,
+    pub reply: Option<String>,
+    pub error: Option<String>,
+    pub errno: Option<i32>,
+    pub alive: Option<bool>,
+    #[serde(default)]
+    pub elapsed_ms: f64,
+}
+
+impl Reply {
+    /// The backend that answered (first word of the reply).
+    pub fn backend(&self) -> Option<&str> {
+        self.reply.as_deref()?.split(' ').next()
+    }
+
+    /// The client address the backend saw (second word of the reply).
+    pub fn seen_client(&self) -> Option<&str> {
+        self.reply.as_deref()?.split(' ').nth(1)
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Where and how clients run: the client netns and the test cgroup.
+#[derive(Clone, Copy)]
+pub struct ClientCtx<'a> {
+    /// The `cip-client` binary.
+    pub bin: &'a Path,
+    pub netns: &'a Netns,
+    pub cgroup: &'a Cgroup,
+}
+
+impl ClientCtx<'_> {
+    fn command(&self, args: &[&str]) -> Result<Command> {
+        let mut cmd = Command::new(self.bin);
+        cmd.args(args);
+        enter(&mut cmd, Some(self.netns), Some(self.cgroup))?;
+        Ok(cmd)
+    }
+
+    /// Runs `cip-client ARGS` to completion (killed after 60 s) and parses its lines.
+    pub fn run(&self, args: &[&str]) -> Result<Vec<Reply>> {
+        let mut cmd = self.command(args)?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().context("spawning cip-client")?;
+        let mut proc = Proc {
+            name: "cip-client".into(),
+            child,
+        };
+        let stdout = proc.child.stdout.take().context("client stdout")?;
+        let stderr = proc.child.stderr.take().context("client stderr")?;
+        let out = std::thread::spawn(move || std::io::read_to_string(stdout));
+        let err = std::thread::spawn(move || std::io::read_to_string(stderr));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = proc.child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                bail!("cip-client {args:?} still running after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let out = out.join().map_err(|_| anyhow!("reader panicked"))??;
+        let err = err.join().map_err(|_| anyhow!("reader panicked"))??;
+        if !status.success() {
+            bail!("cip-client {args:?} failed ({status}): {err}");
+        }
+        out.lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("client printed {l:?}")))
+            .collect()
+    }
+
+    /// `cip-client MODE ADDR --count N --timeout-ms MS`.
+    pub fn run_mode(
+        &self,
+        mode: &str,
+        addr: SocketAddr,
+        count: u32,
+        timeout_ms: u32,
+    ) -> Result<Vec<Reply>> {
+        let replies = self.run(&[
+            mode,
+            &addr.to_string(),
+            "--count",
+            &count.to_string(),
+            "--timeout-ms",
+            &timeout_ms.to_string(),
+        ])?;
+        if replies.len() != count as usize {
+            bail!("cip-client {mode} {addr}: expected {count} lines, got {replies:?}");
+        }
+        Ok(replies)
+    }
+
+    /// `count` sequential TCP connections (2 s timeout).
+    pub fn tcp(&self, addr: SocketAddr, count: u32) -> Result<Vec<Reply>> {
+        self.run_mode("tcp", addr, count, 2000)
+    }
+
+    pub fn udp_connected(&self, addr: SocketAddr, count: u32) -> Result<Vec<Reply>> {
+        self.run_mode("udp-connected", addr, count, 1000)
+    }
+
+    pub fn udp_unconnected(&self, addr: SocketAddr, count: u32) -> Result<Vec<Reply>> {
+        self.run_mode("udp-unconnected", addr, count, 1000)
+    }
+
+    /// `cip-client tcp-hold ADDR`: returns once the greeting was read.
+    pub fn hold(&self, addr: SocketAddr) -> Result<HoldClient> {
+        let mut cmd = self.command(&["tcp-hold", &addr.to_string(), "--timeout-ms", "2000"])?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().context("spawning cip-client tcp-hold")?;
+        HoldClient::new(Proc {
+            name: "cip-client tcp-hold".into(),
+            child,
+        })
+    }
+}
+
+/// A client holding one TCP connection open to an echo backend.
+pub struct HoldClient {
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    /// The greeting: peer and backend.
+    pub greeting: Reply,
+    _proc: Proc,
+}
+
+impl HoldClient {
+    fn new(mut proc: Proc) -> Result<Self> {
+        let stdin = proc.child.stdin.take().context("stdin")?;
+        let stdout = proc.child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut me = Self {
+            stdin,
+            lines,
+            greeting: Reply::default(),
+            _proc: proc,
+        };
+        me.greeting = me.next()?;
+        Ok(me)
+    }
+
+    fn next(&mut self) -> Result<Reply> {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .context("no output from cip-client tcp-hold")?;
+        serde_json::from_str(&line).with_context(|| format!("tcp-hold printed {line:?}"))
+    }
+
+    /// Sends `msg` over the held connection and returns what the client saw.
+    pub fn ping(&mut self, msg: &str) -> Result<Reply> {
+        writeln!(self.stdin, "{msg}").context("writing to tcp-hold")?;
+        self.stdin.flush()?;
+        self.next()
+    }
+}
+
+/// Runs a command and returns its stdout, failing with stderr.
+pub fn output(program: impl AsRef<Path>, args: &[&str]) -> Result<String> {
+    let program: PathBuf = program.as_ref().into();
+    let out = Command::new(&program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {args:?} failed ({}): {}",
+            program.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// How many replies each backend gave; panics (with all replies) if any reply is an error.
+pub fn tally(replies: &[Reply]) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for r in replies {
+        assert!(
+            r.is_ok(),
+            "a request failed: {r:?}\nall replies: {replies:#?}"
+        );
+        let backend = r
+            .backend()
+            .unwrap_or_else(|| panic!("reply without a backend: {r:?}"));
+        *counts.entry(backend.to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
