@@ -1,1 +1,116 @@
-fn main() {}
+//! Developer tasks for clusterip: `cargo xtask <command>`.
+//!
+//! Builds with the machine's preinstalled toolchain (no aya here): `setup` is what installs the
+//! newer ones. Pinned versions: `toolchain.rs`.
+
+mod demo;
+mod proc;
+mod setup;
+mod tasks;
+mod toolchain;
+
+use std::{net::SocketAddr, process::ExitCode, time::Instant};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "clusterip developer tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check the eBPF toolchain (root, bpffs, BTF, Debian packages, stable and pinned nightly
+    /// Rust, bpf-linker) and install what is missing. Idempotent.
+    Setup,
+    /// `setup`, then build the eBPF object with the pinned nightly and bpf-linker.
+    BuildEbpf,
+    /// `build-ebpf`, then the workspace's binaries and test binaries, with the eBPF object
+    /// embedded in target/debug/clusterip-agent.
+    Build,
+    /// `build`, then `cargo test --workspace` with the privileged e2e tests required to run.
+    /// Arguments go to `cargo test`: `cargo xtask test -- some_filter -- --nocapture`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The demo: `build`, then two ClusterIP services with three stand-in pods in network
+    /// namespaces, the agent, and a client; everything is removed at the end (also on Ctrl-C).
+    Run {
+        /// Keep the demo running until Ctrl-C, to look around.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// (demo) A stand-in pod: TCP hello server and UDP echo server.
+    #[command(hide = true)]
+    DemoBackend {
+        #[arg(long)]
+        tcp: Option<SocketAddr>,
+        #[arg(long)]
+        udp: Option<SocketAddr>,
+        #[arg(long)]
+        name: String,
+    },
+    /// (demo) Sends requests to the services and reports which backend answered.
+    #[command(hide = true)]
+    DemoClient {
+        #[arg(long)]
+        tcp: SocketAddr,
+        #[arg(long, default_value_t = 9)]
+        tcp_requests: usize,
+        #[arg(long)]
+        udp: SocketAddr,
+        #[arg(long, default_value_t = 4)]
+        udp_requests: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let started = Instant::now();
+    let quiet = matches!(
+        cli.command,
+        Cmd::DemoBackend { .. } | Cmd::DemoClient { .. }
+    );
+    let root = tasks::workspace_root();
+    let result = match cli.command {
+        Cmd::Setup => setup::setup(),
+        Cmd::BuildEbpf => tasks::build_ebpf(&root).map(|_| ()),
+        Cmd::Build => tasks::build(&root).map(|_| ()),
+        Cmd::Test { args } => tasks::test(&root, &args),
+        Cmd::Run { keep } => demo::run(keep),
+        Cmd::DemoBackend { tcp, udp, name } => demo::backend::serve(tcp, udp, &name),
+        Cmd::DemoClient {
+            tcp,
+            tcp_requests,
+            udp,
+            udp_requests,
+        } => demo::client::run(tcp, tcp_requests, udp, udp_requests),
+    };
+    match result {
+        Ok(()) => {
+            if !quiet {
+                eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            // Exit with a failed child's own code (e.g. cargo test's 101) when there is one.
+            let code = e
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<proc::ChildFailed>())
+                .and_then(|failed| failed.status.code())
+                .and_then(|code| u8::try_from(code).ok())
+                .filter(|code| *code != 0)
+                .unwrap_or(1);
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! `cargo xtask setup`: checks, and installs what is missing, for the eBPF toolchain.
+//!
+//! Idempotent: on a ready machine it only prints `ok:` lines. Each install is followed by the
+//! same check, so a step that "succeeded" without producing the right thing still fails.
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    proc::{self, cargo, command, probe, run},
+    toolchain::{
+        BPF_LINKER_VERSION, EBPF_NIGHTLY, LLVM_MAJOR, MIN_STABLE, STABLE, STABLE_COMPONENTS,
+        debian_packages, llvm_prefix,
+    },
+};
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+pub fn setup() -> Result<()> {
+    eprintln!("==> setup: checking the eBPF toolchain");
+    check_root()?;
+    check_bpf()?;
+    debian()?;
+    stable()?;
+    nightly()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn ok(what: impl AsRef<str>) {
+    eprintln!("ok: {}", what.as_ref());
+}
+
+fn installing(what: impl AsRef<str>) {
+    eprintln!("installing: {}", what.as_ref());
+}
+
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn check_root() -> Result<()> {
+    let uid = euid();
+    if uid != 0 {
+        bail!(
+            "not root (euid {uid}): installing packages and loading eBPF programs need root; \
+             run `sudo -E cargo xtask setup` or, as root, `cargo xtask setup`"
+        );
+    }
+    ok("running as root");
+    Ok(())
+}
+
+/// Mount points of the given filesystem type, from /proc/mounts.
+pub fn mounts_of_type(fstype: &str) -> Result<Vec<String>> {
+    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    Ok(mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _source = fields.next()?;
+            let target = fields.next()?;
+            let ty = fields.next()?;
+            (ty == fstype).then(|| target.to_string())
+        })
+        .collect())
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup/unified` in hybrid setups).
+pub fn cgroup2_root() -> Result<String> {
+    mounts_of_type("cgroup2")?
+        .into_iter()
+        .next()
+        .context("no cgroup v2 filesystem mounted (see /proc/mounts)")
+}
+
+fn check_bpf() -> Result<()> {
+    if mounts_of_type("bpf")?.iter().any(|m| m == BPFFS) {
+        ok(format!("bpffs mounted at {BPFFS}"));
+    } else {
+        installing(format!("mounting bpffs at {BPFFS}"));
+        if !Path::new(BPFFS).is_dir() {
+            bail!(
+                "{BPFFS} does not exist: this kernel has no BPF syscall support \
+                 (CONFIG_BPF_SYSCALL) or sysfs is not mounted"
+            );
+        }
+        run(command("mount").args(["-t", "bpf", "bpf", BPFFS]))
+            .with_context(|| format!("cannot mount bpffs at {BPFFS}"))?;
+    }
+    if !Path::new(KERNEL_BTF).exists() {
+        bail!(
+            "{KERNEL_BTF} missing: the kernel was built without CONFIG_DEBUG_INFO_BTF; \
+             the eBPF programs need kernel BTF"
+        );
+    }
+    ok(format!("kernel BTF at {KERNEL_BTF}"));
+    match cgroup2_root() {
+        Ok(root) => ok(format!("cgroup v2 mounted at {root}")),
+        Err(e) => eprintln!("warning: {e:#}; the agent, tests and demo need it"),
+    }
+    Ok(())
+}
+
+/// `Some(version)` if the Debian package is installed.
+fn deb_version(package: &str) -> Result<Option<String>> {
+    let out = probe(command("dpkg-query").args(["-W", "-f=${Status}\t${Version}", package]))?;
+    Ok(out.and_then(|s| {
+        let (status, version) = s.split_once('\t')?;
+        (status.trim() == "install ok installed").then(|| version.trim().to_string())
+    }))
+}
+
+fn debian() -> Result<()> {
+    if probe(command("dpkg-query").arg("--version"))?.is_none() {
+        bail!(
+            "dpkg-query not found: `cargo xtask setup` only knows Debian/Ubuntu; install by hand: \
+             LLVM {LLVM_MAJOR} (dev files, polly), zlib and zstd dev files, bpftool, iproute2"
+        );
+    }
+    let mut missing = Vec::new();
+    for package in debian_packages() {
+        match deb_version(&package)? {
+            Some(version) => ok(format!("{package} {version}")),
+            None => missing.push(package),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    installing(missing.join(" "));
+    let apt = || {
+        let mut cmd = command("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(apt().arg("update"))?;
+    run(apt().args(["install", "-y"]).args(&missing))?;
+    for package in &missing {
+        match deb_version(package)? {
+            Some(version) => ok(format!("{package} {version}")),
+            None => bail!("{package} still not installed after apt-get install"),
+        }
+    }
+    Ok(())
+}
+
+/// `(major, minor, patch)` from `rustc 1.99.1 (58cf8f9c3 2026-10-13)`.
+pub fn parse_rustc_version(out: &str) -> Option<(u32, u32, u32)> {
+    let version = out.split_whitespace().nth(1)?;
+    let version = version.split('-').next()?;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+fn rustc_version(toolchain: &str) -> Result<Option<String>> {
+    Ok(probe(
+        command("rustc")
+            .arg(format!("+{toolchain}"))
+            .arg("--version"),
+    )?
+    .map(|s| s.trim().to_string()))
+}
+
+fn installed_components(toolchain: &str) -> Result<Vec<String>> {
+    let out = proc::output(command("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        toolchain,
+        "--installed",
+    ]))?;
+    Ok(out.lines().map(|l| l.trim().to_string()).collect())
+}
+
+/// Components are listed as `rustfmt-x86_64-unknown-linux-gnu`, or `rust-src` (no host).
+fn has_component(installed: &[String], component: &str) -> bool {
+    installed.iter().any(|c| {
+        c == component
+            || c.strip_prefix(component)
+                .and_then(|rest| rest.strip_prefix('-'))
+                // The rest must be a target triple, so that `rust` does not match `rust-src`.
+                .is_some_and(|triple| triple.matches('-').count() >= 2)
+    })
+}
+
+fn require_rustup() -> Result<()> {
+    if probe(command("rustup").arg("--version"))?.is_none() {
+        bail!("rustup not found: install it from https://rustup.rs (it manages the toolchains)");
+    }
+    Ok(())
+}
+
+fn stable() -> Result<()> {
+    require_rustup()?;
+    let (min_major, min_minor) = MIN_STABLE;
+    let good = |v: &Option<String>| {
+        v.as_deref()
+            .and_then(parse_rustc_version)
+            .is_some_and(|(major, minor, _)| (major, minor) >= (min_major, min_minor))
+    };
+    let mut version = rustc_version(STABLE)?;
+    if !good(&version) {
+        installing(format!(
+            "{STABLE} toolchain (found: {}, need >= {min_major}.{min_minor})",
+            version.as_deref().unwrap_or("none")
+        ));
+        run(command("rustup").args([
+            "toolchain",
+            "install",
+            STABLE,
+            "--profile",
+            "minimal",
+            "--no-self-update",
+        ]))?;
+        version = rustc_version(STABLE)?;
+        if !good(&version) {
+            bail!(
+                "{STABLE} is still {} after install; need >= {min_major}.{min_minor}",
+                version.as_deref().unwrap_or("missing")
+            );
+        }
+    }
+    ok(format!(
+        "{STABLE}: {}",
+        version.as_deref().unwrap_or_default()
+    ));
+    let installed = installed_components(STABLE)?;
+    let missing: Vec<&str> = STABLE_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| !has_component(&installed, c))
+        .collect();
+    if !missing.is_empty() {
+        installing(format!("{} on {STABLE}", missing.join(" ")));
+        run(command("rustup")
+            .args(["component", "add", "--toolchain", STABLE])
+            .args(&missing))?;
+    }
+    let installed = installed_components(STABLE)?;
+    for component in STABLE_COMPONENTS {
+        if !has_component(&installed, component) {
+            bail!("component {component} still missing on {STABLE}");
+        }
+    }
+    ok(format!(
+        "{STABLE} components: {}",
+        STABLE_COMPONENTS.join(" ")
+    ));
+    Ok(())
+}
+
+fn toolchain_installed(name: &str) -> Result<bool> {
+    let out = proc::output(command("rustup").args(["toolchain", "list"]))?;
+    Ok(out.lines().any(|line| {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        first == name || first.starts_with(&format!("{name}-"))
+    }))
+}
+
+fn nightly() -> Result<()> {
+    if !toolchain_installed(EBPF_NIGHTLY)? {
+        installing(format!("{EBPF_NIGHTLY} with rust-src"));
+        run(command("rustup").args([
+            "toolchain",
+            "install",
+            EBPF_NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+            "--no-self-update",
+        ]))?;
+    }
+    if !has_component(&installed_components(EBPF_NIGHTLY)?, "rust-src") {
+        installing(format!("rust-src on {EBPF_NIGHTLY}"));
+        run(command("rustup").args(["component", "add", "--toolchain", EBPF_NIGHTLY, "rust-src"]))?;
+        if !has_component(&installed_components(EBPF_NIGHTLY)?, "rust-src") {
+            bail!("rust-src still missing on {EBPF_NIGHTLY}");
+        }
+    }
+    let version = rustc_version(EBPF_NIGHTLY)?
+        .with_context(|| format!("`rustc +{EBPF_NIGHTLY} --version` fails after install"))?;
+    ok(format!("{EBPF_NIGHTLY}: {version}, with rust-src"));
+    Ok(())
+}
+
+fn bpf_linker_version() -> Result<Option<String>> {
+    Ok(probe(command("bpf-linker").arg("--version"))?
+        .and_then(|s| s.split_whitespace().nth(1).map(str::to_string)))
+}
+
+fn bpf_linker() -> Result<()> {
+    let found = bpf_linker_version()?;
+    if found.as_deref() != Some(BPF_LINKER_VERSION) {
+        installing(format!(
+            "bpf-linker {BPF_LINKER_VERSION} for LLVM {LLVM_MAJOR} (found: {}; takes about a minute)",
+            found.as_deref().unwrap_or("none")
+        ));
+        let mut install: Command = cargo(STABLE);
+        install
+            .env("LLVM_PREFIX", llvm_prefix())
+            .arg("install")
+            .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{LLVM_MAJOR}"))
+            .arg("--locked");
+        run(&mut install)?;
+        let now = bpf_linker_version()?;
+        if now.as_deref() != Some(BPF_LINKER_VERSION) {
+            bail!(
+                "`bpf-linker --version` reports {} after install, want {BPF_LINKER_VERSION}: \
+                 is another bpf-linker earlier on PATH?",
+                now.as_deref().unwrap_or("nothing")
+            );
+        }
+    }
+    ok(format!("bpf-linker {BPF_LINKER_VERSION}"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rustc_versions() {
+        assert_eq!(
+            parse_rustc_version("rustc 1.99.1 (58cf8f9c3 2026-10-13)"),
+            Some((1, 99, 1))
+        );
+        assert_eq!(
+            parse_rustc_version("rustc 1.98.0-nightly (abcdef 2026-06-30)"),
+            Some((1, 98, 0))
+        );
+        assert_eq!(parse_rustc_version("error: toolchain not installed"), None);
+        assert_eq!(parse_rustc_version(""), None);
+    }
+
+    #[test]
+    fn recognises_components_with_and_without_host_suffix() {
+        let installed = vec![
+            "cargo-x86_64-unknown-linux-gnu".to_string(),
+            "rustfmt-x86_64-unknown-linux-gnu".to_string(),
+            "rust-src".to_string(),
+        ];
+        assert!(has_component(&installed, "rustfmt"));
+        assert!(has_component(&installed, "rust-src"));
+        assert!(!has_component(&installed, "clippy"));
+        assert!(!has_component(&installed, "rust"));
+    }
+}

@@ -1,0 +1,166 @@
+//! `build-ebpf`, `build`, `test`.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    proc::{cargo, run},
+    setup::setup,
+    toolchain::{EBPF_BIN, EBPF_NIGHTLY, EBPF_TARGET, STABLE},
+};
+
+/// The workspace root (xtask lives in `<root>/xtask`).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The userspace target dir: `CARGO_TARGET_DIR` (kept for children) or `<root>/target`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir), // join keeps an absolute path as is
+        None => root.join("target"),
+    }
+}
+
+/// The eBPF crate gets its own target dir (its own workspace, another toolchain and target).
+fn ebpf_target_dir(root: &Path) -> PathBuf {
+    root.join("clusterip-ebpf").join("target")
+}
+
+pub fn ebpf_object_path(root: &Path) -> PathBuf {
+    ebpf_target_dir(root)
+        .join(EBPF_TARGET)
+        .join("release")
+        .join(EBPF_BIN)
+}
+
+pub fn agent_bin_path(root: &Path) -> PathBuf {
+    target_dir(root).join("debug").join("clusterip-agent")
+}
+
+/// Runs setup, builds the eBPF object, returns its absolute path.
+pub fn build_ebpf(root: &Path) -> Result<PathBuf> {
+    setup()?;
+    eprintln!("==> build-ebpf: clusterip-ebpf with {EBPF_NIGHTLY}");
+    let started = Instant::now();
+    let crate_dir = root.join("clusterip-ebpf");
+    // Rust flags (`-C debuginfo=2 -C link-arg=--btf`) come from clusterip-ebpf/.cargo/config.toml;
+    // `cargo()` removes RUSTFLAGS & co. so that they are not overridden.
+    run(cargo(EBPF_NIGHTLY)
+        .current_dir(&crate_dir)
+        .args([
+            "build",
+            "-Z",
+            "build-std=core",
+            "--target",
+            EBPF_TARGET,
+            "--release",
+        ])
+        .arg("--target-dir")
+        .arg(ebpf_target_dir(root)))?;
+    let object = ebpf_object_path(root);
+    let size = fs::metadata(&object)
+        .with_context(|| format!("the build succeeded but {} is missing", object.display()))?
+        .len();
+    eprintln!(
+        "ebpf object: {} ({size} bytes, built in {:.1}s)",
+        object.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(object)
+}
+
+/// Builds the eBPF object and then the workspace's binaries and test binaries with the object
+/// embedded in the agent. Returns (object, agent binary).
+pub fn build(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let object = build_ebpf(root)?;
+    eprintln!("==> build: workspace binaries and tests with {STABLE}");
+    let started = Instant::now();
+    // xtask is excluded: it is the running program and is built by `cargo xtask` with the
+    // default toolchain; rebuilding it here with another one would make them take turns.
+    run(cargo(STABLE)
+        .current_dir(root)
+        .env("CLUSTERIP_EBPF_OBJECT", &object)
+        .args([
+            "build",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--bins",
+            "--tests",
+        ]))?;
+    let agent = agent_bin_path(root);
+    if !agent.is_file() {
+        bail!("the build succeeded but {} is missing", agent.display());
+    }
+    eprintln!(
+        "agent: {} (with the eBPF object embedded, built in {:.1}s)",
+        agent.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok((object, agent))
+}
+
+/// Builds everything, then `cargo test` with the e2e tests required to run. `args` go to
+/// `cargo test` (`cargo xtask test -- some_filter -- --nocapture`).
+pub fn test(root: &Path, args: &[String]) -> Result<()> {
+    let (object, agent) = build(root)?;
+    eprintln!("==> test");
+    let started = Instant::now();
+    let mut cmd = cargo(STABLE);
+    cmd.current_dir(root)
+        .env("CLUSTERIP_EBPF_OBJECT", &object)
+        .env("CLUSTERIP_AGENT_BIN", &agent)
+        .env("CLUSTERIP_E2E_REQUIRED", "1")
+        .arg("test");
+    if !selects_packages(args) {
+        cmd.arg("--workspace");
+    }
+    cmd.args(args);
+    let result = run(&mut cmd);
+    eprintln!(
+        "==> test: {} in {:.1}s",
+        if result.is_ok() { "passed" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    result
+}
+
+/// Whether cargo arguments (before any `--`) pick packages themselves.
+fn selects_packages(args: &[String]) -> bool {
+    args.iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a.starts_with("-p") || a.starts_with("--package") || a == "--workspace")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn package_selection_is_left_to_the_caller() {
+        assert!(!selects_packages(&strings(&["some_filter"])));
+        assert!(!selects_packages(&strings(&["f", "--", "-p"])));
+        assert!(selects_packages(&strings(&["-p", "clusterip-tests"])));
+        assert!(selects_packages(&strings(&["-pclusterip-tests"])));
+        assert!(selects_packages(&strings(&["--package=xtask"])));
+    }
+
+    #[test]
+    fn object_and_agent_paths_are_absolute() {
+        let root = workspace_root();
+        assert!(ebpf_object_path(&root).is_absolute());
+        assert!(ebpf_object_path(&root).ends_with("bpfel-unknown-none/release/clusterip"));
+        assert!(agent_bin_path(&root).ends_with("debug/clusterip-agent"));
+    }
+}

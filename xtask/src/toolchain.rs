@@ -1,0 +1,39 @@
+//! Every pinned toolchain version, in one place.
+//!
+//! Why these: the eBPF object is linked by bpf-linker, which reads rustc's LLVM bitcode, so the
+//! nightly's LLVM major must equal the LLVM bpf-linker is built against. Debian bookworm offers
+//! LLVM 22 at most; `nightly-2026-07-01` is rustc 1.98.0-nightly on LLVM 22.1. Userspace (aya
+//! 0.16) declares `rust-version = "1.98.0"`.
+
+/// Nightly used for the eBPF crate (`-Z build-std=core`), needs the `rust-src` component.
+pub const EBPF_NIGHTLY: &str = "nightly-2026-07-01";
+/// LLVM major shared by `EBPF_NIGHTLY` and bpf-linker.
+pub const LLVM_MAJOR: u32 = 22;
+/// bpf-linker version, built with `--features llvm-22` against Debian's LLVM.
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Rust toolchain for userspace; must be at least `MIN_STABLE`.
+pub const STABLE: &str = "stable";
+pub const MIN_STABLE: (u32, u32) = (1, 98);
+/// rustup components CI needs on `STABLE` (`cargo fmt --check`, `cargo clippy`).
+pub const STABLE_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
+/// Target triple of the eBPF object.
+pub const EBPF_TARGET: &str = "bpfel-unknown-none";
+/// Name of the eBPF crate's binary (the object file).
+pub const EBPF_BIN: &str = "clusterip";
+
+/// Debian packages: LLVM for bpf-linker, bpftool to inspect maps, iproute2 for the demo/tests.
+pub fn debian_packages() -> Vec<String> {
+    vec![
+        format!("llvm-{LLVM_MAJOR}-dev"),
+        format!("libpolly-{LLVM_MAJOR}-dev"),
+        "zlib1g-dev".to_string(),
+        "libzstd-dev".to_string(),
+        "bpftool".to_string(),
+        "iproute2".to_string(),
+    ]
+}
+
+/// Where Debian installs `llvm-<major>-dev` (bpf-linker's build script needs it in LLVM_PREFIX).
+pub fn llvm_prefix() -> String {
+    format!("/usr/lib/llvm-{LLVM_MAJOR}")
+}
