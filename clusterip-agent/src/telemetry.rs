@@ -8,6 +8,7 @@ pub fn init() {
     // try_init also installs the log -> tracing bridge; a second init (tests) is harmless.
     let _already_set = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
