@@ -17,13 +17,20 @@
 #![no_std]
 #![no_main]
 
+mod ct;
 mod ctx;
 mod lb;
 mod maps;
+mod nat;
+mod pkt;
+mod reject;
+mod select;
 mod sock_connect;
 mod sock_getpeername;
 mod sock_recvmsg;
 mod sock_sendmsg;
+mod tc;
+mod xdp;
 
 /// Maps a hook's result to its return value: `Err(errno)` fails the syscall with errno.
 #[inline(always)]

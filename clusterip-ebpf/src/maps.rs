@@ -7,14 +7,15 @@
 //! below).
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use clusterip_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_SERVICE_ENTRIES, MAX_SOCK_FLOWS, MAX_SOCK_REVNAT, Service4Key, Service6Key, ServiceValue,
-    SockFlowKey, SockFlowValue, SockRevNat4Key, SockRevNat4Value, SockRevNat6Key, SockRevNat6Value,
-    map_names,
+    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value,
+    DEFAULT_CONNTRACK_ENTRIES, DatapathConfigValue, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_MAGLEV_SERVICES, MAX_SERVICE_ENTRIES, MAX_SOCK_FLOWS, MAX_SOCK_REVNAT, MAX_SVC_ID,
+    MaglevValue, Service4Key, Service6Key, ServiceValue, SockFlowKey, SockFlowValue,
+    SockRevNat4Key, SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, SvcStats, map_names,
 };
 
 const SVC: usize = MAX_SERVICE_ENTRIES as usize;
@@ -22,6 +23,11 @@ const BE: usize = MAX_BACKENDS as usize;
 const RNAT: usize = MAX_SOCK_REVNAT as usize;
 const AFF: usize = MAX_AFFINITY as usize;
 const FLOWS: usize = MAX_SOCK_FLOWS as usize;
+const MAGLEV: usize = MAX_MAGLEV_SERVICES as usize;
+const CT: usize = DEFAULT_CONNTRACK_ENTRIES as usize;
+const SVC_IDS: usize = MAX_SVC_ID as usize;
+/// BPF_F_NO_PREALLOC: a Maglev table is 4 KiB; preallocating 65,536 of them would pin 256 MiB.
+const NO_PREALLOC: usize = 1;
 
 /// IPv4 services: (VIP, port, proto, slot) -> frontend (slot 0) or backend id (slots 1..=count).
 #[btf_map(pin_by_name)]
@@ -55,6 +61,30 @@ pub static CIP_AFFINITY: LruHashMap<AffinityKey, AffinityValue, AFF> = LruHashMa
 #[btf_map(pin_by_name)]
 pub static CIP_SOCKFLOW: LruHashMap<SockFlowKey, SockFlowValue, FLOWS> = LruHashMap::new();
 
+// ---- per-packet datapath (TC / XDP) ----
+
+/// svc_id -> Maglev lookup table (backend id per entry). Written whole by the agent.
+/// Not preallocated: memory is used only for services that exist.
+#[btf_map(pin_by_name)]
+pub static CIP_MAGLEV: HashMap<u32, MaglevValue, MAGLEV, NO_PREALLOC> = HashMap::new();
+
+/// IPv4 conntrack: forward (client -> VIP) and reply (backend -> client) entries.
+/// The agent may change max_entries at load time.
+#[btf_map(pin_by_name)]
+pub static CIP_CT4: LruHashMap<Ct4Key, Ct4Value, CT> = LruHashMap::new();
+
+/// IPv6 conntrack.
+#[btf_map(pin_by_name)]
+pub static CIP_CT6: LruHashMap<Ct6Key, Ct6Value, CT> = LruHashMap::new();
+
+/// Per-CPU packet and byte counters per svc_id.
+#[btf_map(pin_by_name)]
+pub static CIP_STATS: PerCpuArray<SvcStats, SVC_IDS> = PerCpuArray::new();
+
+/// Datapath settings (index 0), written by the agent at start.
+#[btf_map(pin_by_name)]
+pub static CIP_CONFIG: Array<DatapathConfigValue, 1> = Array::new();
+
 /// The symbol names above must be the contract's map names.
 const _: () = {
     const fn eq(a: &str, b: &str) -> bool {
@@ -79,4 +109,9 @@ const _: () = {
     assert!(eq(map_names::SOCK_REVNAT_V6, "CIP_RNAT6"));
     assert!(eq(map_names::AFFINITY, "CIP_AFFINITY"));
     assert!(eq(map_names::SOCK_FLOWS, "CIP_SOCKFLOW"));
+    assert!(eq(map_names::MAGLEV, "CIP_MAGLEV"));
+    assert!(eq(map_names::CONNTRACK_V4, "CIP_CT4"));
+    assert!(eq(map_names::CONNTRACK_V6, "CIP_CT6"));
+    assert!(eq(map_names::STATS, "CIP_STATS"));
+    assert!(eq(map_names::CONFIG, "CIP_CONFIG"));
 };

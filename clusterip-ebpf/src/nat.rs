@@ -1,0 +1,451 @@
+//! Per-packet translation shared by `tc_ingress` and `xdp_ingress`.
+//!
+//! Handled: Ethernet + IPv4 (no options, not a fragment) or IPv6 (no extension headers), then
+//! TCP or UDP, and (TC only) ICMP/ICMPv6 errors quoting such a packet. Anything else, or
+//! anything truncated, is left exactly as it is.
+//!
+//! - forward (client -> VIP:port): conntrack hit (fresh, backend still there) or a new choice
+//!   ([`crate::select::choose`]) recorded as a forward and a reply entry; destination rewritten
+//!   to the backend, and the source to the VIP when the client is its own backend (hairpin).
+//! - reply (backend -> client, TC only): source rewritten back to VIP:port (and destination
+//!   back to the client when hairpinned).
+//! - ICMP errors (TC only) about a translated flow are rewritten so the client's stack matches
+//!   them to its socket (inner destination and outer source become VIP:port).
+//! - a VIP without usable endpoints, or a port it does not define: [`Verdict::Reject`] (the
+//!   caller answers) or [`Verdict::Drop`] (SVC_FLAG_DROP).
+
+use aya_log_ebpf::debug;
+use clusterip_common::{
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, MAX_SVC_ID, SVC_FLAG_DROP,
+    ServiceValue,
+};
+
+use crate::ct::{self, Addr, Ct, Tuple};
+use crate::maps::CIP_STATS;
+use crate::pkt::{
+    ETH_LEN, ETH_P_IP, ETH_P_IPV6, F_MARK_MANGLED_0, F_PSEUDO_HDR, IP4_LEN, IP6_LEN, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+use crate::select;
+
+/// What the entry point does with the packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Untouched.
+    Pass,
+    /// Rewritten; let it go on.
+    Translated,
+    /// Drop silently.
+    Drop,
+    /// Answer with a TCP RST / ICMP port unreachable (IPv6 if `v6`).
+    Reject { v6: bool, tcp: bool },
+}
+
+/// Which program runs the code: XDP only does the forward translation.
+pub const AT_TC: bool = false;
+pub const AT_XDP: bool = true;
+
+#[inline(always)]
+const fn l4_off(v6: bool) -> usize {
+    if v6 {
+        ETH_LEN + IP6_LEN
+    } else {
+        ETH_LEN + IP4_LEN
+    }
+}
+
+#[inline(always)]
+const fn saddr_off(v6: bool) -> usize {
+    if v6 { ETH_LEN + 8 } else { ETH_LEN + 12 }
+}
+
+#[inline(always)]
+const fn daddr_off(v6: bool) -> usize {
+    if v6 { ETH_LEN + 24 } else { ETH_LEN + 16 }
+}
+
+/// IPv4 header checksum offset.
+const IP4_CSUM: usize = ETH_LEN + 10;
+
+/// Entry of both programs.
+#[inline(always)]
+pub fn process<P: Packet, const XDP: bool>(p: &P) -> Verdict {
+    let Some(ethertype) = p.load::<u16>(12) else {
+        return Verdict::Pass;
+    };
+    match u16::from_be(ethertype) {
+        ETH_P_IP => process_ip::<P, false, XDP>(p).unwrap_or(Verdict::Pass),
+        ETH_P_IPV6 => process_ip::<P, true, XDP>(p).unwrap_or(Verdict::Pass),
+        _ => Verdict::Pass,
+    }
+}
+
+/// Reads an address of the family at `off`.
+#[inline(always)]
+fn load_addr<P: Packet, const V6: bool>(p: &P, off: usize) -> Option<Addr> {
+    if V6 {
+        p.load::<[u32; 4]>(off)
+    } else {
+        Some([p.load::<u32>(off)?, 0, 0, 0])
+    }
+}
+
+/// `(saddr, daddr, protocol)` of a plain IP header (IPv4 without options and not a fragment,
+/// IPv6 without extension headers) at `l3`; None for anything else.
+#[inline(always)]
+fn parse_l3<P: Packet, const V6: bool>(p: &P, l3: usize) -> Option<(Addr, Addr, u8)> {
+    if V6 {
+        let ver: u8 = p.load(l3)?;
+        if ver >> 4 != 6 {
+            return None;
+        }
+        let nexthdr: u8 = p.load(l3 + 6)?;
+        Some((
+            load_addr::<P, true>(p, l3 + 8)?,
+            load_addr::<P, true>(p, l3 + 24)?,
+            nexthdr,
+        ))
+    } else {
+        let vihl: u8 = p.load(l3)?;
+        if vihl != 0x45 {
+            // Not IPv4, or IPv4 with options: left alone.
+            return None;
+        }
+        let frag: u16 = p.load(l3 + 6)?;
+        if u16::from_be(frag) & 0x3fff != 0 {
+            // MF set or a non-zero offset: a fragment (no ports to translate by).
+            return None;
+        }
+        let proto: u8 = p.load(l3 + 9)?;
+        Some((
+            load_addr::<P, false>(p, l3 + 12)?,
+            load_addr::<P, false>(p, l3 + 16)?,
+            proto,
+        ))
+    }
+}
+
+#[inline(always)]
+fn process_ip<P: Packet, const V6: bool, const XDP: bool>(p: &P) -> Option<Verdict> {
+    let (saddr, daddr, proto) = parse_l3::<P, V6>(p, ETH_LEN)?;
+    let l4 = l4_off(V6);
+    let icmp = if V6 { PROTO_ICMPV6 } else { PROTO_ICMP };
+    if proto == icmp {
+        if XDP {
+            return None;
+        }
+        return icmp_error::<P, V6>(p, &saddr, &daddr);
+    }
+    let flags = if proto == PROTO_TCP {
+        // The whole fixed header must be there (checksum at +16, flags at +13).
+        let _: u32 = p.load(l4 + 16)?;
+        p.load::<u8>(l4 + 13)?
+    } else if proto == PROTO_UDP {
+        let _: u16 = p.load(l4 + 6)?;
+        0
+    } else {
+        return None;
+    };
+    let t = Tuple {
+        saddr,
+        daddr,
+        sport: p.load(l4)?,
+        dport: p.load(l4 + 2)?,
+        proto,
+    };
+    if !XDP {
+        if let Some(e) = ct::lookup::<V6>(&t, CT_DIR_REPLY) {
+            return reverse::<P, V6>(p, &t, flags, &e);
+        }
+    }
+    if let Some(fe) = select::frontend::<V6>(&t.daddr, t.dport, t.proto) {
+        return Some(forward::<P, V6>(p, &t, flags, &fe));
+    }
+    if select::is_vip::<V6>(&t.daddr) {
+        debug!(
+            p,
+            "clusterip: port {} not defined on VIP: reject",
+            u16::from_be(t.dport)
+        );
+        return Some(Verdict::Reject {
+            v6: V6,
+            tcp: proto == PROTO_TCP,
+        });
+    }
+    None
+}
+
+/// The L4 checksum's offset and `csum_l4` flags for `proto`.
+#[inline(always)]
+fn l4_csum<const V6: bool>(proto: u8) -> (usize, u64) {
+    let l4 = l4_off(V6);
+    if proto == PROTO_TCP {
+        (l4 + 16, 0)
+    } else {
+        (l4 + 6, F_MARK_MANGLED_0)
+    }
+}
+
+/// Rewrites the address at `off` from `old` to `new`, updating the IPv4 header checksum at
+/// `l3_csum` and the checksum at `l4.0` (with flags `l4.1`; F_PSEUDO_HDR when the address is
+/// part of that checksum's pseudo header).
+#[inline(always)]
+fn set_addr<P: Packet, const V6: bool>(
+    p: &P,
+    off: usize,
+    old: &Addr,
+    new: &Addr,
+    l3_csum: Option<usize>,
+    l4: Option<(usize, u64)>,
+) -> Option<()> {
+    let n = if V6 { 4 } else { 1 };
+    for i in 0..n {
+        if old[i] != new[i] {
+            p.store(off + 4 * i, &new[i])?;
+            if let Some(c) = l3_csum {
+                p.csum_l3(c, old[i], new[i], 4)?;
+            }
+            if let Some((c, fl)) = l4 {
+                p.csum_l4(c, old[i], new[i], fl | 4)?;
+            }
+        }
+    }
+    Some(())
+}
+
+/// Rewrites the port at `off`, updating the checksum at `l4.0` (flags `l4.1`).
+#[inline(always)]
+fn set_port<P: Packet>(p: &P, off: usize, old: u16, new: u16, l4: (usize, u64)) -> Option<()> {
+    if old != new {
+        p.store(off, &new)?;
+        p.csum_l4(l4.0, u32::from(old), u32::from(new), l4.1 | 2)?;
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn count(svc_id: u32, bytes: u32) {
+    if svc_id >= MAX_SVC_ID {
+        return;
+    }
+    if let Some(s) = CIP_STATS.get_ptr_mut(svc_id) {
+        // SAFETY: this CPU's slot of a valid map value; no one else writes it concurrently.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += u64::from(bytes);
+        }
+    }
+}
+
+#[inline(always)]
+fn reject(fe: &ServiceValue, v6: bool, proto: u8) -> Verdict {
+    if fe.flags & SVC_FLAG_DROP != 0 {
+        Verdict::Drop
+    } else {
+        Verdict::Reject {
+            v6,
+            tcp: proto == PROTO_TCP,
+        }
+    }
+}
+
+/// client -> VIP:port.
+#[inline(always)]
+fn forward<P: Packet, const V6: bool>(
+    p: &P,
+    t: &Tuple,
+    tcp_flags: u8,
+    fe: &ServiceValue,
+) -> Verdict {
+    if fe.count == 0 {
+        debug!(p, "clusterip: svc {} has no endpoints", fe.svc_id);
+        return reject(fe, V6, t.proto);
+    }
+    let now = ct::now_ns();
+    let closing = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_FLAG_CLOSING
+    } else {
+        0
+    };
+    let syn_only = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+
+    // An existing flow keeps its backend while the entry is fresh and the backend exists.
+    let mut kept: Option<Ct> = None;
+    if let Some(e) = ct::lookup::<V6>(t, CT_DIR_FORWARD) {
+        let cfg = ct::config();
+        let fresh = now.wrapping_sub(e.last_seen_ns) < ct::timeout_ns(&cfg, t.proto, e.flags);
+        let reopened = syn_only && e.flags & CT_FLAG_CLOSING != 0;
+        if fresh
+            && !reopened
+            && e.svc_id == fe.svc_id
+            && select::backend::<V6>(e.backend_id).is_some()
+        {
+            ct::touch::<V6>(t, CT_DIR_FORWARD, now, closing);
+            kept = Some(e);
+        }
+    }
+    let e = match kept {
+        Some(e) => e,
+        None => {
+            let Some(b) = select::choose::<V6>(t, fe, now) else {
+                debug!(p, "clusterip: svc {} no usable backend", fe.svc_id);
+                return reject(fe, V6, t.proto);
+            };
+            let hairpin = b.addr == t.saddr;
+            let flags = closing | if hairpin { CT_FLAG_HAIRPIN } else { 0 };
+            let fwd = Ct {
+                addr: b.addr,
+                nat_addr: if hairpin { t.daddr } else { [0; 4] },
+                port: b.port,
+                flags,
+                svc_id: fe.svc_id,
+                backend_id: b.id,
+                last_seen_ns: now,
+            };
+            let rev_t = Tuple {
+                saddr: b.addr,
+                daddr: if hairpin { t.daddr } else { t.saddr },
+                sport: b.port,
+                dport: t.sport,
+                proto: t.proto,
+            };
+            let rev = Ct {
+                addr: t.daddr,
+                nat_addr: if hairpin { t.saddr } else { [0; 4] },
+                port: t.dport,
+                flags,
+                svc_id: fe.svc_id,
+                backend_id: b.id,
+                last_seen_ns: now,
+            };
+            // LRU inserts only fail without memory; the flow still maps the same way
+            // through Maglev, so go on.
+            let _ = ct::insert::<V6>(&rev_t, CT_DIR_REPLY, &rev);
+            let _ = ct::insert::<V6>(t, CT_DIR_FORWARD, &fwd);
+            if fe.flags & clusterip_common::SVC_FLAG_AFFINITY != 0 {
+                select::write_affinity::<V6>(&t.saddr, fe.svc_id, b.id, now);
+            }
+            debug!(
+                p,
+                "clusterip: svc {} new flow -> backend {}", fe.svc_id, b.id
+            );
+            fwd
+        }
+    };
+    let l4c = l4_csum::<V6>(t.proto);
+    let l3c = if V6 { None } else { Some(IP4_CSUM) };
+    let pseudo = Some((l4c.0, l4c.1 | F_PSEUDO_HDR));
+    let ok = set_addr::<P, V6>(p, daddr_off(V6), &t.daddr, &e.addr, l3c, pseudo).and_then(|()| {
+        set_port(p, l4_off(V6) + 2, t.dport, e.port, l4c)?;
+        if e.flags & CT_FLAG_HAIRPIN != 0 {
+            set_addr::<P, V6>(p, saddr_off(V6), &t.saddr, &e.nat_addr, l3c, pseudo)?;
+        }
+        Some(())
+    });
+    if ok.is_none() {
+        // Offsets were checked while parsing; a failure here is a helper error. Never let a
+        // half-rewritten packet go.
+        return Verdict::Drop;
+    }
+    count(fe.svc_id, p.len());
+    Verdict::Translated
+}
+
+/// backend -> client (or -> VIP when hairpinned): source back to VIP:port.
+#[inline(always)]
+fn reverse<P: Packet, const V6: bool>(p: &P, t: &Tuple, tcp_flags: u8, e: &Ct) -> Option<Verdict> {
+    let l4c = l4_csum::<V6>(t.proto);
+    let l3c = if V6 { None } else { Some(IP4_CSUM) };
+    let pseudo = Some((l4c.0, l4c.1 | F_PSEUDO_HDR));
+    let ok = set_addr::<P, V6>(p, saddr_off(V6), &t.saddr, &e.addr, l3c, pseudo).and_then(|()| {
+        set_port(p, l4_off(V6), t.sport, e.port, l4c)?;
+        if e.flags & CT_FLAG_HAIRPIN != 0 {
+            set_addr::<P, V6>(p, daddr_off(V6), &t.daddr, &e.nat_addr, l3c, pseudo)?;
+        }
+        Some(())
+    });
+    if ok.is_none() {
+        return Some(Verdict::Drop);
+    }
+    let closing = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_FLAG_CLOSING
+    } else {
+        0
+    };
+    ct::touch::<V6>(t, CT_DIR_REPLY, ct::now_ns(), closing);
+    count(e.svc_id, p.len());
+    Some(Verdict::Translated)
+}
+
+/// An ICMP error about a packet of a translated flow, sent by the backend side (the quoted
+/// packet is client -> backend): the quoted destination becomes VIP:port again and, when the
+/// backend itself sent the error, so does the outer source. For hairpinned flows the quoted
+/// source and the outer destination go back to the client. Fixed: the outer IPv4 header
+/// checksum, the quoted IPv4 header checksum and the ICMP checksum (for ICMPv6 including its
+/// pseudo header). The quoted L4 checksum is left as it is (the quote may be truncated and no
+/// stack checks it).
+#[inline(always)]
+fn icmp_error<P: Packet, const V6: bool>(p: &P, saddr: &Addr, daddr: &Addr) -> Option<Verdict> {
+    let l4 = l4_off(V6);
+    let ty: u8 = p.load(l4)?;
+    let is_error = if V6 {
+        // destination unreachable, packet too big, time exceeded
+        ty == 1 || ty == 2 || ty == 3
+    } else {
+        // destination unreachable (incl. fragmentation needed), time exceeded
+        ty == 3 || ty == 11
+    };
+    if !is_error {
+        return None;
+    }
+    let inner = l4 + 8;
+    let (isaddr, idaddr, iproto) = parse_l3::<P, V6>(p, inner)?;
+    if iproto != PROTO_TCP && iproto != PROTO_UDP {
+        return None;
+    }
+    let il4 = inner + if V6 { IP6_LEN } else { IP4_LEN };
+    let it = Tuple {
+        saddr: isaddr,
+        daddr: idaddr,
+        sport: p.load(il4)?,
+        dport: p.load(il4 + 2)?,
+        proto: iproto,
+    };
+    let e = ct::lookup::<V6>(&it.reversed(), CT_DIR_REPLY)?;
+    let hairpin = e.flags & CT_FLAG_HAIRPIN != 0;
+    let icmp_csum = l4 + 2;
+    let inner_saddr = inner + if V6 { 8 } else { 12 };
+    let inner_daddr = inner + if V6 { 24 } else { 16 };
+    // IPv4: the quoted header's own checksum absorbs its address change, so the ICMP checksum
+    // only sees the port. IPv6: no header checksum, the ICMPv6 checksum sees both.
+    let (inner_l3, inner_l4) = if V6 {
+        (None, Some((icmp_csum, 0)))
+    } else {
+        (Some(inner + 10), None)
+    };
+    let outer_l3 = if V6 { None } else { Some(IP4_CSUM) };
+    let outer_l4 = if V6 {
+        Some((icmp_csum, F_PSEUDO_HDR))
+    } else {
+        None
+    };
+    let ok = (|| {
+        set_addr::<P, V6>(p, inner_daddr, &idaddr, &e.addr, inner_l3, inner_l4)?;
+        set_port(p, il4 + 2, it.dport, e.port, (icmp_csum, 0))?;
+        if hairpin {
+            set_addr::<P, V6>(p, inner_saddr, &isaddr, &e.nat_addr, inner_l3, inner_l4)?;
+            if *daddr == isaddr {
+                set_addr::<P, V6>(p, daddr_off(V6), daddr, &e.nat_addr, outer_l3, outer_l4)?;
+            }
+        }
+        if *saddr == idaddr {
+            set_addr::<P, V6>(p, saddr_off(V6), saddr, &e.addr, outer_l3, outer_l4)?;
+        }
+        Some(())
+    })();
+    if ok.is_none() {
+        return Some(Verdict::Drop);
+    }
+    debug!(p, "clusterip: icmp error for svc {} translated", e.svc_id);
+    Some(Verdict::Translated)
+}

@@ -1,0 +1,44 @@
+//! `tc_ingress`: per-packet ClusterIP translation at TC ingress of pod-facing interfaces.
+//! Both directions (forward to a backend, reply back to VIP:port), ICMP errors about
+//! translated flows, and immediate RST / ICMP port unreachable for VIPs without endpoints
+//! (redirected back out of the interface the packet came in on). See [`crate::nat`].
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect,
+    macros::classifier,
+    programs::TcContext,
+};
+
+use crate::{
+    nat::{self, AT_TC, Verdict},
+    pkt::TcPkt,
+    reject,
+};
+
+/// Untouched packets go on to the next program (TCX_NEXT / TC_ACT_UNSPEC).
+const TC_ACT_UNSPEC: i32 = -1;
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    match try_tc_ingress(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+#[inline(always)]
+fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
+    let p = TcPkt(ctx);
+    match nat::process::<_, AT_TC>(&p) {
+        Verdict::Pass => Ok(TC_ACT_UNSPEC),
+        Verdict::Translated => Ok(TC_ACT_OK as i32),
+        Verdict::Drop => Err(TC_ACT_SHOT as i32),
+        Verdict::Reject { v6, tcp } => {
+            if reject::build(&p, v6, tcp).is_none() {
+                return Err(TC_ACT_SHOT as i32);
+            }
+            // SAFETY: plain helper call; returns TC_ACT_REDIRECT (or TC_ACT_SHOT on a bad flag).
+            Ok(unsafe { bpf_redirect(p.ifindex(), 0) } as i32)
+        }
+    }
+}
