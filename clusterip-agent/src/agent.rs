@@ -8,12 +8,17 @@ use tracing::info;
 
 use crate::cli::{Cli, Command, RunArgs};
 use crate::datapath::{Datapath, DatapathConfig};
+use crate::interfaces::Pattern;
 use crate::manifests::ManifestSource;
 use crate::syncer::Syncer;
 use crate::{datapath, dump, syncer, telemetry};
+use clusterip_common::DatapathConfigValue;
 
 /// How often the manifests are re-read: a change is in the maps well within a second.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often the interfaces are re-scanned for --tc-iface / --xdp-iface patterns.
+pub const IFACE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs one CLI command to completion.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
@@ -27,13 +32,24 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(run(args))
         }
         Command::Dump(args) => {
-            let entries = dump::read(&args.bpffs)?;
             let mut out = std::io::stdout().lock();
+            if args.conntrack {
+                let ct = dump::read_conntrack(&args.bpffs)?;
+                if args.json {
+                    serde_json::to_writer_pretty(&mut out, &ct)?;
+                    writeln!(out)?;
+                } else {
+                    dump::print_conntrack(&mut out, &ct)?;
+                }
+                return Ok(());
+            }
+            let entries = dump::read(&args.bpffs)?;
             if args.json {
                 serde_json::to_writer_pretty(&mut out, &entries)?;
                 writeln!(out)?;
             } else {
-                dump::print_text(&mut out, &entries)?;
+                let config = dump::read_config(&args.bpffs)?;
+                dump::print_text(&mut out, &entries, &config)?;
             }
             Ok(())
         }
@@ -50,9 +66,12 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 /// SIGTERM. On exit the datapath stays attached (pinned), like the kernel side does when the
 /// agent is killed: connections keep working; `cleanup` removes it.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cgroup = match args.cgroup {
-        Some(c) => c,
-        None => datapath::default_cgroup_root().context("finding the cgroup v2 root")?,
+    let cgroup = match (args.socket_lb, args.cgroup) {
+        (false, _) => None,
+        (true, Some(c)) => Some(c),
+        (true, None) => {
+            Some(datapath::default_cgroup_root().context("finding the cgroup v2 root")?)
+        }
     };
     let node_name = match args.node_name {
         Some(n) => n,
@@ -63,6 +82,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         bpffs: args.bpffs.clone(),
         cgroup: cgroup.clone(),
         debug_logs,
+        tc_ifaces: args.tc_ifaces.iter().map(|p| Pattern::new(p)).collect(),
+        xdp_ifaces: args.xdp_ifaces.iter().map(|p| Pattern::new(p)).collect(),
+        ct_max: args.ct_max,
+        ct_config: DatapathConfigValue {
+            ct_tcp_timeout_s: args.ct_tcp_timeout,
+            ct_tcp_closing_timeout_s: args.ct_tcp_closing_timeout,
+            ct_udp_timeout_s: args.ct_udp_timeout,
+            _pad: 0,
+        },
     };
     let mut datapath = Datapath::load(&cfg).context("loading the eBPF datapath")?;
     if debug_logs {
@@ -72,7 +100,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut syncer = Syncer::open(&args.bpffs).context("opening the pinned maps")?;
     info!(
-        cgroup = %cgroup.display(),
+        cgroup = %cgroup.as_deref().map(|c| c.display().to_string()).unwrap_or_else(|| "-".into()),
         bpffs = %args.bpffs.display(),
         node = %node_name,
         manifests = %args.manifests.display(),
@@ -83,6 +111,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut source = ManifestSource::new(args.manifests.clone(), node_name);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut iface_tick = tokio::time::interval(IFACE_SCAN_INTERVAL);
+    iface_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     // After a failed apply the next table is applied even if the manifests did not change.
@@ -102,6 +132,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         }
                     }
                 }
+            }
+            _ = iface_tick.tick(), if datapath.watches_interfaces() => {
+                datapath.sync_interfaces();
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use clusterip_common::{DEFAULT_CONNTRACK_ENTRIES, DatapathConfigValue};
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/clusterip";
 
@@ -43,19 +44,115 @@ pub struct RunArgs {
     /// This node's name, for internalTrafficPolicy: Local [default: $NODE_NAME, else the hostname]
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
+    /// Attach the per-packet program `tc_ingress` to the ingress of this interface. Repeatable;
+    /// a pattern such as 'veth*' (`*`, `?`) also covers matching interfaces that appear later
+    /// (re-scanned every second). Only interfaces of the agent's network namespace.
+    #[arg(long = "tc-iface", value_name = "NAME", action = ArgAction::Append)]
+    pub tc_ifaces: Vec<String>,
+    /// Attach the per-packet program `xdp_ingress` to this interface (native mode, else
+    /// generic). Repeatable; patterns as for --tc-iface.
+    #[arg(long = "xdp-iface", value_name = "NAME", action = ArgAction::Append)]
+    pub xdp_ifaces: Vec<String>,
+    /// Socket-level load balancing (cgroup hooks). `--socket-lb=false` leaves the socket hooks
+    /// out (and detaches those of a previous agent), so the per-packet path carries everything.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
+    pub socket_lb: bool,
+    /// Conntrack entries per address family (LRU). Changing it replaces the pinned conntrack
+    /// maps (their flows are forgotten).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONNTRACK_ENTRIES)]
+    pub ct_max: u32,
+    /// Idle timeout of an established TCP flow.
+    #[arg(long, value_name = "SECS", default_value_t = DatapathConfigValue::DEFAULT.ct_tcp_timeout_s)]
+    pub ct_tcp_timeout: u32,
+    /// Idle timeout of a closing TCP flow (FIN/RST seen) and of an unanswered SYN.
+    #[arg(long, value_name = "SECS", default_value_t = DatapathConfigValue::DEFAULT.ct_tcp_closing_timeout_s)]
+    pub ct_tcp_closing_timeout: u32,
+    /// Idle timeout of a UDP flow.
+    #[arg(long, value_name = "SECS", default_value_t = DatapathConfigValue::DEFAULT.ct_udp_timeout_s)]
+    pub ct_udp_timeout: u32,
 }
 
 #[derive(Debug, Args)]
 pub struct DumpArgs {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
-    /// JSON: a list of {vip, port, protocol, backends, affinity_timeout_s, ...}.
+    /// JSON: a list of {vip, port, protocol, backends, affinity_timeout_s, packets, bytes,
+    /// ...}; with --conntrack an object {config, flows}.
     #[arg(long)]
     pub json: bool,
+    /// List the per-packet datapath's conntrack flows (and its size and timeouts) instead of
+    /// the services.
+    #[arg(long)]
+    pub conntrack: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["clusterip-agent", "run", "--manifests", "/m"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Run(r) => r,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_defaults() {
+        let r = run_args(&[]);
+        assert!(r.socket_lb);
+        assert!(r.tc_ifaces.is_empty() && r.xdp_ifaces.is_empty());
+        assert_eq!(r.ct_max, DEFAULT_CONNTRACK_ENTRIES);
+        assert_eq!(r.ct_tcp_timeout, 21_600);
+        assert_eq!(r.ct_tcp_closing_timeout, 10);
+        assert_eq!(r.ct_udp_timeout, 30);
+    }
+
+    #[test]
+    fn per_packet_flags() {
+        let r = run_args(&[
+            "--tc-iface",
+            "veth*",
+            "--tc-iface=eth1",
+            "--xdp-iface",
+            "eth0",
+            "--socket-lb=false",
+            "--ct-max",
+            "1024",
+            "--ct-udp-timeout",
+            "5",
+        ]);
+        assert_eq!(r.tc_ifaces, ["veth*", "eth1"]);
+        assert_eq!(r.xdp_ifaces, ["eth0"]);
+        assert!(!r.socket_lb);
+        assert_eq!(r.ct_max, 1024);
+        assert_eq!(r.ct_udp_timeout, 5);
+        assert!(run_args(&["--socket-lb"]).socket_lb);
+        assert!(!run_args(&["--socket-lb", "false"]).socket_lb);
+        assert!(
+            Cli::try_parse_from([
+                "clusterip-agent",
+                "run",
+                "--manifests",
+                "/m",
+                "--socket-lb=maybe"
+            ])
+            .is_err()
+        );
+    }
 }

@@ -7,6 +7,16 @@
 //! - `<dir>/links/<program>` for the eight cgroup links. A pinned link keeps its program
 //!   attached after the agent exits (or is killed); `cleanup` removes them.
 //!
+//! Per-packet datapath: `tc_ingress` on the ingress of every `--tc-iface` interface (TCX
+//! links, kernel >= 6.6; netlink with a clsact qdisc before that) and `xdp_ingress` on every
+//! `--xdp-iface` interface (native mode, else generic). Their links are pinned at
+//! `<dir>/links/tc_<ifname>` and `<dir>/links/xdp_<ifname>` ('.' and '_' in names written as
+//! `_2e`, `_5f`: bpffs refuses dots). Interfaces are re-scanned every second
+//! ([`Datapath::sync_interfaces`]): a new interface matching a pattern gets the program, the
+//! pin of a vanished one goes. A restarted agent swaps its program into the pinned link of an
+//! interface that is still there (BPF_LINK_UPDATE: atomic) and detaches pins of interfaces it
+//! was not told about this time. Only interfaces named by the flags are touched.
+//!
 //! A restarted agent replaces the previous links make-before-break: the new program is
 //! attached next to the old one (cgroup BPF links are multi-program attachments), its link
 //! pinned under a temporary name and renamed over the old pin, and only then the old link is
@@ -19,18 +29,25 @@ use std::{
     fs::{self, File},
     io,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
 };
 
+use std::collections::BTreeMap;
+
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttach, TcAttachType, Xdp,
+        XdpMode, links::FdLink, tc,
+    },
 };
 use aya_log::EbpfLogger;
-use clusterip_common::map_names;
+use clusterip_common::{DEFAULT_CONNTRACK_ENTRIES, DatapathConfigValue, map_names};
+
+use crate::interfaces::{self, Pattern};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     task::JoinHandle,
@@ -56,6 +73,13 @@ pub const PROGRAMS: [&str; 8] = [
 /// is the mode that yields a multi attachment here.
 const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
+/// The per-packet programs, by symbol name.
+pub const TC_PROGRAM: &str = "tc_ingress";
+pub const XDP_PROGRAM: &str = "xdp_ingress";
+/// Pin name prefixes of their per-interface links.
+pub const TC_PIN_PREFIX: &str = "tc";
+pub const XDP_PIN_PREFIX: &str = "xdp";
+
 /// Sub-directory of the pin directory holding the link pins.
 pub const LINKS_DIR: &str = "links";
 
@@ -73,10 +97,34 @@ const FIX_PRIVILEGES: &str = "run the agent as root (it needs CAP_BPF, CAP_NET_A
 pub struct DatapathConfig {
     /// Pin directory for maps and links (on bpffs).
     pub bpffs: PathBuf,
-    /// cgroup v2 directory the programs are attached to.
-    pub cgroup: PathBuf,
+    /// cgroup v2 directory the socket programs are attached to; None: no socket-level load
+    /// balancing (and the socket links of a previous agent are detached).
+    pub cgroup: Option<PathBuf>,
     /// Enables the programs' aya-log `debug!` records (otherwise the verifier removes them).
     pub debug_logs: bool,
+    /// Interfaces (names or patterns) whose ingress gets `tc_ingress`.
+    pub tc_ifaces: Vec<Pattern>,
+    /// Interfaces (names or patterns) that get `xdp_ingress`.
+    pub xdp_ifaces: Vec<Pattern>,
+    /// Conntrack capacity per family.
+    pub ct_max: u32,
+    /// Timeouts, written to `CIP_CONFIG[0]`.
+    pub ct_config: DatapathConfigValue,
+}
+
+impl DatapathConfig {
+    /// Socket-level load balancing on `cgroup`, no per-packet hooks, default conntrack.
+    pub fn socket_only(bpffs: PathBuf, cgroup: PathBuf, debug_logs: bool) -> Self {
+        Self {
+            bpffs,
+            cgroup: Some(cgroup),
+            debug_logs,
+            tc_ifaces: Vec::new(),
+            xdp_ifaces: Vec::new(),
+            ct_max: DEFAULT_CONNTRACK_ENTRIES,
+            ct_config: DatapathConfigValue::DEFAULT,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +157,21 @@ pub enum DatapathError {
     },
     #[error("the eBPF object has no program {0}: rebuild it with `cargo xtask build-ebpf`")]
     MissingProgram(&'static str),
+    #[error(
+        "--{flag} needs the program {program}, which this agent's eBPF object does not have: \
+         rebuild the object (`cargo xtask build-ebpf`) and the agent"
+    )]
+    MissingPacketProgram {
+        flag: &'static str,
+        program: &'static str,
+    },
+    #[error("--ct-max {0}: must be at least 1")]
+    BadCtMax(u32),
+    #[error("{what}: {source}")]
+    Map {
+        what: String,
+        source: Box<crate::maps::MapsError>,
+    },
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
@@ -122,7 +185,7 @@ pub enum DatapathError {
     },
     #[error("pinning the {name} link at {path}: {source}")]
     PinLink {
-        name: &'static str,
+        name: String,
         path: PathBuf,
         source: Box<aya::pin::PinError>,
     },
@@ -157,6 +220,63 @@ pub struct Datapath {
     links: Vec<FdLink>,
     pin_dir: PathBuf,
     log_task: Option<JoinHandle<()>>,
+    tc: IfaceHook,
+    xdp: IfaceHook,
+}
+
+/// Which per-packet program a hook attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    Tc,
+    Xdp,
+}
+
+impl HookKind {
+    pub fn program(self) -> &'static str {
+        match self {
+            HookKind::Tc => TC_PROGRAM,
+            HookKind::Xdp => XDP_PROGRAM,
+        }
+    }
+    pub fn pin_prefix(self) -> &'static str {
+        match self {
+            HookKind::Tc => TC_PIN_PREFIX,
+            HookKind::Xdp => XDP_PIN_PREFIX,
+        }
+    }
+    fn flag(self) -> &'static str {
+        match self {
+            HookKind::Tc => "tc-iface",
+            HookKind::Xdp => "xdp-iface",
+        }
+    }
+    /// BPF_LINK_TYPE_TCX / BPF_LINK_TYPE_XDP.
+    fn link_type(self) -> u32 {
+        match self {
+            HookKind::Tc => 11,
+            HookKind::Xdp => 6,
+        }
+    }
+}
+
+/// One per-packet program and the interfaces it is attached to.
+#[derive(Debug)]
+struct IfaceHook {
+    patterns: Vec<Pattern>,
+    /// Interface name -> ifindex the link is attached to (pinned, or netlink).
+    attached: BTreeMap<String, u32>,
+    /// Interface name -> ifindex where attaching failed (retried when the ifindex changes).
+    failed: BTreeMap<String, u32>,
+}
+
+impl IfaceHook {
+    fn new(patterns: Vec<Pattern>) -> Self {
+        Self {
+            patterns,
+            attached: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Datapath {
@@ -164,6 +284,8 @@ impl std::fmt::Debug for Datapath {
         f.debug_struct("Datapath")
             .field("pin_dir", &self.pin_dir)
             .field("links", &self.links.len())
+            .field("tc", &self.tc.attached)
+            .field("xdp", &self.xdp.attached)
             .field("log_forwarder", &self.log_task.is_some())
             .finish()
     }
@@ -188,6 +310,9 @@ impl Datapath {
         if object.is_empty() {
             return Err(DatapathError::NoObject);
         }
+        if cfg.ct_max == 0 {
+            return Err(DatapathError::BadCtMax(cfg.ct_max));
+        }
         ensure_bpffs()?;
         fs::create_dir_all(&cfg.bpffs).map_err(|e| DatapathError::io(&cfg.bpffs, e))?;
         if !is_bpffs(&cfg.bpffs).map_err(|e| DatapathError::io(&cfg.bpffs, e))? {
@@ -197,7 +322,31 @@ impl Datapath {
         }
         let links_dir = cfg.bpffs.join(LINKS_DIR);
         fs::create_dir_all(&links_dir).map_err(|e| DatapathError::io(&links_dir, e))?;
-        let cgroup = File::open(&cfg.cgroup).map_err(|e| DatapathError::io(&cfg.cgroup, e))?;
+        let cgroup = match &cfg.cgroup {
+            Some(path) => Some(File::open(path).map_err(|e| DatapathError::io(path, e))?),
+            None => None,
+        };
+        // A conntrack map pinned with another size cannot be adopted (aya refuses it): its pin
+        // goes and the load creates one of the new size. The flows' state is lost; Maglev
+        // sends most of them to the same backend again.
+        for name in [map_names::CONNTRACK_V4, map_names::CONNTRACK_V6] {
+            let pinned = crate::maps::pinned_max_entries(&cfg.bpffs, name).map_err(|e| {
+                DatapathError::Map {
+                    what: format!("reading the size of {name}"),
+                    source: Box::new(e),
+                }
+            })?;
+            if let Some(n) = pinned.filter(|n| *n != cfg.ct_max) {
+                let path = cfg.bpffs.join(name);
+                fs::remove_file(&path).map_err(|e| DatapathError::io(&path, e))?;
+                tracing::info!(
+                    map = name,
+                    old = n,
+                    new = cfg.ct_max,
+                    "conntrack size changed: replacing the pinned map (its flows are forgotten)"
+                );
+            }
+        }
 
         let level: u8 = if cfg.debug_logs {
             aya_log::Level::Debug as u8
@@ -207,48 +356,374 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&cfg.bpffs)
             .override_global(LOG_LEVEL_GLOBAL, &level, true)
+            .map_max_entries(map_names::CONNTRACK_V4, cfg.ct_max)
+            .map_max_entries(map_names::CONNTRACK_V6, cfg.ct_max)
             .load(object)
             .map_err(|source| DatapathError::Load {
                 dir: cfg.bpffs.clone(),
                 source: Box::new(source),
             })?;
 
+        match crate::maps::write_config(&cfg.bpffs, &cfg.ct_config) {
+            Ok(true) => tracing::info!(
+                ct_max = cfg.ct_max,
+                tcp_timeout_s = cfg.ct_config.ct_tcp_timeout_s,
+                tcp_closing_timeout_s = cfg.ct_config.ct_tcp_closing_timeout_s,
+                udp_timeout_s = cfg.ct_config.ct_udp_timeout_s,
+                "conntrack configured"
+            ),
+            Ok(false) => tracing::debug!("the eBPF object has no {}", map_names::CONFIG),
+            Err(e) => {
+                return Err(DatapathError::Map {
+                    what: "writing the conntrack timeouts".into(),
+                    source: Box::new(e),
+                });
+            }
+        }
+
         let mut links = Vec::with_capacity(PROGRAMS.len());
-        for name in PROGRAMS {
+        match (&cfg.cgroup, &cgroup) {
+            (Some(path), Some(cgroup)) => {
+                attach_socket_programs(&mut ebpf, path, cgroup, &links_dir, &mut links)?;
+                tracing::info!(cgroup = %path.display(), "socket-level load balancing attached");
+            }
+            _ => {
+                let mut n = 0;
+                for name in PROGRAMS {
+                    let path = links_dir.join(name);
+                    if let Some(link) = take_pinned_link(&path)? {
+                        detach_link(&path, &link);
+                        n += 1;
+                    }
+                }
+                tracing::info!(
+                    detached_previous = n,
+                    "socket-level load balancing off (--socket-lb=false)"
+                );
+            }
+        }
+
+        // The per-packet programs: loaded only when asked for.
+        for (kind, patterns) in [
+            (HookKind::Tc, &cfg.tc_ifaces),
+            (HookKind::Xdp, &cfg.xdp_ifaces),
+        ] {
+            if patterns.is_empty() {
+                continue;
+            }
+            let name = kind.program();
+            let missing = || DatapathError::MissingPacketProgram {
+                flag: kind.flag(),
+                program: name,
+            };
             let prog_err = |source| DatapathError::Program {
                 name,
                 source: Box::new(source),
             };
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(prog_err)?;
-            // A verifier rejection's message carries the verifier log.
-            program.load().map_err(prog_err)?;
-            let attach_err = |source| DatapathError::Attach {
-                name,
-                cgroup: cfg.cgroup.clone(),
-                source: Box::new(source),
-            };
-            let link_id = program.attach(&cgroup, ATTACH_MODE).map_err(attach_err)?;
-            let link = program.take_link(link_id).map_err(prog_err)?;
-            let link = FdLink::try_from(link)
-                .map_err(|e| prog_err(aya::programs::ProgramError::from(e)))?;
-            links.push(pin_replacing(name, link, &links_dir)?);
-            tracing::debug!(program = name, cgroup = %cfg.cgroup.display(), "attached");
+            let program = ebpf.program_mut(name).ok_or_else(missing)?;
+            match kind {
+                HookKind::Tc => {
+                    let p: &mut SchedClassifier = program.try_into().map_err(prog_err)?;
+                    p.load().map_err(prog_err)?;
+                }
+                HookKind::Xdp => {
+                    let p: &mut Xdp = program.try_into().map_err(prog_err)?;
+                    p.load().map_err(prog_err)?;
+                }
+            }
         }
-        tracing::info!(
-            bpffs = %cfg.bpffs.display(),
-            cgroup = %cfg.cgroup.display(),
-            "eBPF datapath attached"
-        );
-        Ok(Self {
+
+        let mut dp = Self {
             ebpf,
             links,
             pin_dir: cfg.bpffs.clone(),
             log_task: None,
-        })
+            tc: IfaceHook::new(cfg.tc_ifaces.clone()),
+            xdp: IfaceHook::new(cfg.xdp_ifaces.clone()),
+        };
+        dp.adopt_interface_links()?;
+        dp.sync_interfaces();
+        tracing::info!(
+            bpffs = %cfg.bpffs.display(),
+            socket_lb = cfg.cgroup.is_some(),
+            tc = ?dp.tc.attached.keys().collect::<Vec<_>>(),
+            xdp = ?dp.xdp.attached.keys().collect::<Vec<_>>(),
+            "eBPF datapath attached"
+        );
+        Ok(dp)
+    }
+
+    /// Interfaces that have `tc_ingress` (name -> ifindex).
+    pub fn tc_interfaces(&self) -> &BTreeMap<String, u32> {
+        &self.tc.attached
+    }
+
+    /// Interfaces that have `xdp_ingress` (name -> ifindex).
+    pub fn xdp_interfaces(&self) -> &BTreeMap<String, u32> {
+        &self.xdp.attached
+    }
+
+    /// Whether any per-packet hook was asked for (then interfaces are re-scanned).
+    pub fn watches_interfaces(&self) -> bool {
+        !self.tc.patterns.is_empty() || !self.xdp.patterns.is_empty()
+    }
+
+    /// At start: the per-interface links a previous agent pinned. A link on an interface that
+    /// is still wanted and still there gets this agent's program swapped in (atomically);
+    /// every other one is detached and unpinned.
+    fn adopt_interface_links(&mut self) -> Result<(), DatapathError> {
+        let links_dir = self.pin_dir.join(LINKS_DIR);
+        let now = match interfaces::list() {
+            Ok(all) => all,
+            // Without the list every pin would look stale: keep them and fail.
+            Err(e) if self.watches_interfaces() => {
+                return Err(DatapathError::io(Path::new("if_nameindex()"), e));
+            }
+            // Nothing is wanted: every per-interface pin goes anyway.
+            Err(_) => BTreeMap::new(),
+        };
+        let entries = fs::read_dir(&links_dir).map_err(|e| DatapathError::io(&links_dir, e))?;
+        let mut pins = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| DatapathError::io(&links_dir, e))?;
+            pins.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        pins.sort();
+        for pin in pins {
+            for kind in [HookKind::Tc, HookKind::Xdp] {
+                let Some(ifname) = interfaces::ifname_from_pin(kind.pin_prefix(), &pin) else {
+                    continue;
+                };
+                let path = links_dir.join(&pin);
+                let Some(fd) = open_pin(&path).map_err(|e| DatapathError::io(&path, e))? else {
+                    continue;
+                };
+                let info = link_info(&fd).ok();
+                let hook = self.hook_mut(kind);
+                let ifindex = now.get(&ifname).copied();
+                let wanted = interfaces::matches_any(&hook.patterns, &ifname);
+                let alive = matches!(
+                    (info, ifindex),
+                    (Some(i), Some(idx)) if i.link_type == kind.link_type() && i.ifindex == idx
+                );
+                if wanted && alive {
+                    let prog_fd = self.program_fd(kind)?;
+                    match link_update(&fd, prog_fd) {
+                        Ok(()) => {
+                            let idx = ifindex.unwrap_or(0);
+                            self.hook_mut(kind).attached.insert(ifname.clone(), idx);
+                            tracing::info!(
+                                program = kind.program(),
+                                iface = %ifname,
+                                "adopted the link of a previous agent (program replaced)"
+                            );
+                            continue;
+                        }
+                        Err(e) => tracing::warn!(
+                            program = kind.program(),
+                            iface = %ifname,
+                            "replacing the program of the pinned link failed ({e}): attaching anew"
+                        ),
+                    }
+                }
+                drop(fd);
+                if let Some(link) = take_pinned_link(&path)? {
+                    detach_link(&path, &link);
+                }
+                tracing::info!(
+                    program = kind.program(),
+                    iface = %ifname,
+                    "detached a previous agent's link (interface gone or not asked for)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn hook_mut(&mut self, kind: HookKind) -> &mut IfaceHook {
+        match kind {
+            HookKind::Tc => &mut self.tc,
+            HookKind::Xdp => &mut self.xdp,
+        }
+    }
+
+    fn program_fd(&self, kind: HookKind) -> Result<std::os::fd::RawFd, DatapathError> {
+        let name = kind.program();
+        let missing = DatapathError::MissingPacketProgram {
+            flag: kind.flag(),
+            program: name,
+        };
+        let prog_err = |source| DatapathError::Program {
+            name,
+            source: Box::new(source),
+        };
+        let program = self.ebpf.program(name).ok_or(missing)?;
+        let fd = program.fd().map_err(prog_err)?;
+        Ok(fd.as_fd().as_raw_fd())
+    }
+
+    /// Attaches the per-packet programs to the wanted interfaces that do not have them yet and
+    /// drops the links of interfaces that are gone. Called at start and every second; errors
+    /// are logged (once per interface), never fatal.
+    pub fn sync_interfaces(&mut self) {
+        if !self.watches_interfaces() {
+            return;
+        }
+        let all = match interfaces::list() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!("listing network interfaces: {e}");
+                return;
+            }
+        };
+        for kind in [HookKind::Tc, HookKind::Xdp] {
+            self.sync_hook(kind, &all);
+        }
+    }
+
+    fn sync_hook(&mut self, kind: HookKind, all: &BTreeMap<String, u32>) {
+        let links_dir = self.pin_dir.join(LINKS_DIR);
+        let hook = self.hook_mut(kind);
+        if hook.patterns.is_empty() {
+            return;
+        }
+        let wanted = interfaces::select(all, &hook.patterns);
+        hook.failed
+            .retain(|name, idx| wanted.get(name) == Some(idx));
+        let diff = interfaces::diff(&hook.attached, &wanted);
+        for name in diff.detach {
+            hook.attached.remove(&name);
+            let path = links_dir.join(interfaces::pin_name(kind.pin_prefix(), &name));
+            match take_pinned_link(&path) {
+                Ok(Some(link)) => detach_link(&path, &link),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e}"),
+            }
+            tracing::info!(program = kind.program(), iface = %name, "interface gone: link dropped");
+        }
+        for (name, ifindex) in diff.attach {
+            let hook = self.hook_mut(kind);
+            if hook.failed.get(&name) == Some(&ifindex) {
+                continue;
+            }
+            match self.attach_iface(kind, &name, ifindex, &links_dir) {
+                Ok(mode) => {
+                    self.hook_mut(kind).attached.insert(name.clone(), ifindex);
+                    tracing::info!(program = kind.program(), iface = %name, ifindex, mode, "attached");
+                }
+                Err(e) => {
+                    self.hook_mut(kind).failed.insert(name.clone(), ifindex);
+                    tracing::warn!(
+                        program = kind.program(),
+                        iface = %name,
+                        "attaching failed (retried if the interface is re-created): {}",
+                        error_chain(&e)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Attaches one per-packet program to `ifindex` and pins the link; returns the mode.
+    fn attach_iface(
+        &mut self,
+        kind: HookKind,
+        ifname: &str,
+        ifindex: u32,
+        links_dir: &Path,
+    ) -> Result<&'static str, DatapathError> {
+        let name = kind.program();
+        let prog_err = |source| DatapathError::Program {
+            name,
+            source: Box::new(source),
+        };
+        let path = links_dir.join(interfaces::pin_name(kind.pin_prefix(), ifname));
+        // A pin left for an earlier interface of this name.
+        if let Some(stale) = take_pinned_link(&path)? {
+            detach_link(&path, &stale);
+        }
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingPacketProgram {
+                flag: kind.flag(),
+                program: name,
+            })?;
+        let (link, mode): (Option<FdLink>, &'static str) = match kind {
+            HookKind::Tc => {
+                let p: &mut SchedClassifier = program.try_into().map_err(prog_err)?;
+                let tcx = TcAttach::Tcx {
+                    attach_type: TcAttachType::Ingress,
+                    order: LinkOrder::default(),
+                };
+                match p.attach(ifindex, tcx) {
+                    Ok(id) => {
+                        let link = p.take_link(id).map_err(prog_err)?;
+                        let link = FdLink::try_from(link)
+                            .map_err(|e| prog_err(aya::programs::ProgramError::from(e)))?;
+                        (Some(link), "tcx")
+                    }
+                    Err(tcx_err) => {
+                        tracing::info!(
+                            iface = ifname,
+                            "TCX attach failed ({}): using netlink with a clsact qdisc",
+                            error_chain(&tcx_err)
+                        );
+                        match tc::qdisc_add_clsact(ifindex) {
+                            Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
+                            Err(tc::TcError::NetlinkError(e))
+                                if e.to_string().contains("File exists") => {}
+                            Err(e) => {
+                                return Err(prog_err(aya::programs::ProgramError::from(e)));
+                            }
+                        }
+                        // A netlink filter cannot be pinned: replace a previous agent's.
+                        let _none =
+                            tc::qdisc_detach_program(ifindex, TcAttachType::Ingress.into(), name);
+                        let nl = TcAttach::Netlink {
+                            parent: TcAttachType::Ingress.into(),
+                            options: tc::NlOptions::default(),
+                        };
+                        let id = p.attach(ifindex, nl).map_err(prog_err)?;
+                        let link = p.take_link(id).map_err(prog_err)?;
+                        // Dropping the link would remove the filter; it must outlive us.
+                        std::mem::forget(link);
+                        (None, "netlink clsact (not pinned)")
+                    }
+                }
+            }
+            HookKind::Xdp => {
+                let p: &mut Xdp = program.try_into().map_err(prog_err)?;
+                let (id, mode) = match p.attach(ifindex, XdpMode::Driver) {
+                    Ok(id) => (id, "native (driver)"),
+                    Err(native_err) => {
+                        tracing::info!(
+                            iface = ifname,
+                            "native XDP failed ({}): using generic (SKB) mode",
+                            error_chain(&native_err)
+                        );
+                        (
+                            p.attach(ifindex, XdpMode::Skb).map_err(prog_err)?,
+                            "generic (SKB)",
+                        )
+                    }
+                };
+                let link = p.take_link(id).map_err(prog_err)?;
+                match FdLink::try_from(link) {
+                    Ok(link) => (Some(link), mode),
+                    // A netlink attachment (kernel < 5.9): stays after we go, cannot be pinned.
+                    Err(_) => (None, "netlink (not pinned)"),
+                }
+            }
+        };
+        if let Some(link) = link {
+            link.pin(&path).map_err(|source| DatapathError::PinLink {
+                name: format!("{name} on {ifname}"),
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        }
+        Ok(mode)
     }
 
     /// Starts forwarding the programs' aya-log records into the `log` crate (the agent's
@@ -290,6 +765,57 @@ impl Datapath {
     }
 }
 
+/// An error with its sources, "a: b: c" (aya's errors keep the errno in the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Attaches the 8 socket programs to `cgroup` and pins their links, replacing a previous
+/// agent's make-before-break.
+fn attach_socket_programs(
+    ebpf: &mut Ebpf,
+    cgroup_path: &Path,
+    cgroup: &File,
+    links_dir: &Path,
+    links: &mut Vec<FdLink>,
+) -> Result<(), DatapathError> {
+    for name in PROGRAMS {
+        let prog_err = |source| DatapathError::Program {
+            name,
+            source: Box::new(source),
+        };
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(prog_err)?;
+        // A verifier rejection's message carries the verifier log.
+        program.load().map_err(prog_err)?;
+        let attach_err = |source| DatapathError::Attach {
+            name,
+            cgroup: cgroup_path.to_path_buf(),
+            source: Box::new(source),
+        };
+        let link_id = program.attach(cgroup, ATTACH_MODE).map_err(attach_err)?;
+        let link = program.take_link(link_id).map_err(prog_err)?;
+        let link =
+            FdLink::try_from(link).map_err(|e| prog_err(aya::programs::ProgramError::from(e)))?;
+        links.push(pin_replacing(name, link, links_dir)?);
+        tracing::debug!(program = name, cgroup = %cgroup_path.display(), "attached");
+    }
+    Ok(())
+}
+
 /// Pins `link` at `<links_dir>/<name>`, replacing (and detaching) a link pinned there before.
 fn pin_replacing(
     name: &'static str,
@@ -306,7 +832,7 @@ fn pin_replacing(
     // Opened before the rename: afterwards the old link is reachable only through this fd.
     let old = open_pin(&path).map_err(|e| DatapathError::io(&path, e))?;
     let pinned = link.pin(&tmp).map_err(|source| DatapathError::PinLink {
-        name,
+        name: name.to_string(),
         path: tmp.clone(),
         source: Box::new(source),
     })?;
@@ -449,7 +975,69 @@ fn path_cstring(path: &Path) -> io::Result<CString> {
 // Minimal bpf(2) wrappers for what aya does not expose: opening a pinned link as a raw fd and
 // BPF_LINK_DETACH, which detaches a link even while another process still holds it.
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// What `bpf_link_info` says about a per-interface link.
+#[derive(Clone, Copy, Debug)]
+struct LinkInfoLite {
+    link_type: u32,
+    /// tcx.ifindex / xdp.ifindex (0 once the interface is gone).
+    ifindex: u32,
+}
+
+fn link_info(fd: &OwnedFd) -> io::Result<LinkInfoLite> {
+    // struct bpf_link_info: type, id, prog_id (u32 each), then a union aligned to 8 whose
+    // tcx and xdp members start with the ifindex (offset 16).
+    let mut buf = [0u64; 16];
+    let attr = InfoByFdAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of_val(&buf) as u32,
+        info: buf.as_mut_ptr() as u64,
+    };
+    bpf(
+        BPF_OBJ_GET_INFO_BY_FD,
+        (&raw const attr).cast(),
+        size_of::<InfoByFdAttr>(),
+    )?;
+    Ok(LinkInfoLite {
+        link_type: buf[0] as u32,
+        ifindex: buf[2] as u32,
+    })
+}
+
+/// Atomically makes the link behind `link` run `prog_fd` instead of its program.
+fn link_update(link: &OwnedFd, prog_fd: std::os::fd::RawFd) -> io::Result<()> {
+    let attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog_fd as u32,
+        ..Default::default()
+    };
+    bpf(
+        BPF_LINK_UPDATE,
+        (&raw const attr).cast(),
+        size_of::<LinkUpdateAttr>(),
+    )
+    .map(|_| ())
+}
 
 #[repr(C)]
 #[derive(Default)]
@@ -548,6 +1136,28 @@ mod tests {
         );
         assert_eq!(unescape_mount_path(r"/plain"), "/plain");
         assert_eq!(unescape_mount_path(r"/trailing\"), r"/trailing\");
+    }
+
+    #[test]
+    fn missing_packet_program_names_it() {
+        let msg = DatapathError::MissingPacketProgram {
+            flag: HookKind::Tc.flag(),
+            program: HookKind::Tc.program(),
+        }
+        .to_string();
+        assert!(
+            msg.contains("--tc-iface") && msg.contains("tc_ingress"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn error_chain_keeps_the_errno() {
+        let e = DatapathError::Io {
+            path: PathBuf::from("/x"),
+            source: io::Error::from_raw_os_error(libc::EBUSY),
+        };
+        assert!(error_chain(&e).contains("busy"), "{}", error_chain(&e));
     }
 
     #[test]

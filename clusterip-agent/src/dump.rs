@@ -4,10 +4,14 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use clusterip_common::{SVC_FLAG_AFFINITY, SVC_FLAG_DROP};
+use clusterip_common::{
+    CT_DIR_FORWARD, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, DatapathConfigValue, SVC_FLAG_AFFINITY,
+    SVC_FLAG_DROP, ip4_from_net, ip6_from_net, map_names, port_from_net,
+};
 use serde::Serialize;
 
-use crate::maps::{Installed, MapsError, PinnedMaps};
+use crate::maps::{Installed, MapsError, PacketMaps, PinnedMaps};
+use crate::table::Protocol;
 
 /// One frontend as `dump --json` prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -21,12 +25,27 @@ pub struct DumpEntry {
     /// What happens without backends: "reject" or "drop".
     pub no_endpoints: String,
     pub svc_id: u32,
+    /// Packets the per-packet datapath forwarded for this frontend (sum over CPUs, both
+    /// directions); 0 without the per-packet maps.
+    #[serde(default)]
+    pub packets: u64,
+    /// Bytes of those packets.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// Reads the pinned maps under `bpffs`.
 pub fn read(bpffs: &Path) -> Result<Vec<DumpEntry>, MapsError> {
     let maps = PinnedMaps::open(bpffs)?;
-    Ok(entries(&maps.read_installed()?))
+    let mut out = entries(&maps.read_installed()?);
+    if let Some(p) = &maps.packet {
+        for e in &mut out {
+            let st = p.stats_of(e.svc_id)?;
+            e.packets = st.packets;
+            e.bytes = st.bytes;
+        }
+    }
+    Ok(out)
 }
 
 pub fn entries(installed: &Installed) -> Vec<DumpEntry> {
@@ -53,12 +72,193 @@ pub fn entries(installed: &Installed) -> Vec<DumpEntry> {
             }
             .to_string(),
             svc_id: f.svc_id,
+            packets: 0,
+            bytes: 0,
         })
         .collect()
 }
 
+/// Conntrack size and timeouts, as pinned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ConntrackConfig {
+    /// Capacity of CIP_CT4 / CIP_CT6.
+    pub max_entries_v4: u32,
+    pub max_entries_v6: u32,
+    pub tcp_timeout_s: u32,
+    pub tcp_closing_timeout_s: u32,
+    pub udp_timeout_s: u32,
+}
+
+/// Reads the conntrack size and timeouts; None without the per-packet maps.
+pub fn read_config(bpffs: &Path) -> Result<Option<ConntrackConfig>, MapsError> {
+    let v4 = crate::maps::pinned_max_entries(bpffs, map_names::CONNTRACK_V4)?;
+    let v6 = crate::maps::pinned_max_entries(bpffs, map_names::CONNTRACK_V6)?;
+    let cfg = crate::maps::read_config(bpffs)?;
+    Ok(match (v4, v6, cfg) {
+        (Some(v4), Some(v6), Some(c)) => Some(config_of(v4, v6, &c)),
+        _ => None,
+    })
+}
+
+fn config_of(v4: u32, v6: u32, c: &DatapathConfigValue) -> ConntrackConfig {
+    ConntrackConfig {
+        max_entries_v4: v4,
+        max_entries_v6: v6,
+        tcp_timeout_s: c.ct_tcp_timeout_s,
+        tcp_closing_timeout_s: c.ct_tcp_closing_timeout_s,
+        udp_timeout_s: c.ct_udp_timeout_s,
+    }
+}
+
+/// One conntrack flow (its forward entry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CtFlow {
+    /// "ip:port" of the client ("[ip]:port" for IPv6).
+    pub client: String,
+    /// The service VIP:port the client sent to.
+    pub vip: String,
+    /// The backend the flow goes to.
+    pub backend: String,
+    pub protocol: String,
+    /// Seconds since the flow's last packet.
+    pub age_s: u64,
+    /// "hairpin", "closing".
+    pub flags: Vec<String>,
+    pub svc_id: u32,
+    pub backend_id: u32,
+}
+
+/// `dump --conntrack`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ConntrackDump {
+    pub config: Option<ConntrackConfig>,
+    /// Entries in the maps (forward and reply) per family.
+    pub entries_v4: usize,
+    pub entries_v6: usize,
+    pub flows: Vec<CtFlow>,
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+fn flags_of(flags: u16) -> Vec<String> {
+    let mut out = Vec::new();
+    if flags & CT_FLAG_HAIRPIN != 0 {
+        out.push("hairpin".to_string());
+    }
+    if flags & CT_FLAG_CLOSING != 0 {
+        out.push("closing".to_string());
+    }
+    out
+}
+
+fn proto_name(p: u8) -> String {
+    match Protocol::from_number(p) {
+        Some(p) => p.to_string(),
+        None => p.to_string(),
+    }
+}
+
+/// Reads the conntrack maps under `bpffs`.
+pub fn read_conntrack(bpffs: &Path) -> Result<ConntrackDump, MapsError> {
+    let config = read_config(bpffs)?;
+    let Some(p) = PacketMaps::open(bpffs)? else {
+        return Ok(ConntrackDump {
+            config,
+            entries_v4: 0,
+            entries_v6: 0,
+            flows: Vec::new(),
+        });
+    };
+    let now = monotonic_now_ns();
+    let age = |last: u64| now.saturating_sub(last) / 1_000_000_000;
+    let mut flows = Vec::new();
+    let (mut n4, mut n6) = (0, 0);
+    for item in p.ct4.iter() {
+        // LRU entries can vanish while we walk.
+        let Ok((k, v)) = item else { continue };
+        n4 += 1;
+        if k.dir != CT_DIR_FORWARD {
+            continue;
+        }
+        let sa = |a: u32, port: u16| {
+            SocketAddr::new(IpAddr::V4(ip4_from_net(a)), port_from_net(port)).to_string()
+        };
+        flows.push(CtFlow {
+            client: sa(k.saddr, k.sport),
+            vip: sa(k.daddr, k.dport),
+            backend: sa(v.addr, v.port),
+            protocol: proto_name(k.proto),
+            age_s: age(v.last_seen_ns),
+            flags: flags_of(v.flags),
+            svc_id: v.svc_id,
+            backend_id: v.backend_id,
+        });
+    }
+    for item in p.ct6.iter() {
+        let Ok((k, v)) = item else { continue };
+        n6 += 1;
+        if k.dir != CT_DIR_FORWARD {
+            continue;
+        }
+        let sa = |a: [u32; 4], port: u16| {
+            SocketAddr::new(IpAddr::V6(ip6_from_net(a)), port_from_net(port)).to_string()
+        };
+        flows.push(CtFlow {
+            client: sa(k.saddr, k.sport),
+            vip: sa(k.daddr, k.dport),
+            backend: sa(v.addr, v.port),
+            protocol: proto_name(k.proto),
+            age_s: age(v.last_seen_ns),
+            flags: flags_of(v.flags),
+            svc_id: v.svc_id,
+            backend_id: v.backend_id,
+        });
+    }
+    flows.sort_by(|a, b| (a.svc_id, &a.client).cmp(&(b.svc_id, &b.client)));
+    Ok(ConntrackDump {
+        config,
+        entries_v4: n4,
+        entries_v6: n6,
+        flows,
+    })
+}
+
+fn print_config(out: &mut impl Write, c: &Option<ConntrackConfig>) -> std::io::Result<()> {
+    match c {
+        Some(c) => writeln!(
+            out,
+            "conntrack: max {} (v4) / {} (v6) entries; timeouts tcp={}s tcp-closing={}s udp={}s",
+            c.max_entries_v4,
+            c.max_entries_v6,
+            c.tcp_timeout_s,
+            c.tcp_closing_timeout_s,
+            c.udp_timeout_s
+        ),
+        None => writeln!(out, "conntrack: none (no per-packet datapath maps)"),
+    }
+}
+
 /// Prints the table for people: one frontend per line, its backends below.
-pub fn print_text(out: &mut impl Write, entries: &[DumpEntry]) -> std::io::Result<()> {
+pub fn print_text(
+    out: &mut impl Write,
+    entries: &[DumpEntry],
+    config: &Option<ConntrackConfig>,
+) -> std::io::Result<()> {
+    print_config(out, config)?;
     if entries.is_empty() {
         writeln!(out, "no services")?;
     }
@@ -70,10 +270,12 @@ pub fn print_text(out: &mut impl Write, entries: &[DumpEntry]) -> std::io::Resul
         };
         writeln!(
             out,
-            "{vip}/{} id={}{affinity} backends={}",
+            "{vip}/{} id={}{affinity} backends={} packets={} bytes={}",
             e.protocol,
             e.svc_id,
-            e.backends.len()
+            e.backends.len(),
+            e.packets,
+            e.bytes
         )?;
         if e.backends.is_empty() {
             writeln!(out, "  (no endpoints: {})", e.no_endpoints)?;
@@ -83,4 +285,81 @@ pub fn print_text(out: &mut impl Write, entries: &[DumpEntry]) -> std::io::Resul
         }
     }
     Ok(())
+}
+
+/// Prints the conntrack flows for people.
+pub fn print_conntrack(out: &mut impl Write, d: &ConntrackDump) -> std::io::Result<()> {
+    print_config(out, &d.config)?;
+    writeln!(
+        out,
+        "entries: {} (v4) {} (v6); flows: {}",
+        d.entries_v4,
+        d.entries_v6,
+        d.flows.len()
+    )?;
+    for f in &d.flows {
+        let flags = if f.flags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", f.flags.join(","))
+        };
+        writeln!(
+            out,
+            "{} {} -> {} -> {} age={}s svc={}{flags}",
+            f.protocol, f.client, f.vip, f.backend, f.age_s, f.svc_id
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_text() {
+        let d = ConntrackDump {
+            config: Some(ConntrackConfig {
+                max_entries_v4: 1024,
+                max_entries_v6: 1024,
+                tcp_timeout_s: 21600,
+                tcp_closing_timeout_s: 10,
+                udp_timeout_s: 30,
+            }),
+            entries_v4: 2,
+            entries_v6: 0,
+            flows: vec![CtFlow {
+                client: "10.0.0.2:40000".into(),
+                vip: "[fd00::1]:80".into(),
+                backend: "[fd00::2]:8080".into(),
+                protocol: "TCP".into(),
+                age_s: 3,
+                flags: vec!["hairpin".into()],
+                svc_id: 7,
+                backend_id: 9,
+            }],
+        };
+        let mut out = Vec::new();
+        print_conntrack(&mut out, &d).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("max 1024 (v4)"), "{text}");
+        assert!(text.contains("udp=30s"), "{text}");
+        assert!(
+            text.contains(
+                "TCP 10.0.0.2:40000 -> [fd00::1]:80 -> [fd00::2]:8080 age=3s svc=7 [hairpin]"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn monotonic_clock_moves() {
+        let a = monotonic_now_ns();
+        assert!(a > 0);
+        assert!(monotonic_now_ns() >= a);
+        assert_eq!(
+            flags_of(CT_FLAG_HAIRPIN | CT_FLAG_CLOSING),
+            ["hairpin", "closing"]
+        );
+    }
 }

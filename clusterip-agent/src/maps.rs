@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use clusterip_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, SVC_FLAG_WILDCARD, Service4Key, Service6Key,
-    ServiceValue, SockFlowKey, SockFlowValue, ip4_from_net, ip6_from_net, map_names, port_from_net,
+    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value,
+    DatapathConfigValue, MaglevValue, SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue,
+    SockFlowKey, SockFlowValue, SvcStats, ip4_from_net, ip6_from_net, map_names, port_from_net,
 };
 
 use crate::table::{Frontend, Protocol};
@@ -62,6 +63,9 @@ pub struct Installed {
     pub backends: BTreeMap<u32, BackendAddr>,
     /// Slot entries (slot >= 1) that belong to no frontend or lie beyond its count.
     pub stray_slots: Vec<(Frontend, u16)>,
+    /// svc_id -> fingerprint ([`crate::maglev::fingerprint`]) of its Maglev table, for every
+    /// table in `CIP_MAGLEV` (empty without the per-packet maps).
+    pub maglev: BTreeMap<u32, u64>,
 }
 
 type Svc4 = HashMap<MapData, Service4Key, ServiceValue>;
@@ -75,12 +79,107 @@ pub struct PinnedMaps {
     pub be6: HashMap<MapData, u32, Backend6>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub sockflow: HashMap<MapData, SockFlowKey, SockFlowValue>,
+    /// The per-packet (TC/XDP) datapath's maps; None when the eBPF object that created the
+    /// pins has none (an older object).
+    pub packet: Option<PacketMaps>,
 }
 
-fn open<K: aya::Pod, V: aya::Pod>(
-    dir: &Path,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>, MapsError> {
+/// The maps of the per-packet datapath that the agent writes or cleans.
+pub struct PacketMaps {
+    pub maglev: HashMap<MapData, u32, MaglevValue>,
+    pub ct4: HashMap<MapData, Ct4Key, Ct4Value>,
+    pub ct6: HashMap<MapData, Ct6Key, Ct6Value>,
+    pub stats: PerCpuArray<MapData, SvcStats>,
+}
+
+impl PacketMaps {
+    /// Opens the per-packet maps pinned in `dir`; `Ok(None)` when `CIP_MAGLEV` is not pinned.
+    pub fn open(dir: &Path) -> Result<Option<Self>, MapsError> {
+        if !dir.join(map_names::MAGLEV).exists() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            maglev: open(dir, map_names::MAGLEV)?,
+            ct4: open(dir, map_names::CONNTRACK_V4)?,
+            ct6: open(dir, map_names::CONNTRACK_V6)?,
+            stats: open_map(dir, map_names::STATS)?,
+        }))
+    }
+
+    /// Sum over CPUs of the counters of `svc_id` (zero when out of range).
+    pub fn stats_of(&self, svc_id: u32) -> Result<SvcStats, MapsError> {
+        if svc_id >= self.stats.len() {
+            return Ok(SvcStats::default());
+        }
+        let values = self
+            .stats
+            .get(&svc_id, 0)
+            .map_err(op_err(map_names::STATS, format!("read {svc_id}")))?;
+        Ok(values.iter().fold(SvcStats::default(), |acc, v| SvcStats {
+            packets: acc.packets.wrapping_add(v.packets),
+            bytes: acc.bytes.wrapping_add(v.bytes),
+        }))
+    }
+
+    /// Sets the counters of `svc_id` to zero on every CPU (a newly allocated id).
+    pub fn zero_stats(&mut self, svc_id: u32) -> Result<(), MapsError> {
+        if svc_id >= self.stats.len() {
+            return Ok(());
+        }
+        let op = || format!("zero {svc_id}");
+        let n = aya::util::nr_cpus()
+            .map_err(|(_, e)| op_err(map_names::STATS, op())(MapError::from(e)))?;
+        let zeros = PerCpuValues::try_from(vec![SvcStats::default(); n.get() as usize])
+            .map_err(|e| op_err(map_names::STATS, op())(MapError::from(e)))?;
+        self.stats
+            .set(svc_id, zeros, 0)
+            .map_err(op_err(map_names::STATS, op()))
+    }
+}
+
+/// The max_entries of the map pinned at `dir/name`; None when nothing is pinned there.
+pub fn pinned_max_entries(dir: &Path, name: &'static str) -> Result<Option<u32>, MapsError> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let open_err = |source| MapsError::Open {
+        path: path.clone(),
+        source,
+    };
+    let info = aya::maps::MapInfo::from_pin(&path).map_err(open_err)?;
+    Ok(Some(info.max_entries()))
+}
+
+/// Reads `CIP_CONFIG[0]`; None when the map is not pinned.
+pub fn read_config(dir: &Path) -> Result<Option<DatapathConfigValue>, MapsError> {
+    if !dir.join(map_names::CONFIG).exists() {
+        return Ok(None);
+    }
+    let config: Array<MapData, DatapathConfigValue> = open_map(dir, map_names::CONFIG)?;
+    let v = config
+        .get(&0, 0)
+        .map_err(op_err(map_names::CONFIG, "read 0"))?;
+    Ok(Some(v))
+}
+
+/// Writes `CIP_CONFIG[0]`; false when the map is not pinned (an object without it).
+pub fn write_config(dir: &Path, v: &DatapathConfigValue) -> Result<bool, MapsError> {
+    if !dir.join(map_names::CONFIG).exists() {
+        return Ok(false);
+    }
+    let mut config: Array<MapData, DatapathConfigValue> = open_map(dir, map_names::CONFIG)?;
+    config
+        .set(0, v, 0)
+        .map_err(op_err(map_names::CONFIG, "write 0"))?;
+    Ok(true)
+}
+
+/// Opens a pinned map as any typed aya map.
+fn open_map<T>(dir: &Path, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
     let path = dir.join(name);
     let open_err = |source| MapsError::Open {
         path: path.clone(),
@@ -88,7 +187,14 @@ fn open<K: aya::Pod, V: aya::Pod>(
     };
     let data = MapData::from_pin(&path).map_err(open_err)?;
     let map = Map::from_map_data(data).map_err(open_err)?;
-    HashMap::try_from(map).map_err(open_err)
+    T::try_from(map).map_err(open_err)
+}
+
+fn open<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, MapsError> {
+    open_map(dir, name)
 }
 
 pub(crate) fn op_err(
@@ -108,6 +214,7 @@ impl PinnedMaps {
             be6: open(dir, map_names::BACKENDS_V6)?,
             affinity: open(dir, map_names::AFFINITY)?,
             sockflow: open(dir, map_names::SOCK_FLOWS)?,
+            packet: PacketMaps::open(dir)?,
         })
     }
 
@@ -171,6 +278,13 @@ impl PinnedMaps {
             if let Some(protocol) = Protocol::from_number(b.proto) {
                 let addr = SocketAddr::new(IpAddr::V6(ip6_from_net(b.addr)), port_from_net(b.port));
                 out.backends.insert(id, BackendAddr { addr, protocol });
+            }
+        }
+        if let Some(p) = &self.packet {
+            for item in p.maglev.iter() {
+                let (svc_id, table) = item.map_err(op_err(map_names::MAGLEV, "iterate"))?;
+                out.maglev
+                    .insert(svc_id, crate::maglev::fingerprint(&table.backend_ids));
             }
         }
         Ok(out)

@@ -13,17 +13,27 @@
 //! affinity and UDP socket flows with one lookup. Ids are never reused while the agent runs;
 //! entries of the LRU maps that name a removed backend are purged after each update (and at
 //! start, for what an earlier agent left behind).
+//!
+//! Per-packet datapath (when the object has its maps): every frontend has a Maglev table in
+//! `CIP_MAGLEV` (keyed by svc_id), written whole in one update after the new backends and
+//! before the frontend's count, and only when its backend set changed. Service ids index the
+//! per-CPU counters `CIP_STATS`, so they stay below `MAX_SVC_ID`: a new frontend gets the
+//! smallest free id and its counters are zeroed. When backends go, the conntrack entries of
+//! their UDP flows are deleted (as kube-proxy's conntrack cleanup does); TCP flows expire.
 
 use std::collections::{BTreeSet, HashMap as StdHashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use clusterip_common::{
-    AffinityKey, Backend4, Backend6, MAX_BACKENDS_PER_SERVICE, SVC_FLAG_AFFINITY, SVC_FLAG_DROP,
-    SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue, map_names,
+    AffinityKey, Backend4, Backend6, CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_HAIRPIN, Ct4Key, Ct6Key,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_SVC_ID, MaglevValue, PROTO_UDP,
+    SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue,
+    map_names,
 };
 use tracing::{debug, info, warn};
 
+use crate::maglev;
 use crate::maps::{BackendAddr, Installed, InstalledFrontend, MapsError, PinnedMaps, op_err};
 use crate::table::{DesiredTable, Frontend, NoEndpoints, ServiceEntry};
 
@@ -44,6 +54,8 @@ pub enum SyncError {
     },
     #[error("out of ids")]
     OutOfIds,
+    #[error("out of service ids: {MAX_SVC_ID} frontends at most")]
+    OutOfSvcIds,
 }
 
 /// What one `apply` changed, for the "synced" log line and for tests.
@@ -58,6 +70,10 @@ pub struct SyncStats {
     pub writes: usize,
     pub deletes: usize,
     pub lru_purged: usize,
+    /// Maglev tables written.
+    pub maglev_writes: usize,
+    /// Conntrack entries of UDP flows to removed backends deleted.
+    pub ct_purged: usize,
 }
 
 impl SyncStats {
@@ -73,7 +89,11 @@ pub struct Syncer {
     /// (svc_id, backend) -> backend id.
     backend_index: StdHashMap<(u32, BackendAddr), u32>,
     next_backend_id: u32,
-    next_svc_id: u32,
+    /// Service ids in use (the frontends'); a new frontend gets the smallest free one.
+    svc_ids: BTreeSet<u32>,
+    /// svc_ids whose installed Maglev table was compared with the wanted one since the last
+    /// resync (a table that is right stays right until the backend set changes).
+    maglev_checked: BTreeSet<u32>,
 }
 
 impl Syncer {
@@ -85,7 +105,8 @@ impl Syncer {
             installed: Installed::default(),
             backend_index: StdHashMap::new(),
             next_backend_id: 1,
-            next_svc_id: 1,
+            svc_ids: BTreeSet::new(),
+            maglev_checked: BTreeSet::new(),
         };
         s.resync()?;
         // An earlier agent may have removed backends whose ids this one will hand out again:
@@ -95,6 +116,14 @@ impl Syncer {
             debug!(
                 purged,
                 "purged affinity and flow entries of removed backends"
+            );
+        }
+        let live: BTreeSet<u32> = s.installed.backends.keys().copied().collect();
+        let ct = s.purge_udp_ct(|id| id != 0 && !live.contains(&id))?;
+        if ct > 0 {
+            debug!(
+                ct,
+                "purged conntrack entries of UDP flows to removed backends"
             );
         }
         Ok(s)
@@ -112,14 +141,9 @@ impl Syncer {
             }
         }
         let max_backend = installed.backends.keys().max().copied().unwrap_or(0);
-        let max_svc = installed
-            .frontends
-            .values()
-            .map(|f| f.svc_id)
-            .max()
-            .unwrap_or(0);
         self.next_backend_id = self.next_backend_id.max(max_backend.saturating_add(1));
-        self.next_svc_id = self.next_svc_id.max(max_svc.saturating_add(1));
+        self.svc_ids = installed.frontends.values().map(|f| f.svc_id).collect();
+        self.maglev_checked.clear();
         debug!(
             frontends = installed.frontends.len(),
             backends = installed.backends.len(),
@@ -131,6 +155,22 @@ impl Syncer {
 
     pub fn installed(&self) -> &Installed {
         &self.installed
+    }
+
+    /// Whether the per-packet maps (Maglev, conntrack, counters) are there.
+    pub fn has_packet_maps(&self) -> bool {
+        self.maps.packet.is_some()
+    }
+
+    /// The smallest service id >= 1 not in use; it indexes `CIP_STATS`, hence < MAX_SVC_ID.
+    fn alloc_svc_id(&mut self) -> Result<u32, SyncError> {
+        let candidate =
+            smallest_free_id(&self.svc_ids, MAX_SVC_ID).ok_or(SyncError::OutOfSvcIds)?;
+        self.svc_ids.insert(candidate);
+        if let Some(p) = &mut self.maps.packet {
+            p.zero_stats(candidate)?;
+        }
+        Ok(candidate)
     }
 
     /// Makes the maps hold `desired`, writing only what differs.
@@ -179,11 +219,32 @@ impl Syncer {
                 self.delete_svc(fe.vip, fe.port, fe.protocol.number(), slot_u16(slot))?;
                 st.deletes += 1;
             }
+            self.delete_maglev(old.svc_id)?;
+            self.svc_ids.remove(&old.svc_id);
             for id in old.slots {
                 removed_backends.insert(id);
             }
             st.frontends_removed += 1;
             debug!(%fe, "frontend removed");
+        }
+
+        // Maglev tables of no frontend (a crash of an earlier agent).
+        let svc_ids: BTreeSet<u32> = self
+            .installed
+            .frontends
+            .values()
+            .map(|f| f.svc_id)
+            .collect();
+        let stray_tables: Vec<u32> = self
+            .installed
+            .maglev
+            .keys()
+            .filter(|id| !svc_ids.contains(id))
+            .copied()
+            .collect();
+        for id in stray_tables {
+            self.delete_maglev(id)?;
+            st.deletes += 1;
         }
 
         // Stray slot entries (a crash mid-update of an earlier agent).
@@ -231,6 +292,7 @@ impl Syncer {
 
         if !removed_backends.is_empty() {
             st.lru_purged = self.purge_lru()?;
+            st.ct_purged = self.purge_udp_ct(|id| removed_backends.contains(&id))?;
         }
         Ok(st)
     }
@@ -246,7 +308,7 @@ impl Syncer {
         let old = self.installed.frontends.get(fe).cloned();
         let svc_id = match &old {
             Some(o) => o.svc_id,
-            None => alloc(&mut self.next_svc_id)?,
+            None => self.alloc_svc_id()?,
         };
 
         // 1. Backends: reuse this frontend's ids, write the new ones.
@@ -274,8 +336,39 @@ impl Syncer {
             ids.insert(id);
         }
 
-        // 2. Slots, keeping every remaining backend where it was.
+        // 1b. The Maglev table, whole, before the count that may make new slots visible.
         let old_slots: &[u32] = old.as_ref().map(|o| o.slots.as_slice()).unwrap_or(&[]);
+        let old_ids: BTreeSet<u32> = old_slots.iter().copied().collect();
+        if self.maps.packet.is_some() && (old_ids != ids || !self.maglev_checked.contains(&svc_id))
+        {
+            let by_name: Vec<(String, u32)> = entry
+                .backends
+                .iter()
+                .filter_map(|addr| {
+                    let key = (
+                        svc_id,
+                        BackendAddr {
+                            addr: *addr,
+                            protocol: fe.protocol,
+                        },
+                    );
+                    self.backend_index
+                        .get(&key)
+                        .map(|id| (addr.to_string(), *id))
+                })
+                .collect();
+            let table = maglev_table(&by_name);
+            let fp = maglev::fingerprint(&table.backend_ids);
+            if self.installed.maglev.get(&svc_id) != Some(&fp) {
+                self.write_maglev(svc_id, &table)?;
+                self.installed.maglev.insert(svc_id, fp);
+                st.maglev_writes += 1;
+                st.writes += 1;
+            }
+            self.maglev_checked.insert(svc_id);
+        }
+
+        // 2. Slots, keeping every remaining backend where it was.
         let slots = assign_slots(old_slots, &ids);
         for (i, id) in slots.iter().enumerate() {
             if old_slots.get(i) != Some(id) {
@@ -376,6 +469,88 @@ impl Syncer {
         }
         for k in stale_flows {
             ignore_missing(self.maps.sockflow.remove(&k), map_names::SOCK_FLOWS)?;
+        }
+        Ok(n)
+    }
+
+    fn write_maglev(&mut self, svc_id: u32, table: &MaglevValue) -> Result<(), SyncError> {
+        if let Some(p) = &mut self.maps.packet {
+            p.maglev.insert(&svc_id, table, 0).map_err(op_err(
+                map_names::MAGLEV,
+                format!("write table of {svc_id}"),
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn delete_maglev(&mut self, svc_id: u32) -> Result<(), SyncError> {
+        self.installed.maglev.remove(&svc_id);
+        self.maglev_checked.remove(&svc_id);
+        match &mut self.maps.packet {
+            Some(p) => ignore_missing(p.maglev.remove(&svc_id), map_names::MAGLEV),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes the conntrack entries (both directions) of UDP flows whose backend id `gone`
+    /// selects. Reply entries are found by their backend id and, in case they carry none, by
+    /// the reply key of their forward entry.
+    fn purge_udp_ct(&mut self, gone: impl Fn(u32) -> bool) -> Result<usize, SyncError> {
+        let Some(p) = &mut self.maps.packet else {
+            return Ok(0);
+        };
+        let mut stale4 = Vec::new();
+        for (k, v) in p.ct4.iter().flatten() {
+            if k.proto != PROTO_UDP || !gone(v.backend_id) {
+                continue;
+            }
+            stale4.push(k);
+            if k.dir == CT_DIR_FORWARD {
+                let hairpin = v.flags & CT_FLAG_HAIRPIN != 0;
+                stale4.push(Ct4Key {
+                    saddr: v.addr,
+                    daddr: if hairpin { v.nat_addr } else { k.saddr },
+                    sport: v.port,
+                    dport: k.sport,
+                    proto: k.proto,
+                    dir: CT_DIR_REPLY,
+                    _pad: [0; 2],
+                });
+            }
+        }
+        let mut stale6 = Vec::new();
+        for (k, v) in p.ct6.iter().flatten() {
+            if k.proto != PROTO_UDP || !gone(v.backend_id) {
+                continue;
+            }
+            stale6.push(k);
+            if k.dir == CT_DIR_FORWARD {
+                let hairpin = v.flags & CT_FLAG_HAIRPIN != 0;
+                stale6.push(Ct6Key {
+                    saddr: v.addr,
+                    daddr: if hairpin { v.nat_addr } else { k.saddr },
+                    sport: v.port,
+                    dport: k.sport,
+                    proto: k.proto,
+                    dir: CT_DIR_REPLY,
+                    _pad: [0; 2],
+                });
+            }
+        }
+        let mut n = 0;
+        for k in stale4 {
+            match p.ct4.remove(&k) {
+                Ok(()) => n += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(op_err(map_names::CONNTRACK_V4, "delete")(e).into()),
+            }
+        }
+        for k in stale6 {
+            match p.ct6.remove(&k) {
+                Ok(()) => n += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(op_err(map_names::CONNTRACK_V6, "delete")(e).into()),
+            }
         }
         Ok(n)
     }
@@ -507,6 +682,32 @@ fn alloc(next: &mut u32) -> Result<u32, SyncError> {
     Ok(id)
 }
 
+/// The smallest id in `1..max` that `used` does not hold.
+pub fn smallest_free_id(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
+    let mut candidate = 1u32;
+    for id in used.range(1..) {
+        if *id > candidate {
+            break;
+        }
+        candidate = candidate.checked_add(1)?;
+    }
+    (candidate < max).then_some(candidate)
+}
+
+/// The Maglev table of a frontend whose backends are `(ip:port, backend id)`; all zeros (no
+/// backend) when there are none.
+pub fn maglev_table(backends: &[(String, u32)]) -> MaglevValue {
+    let names: Vec<&str> = backends.iter().map(|(n, _)| n.as_str()).collect();
+    let mut v = MaglevValue {
+        backend_ids: [0; MAGLEV_TABLE_SIZE],
+        _pad: 0,
+    };
+    for (slot, idx) in v.backend_ids.iter_mut().zip(maglev::populate(&names)) {
+        *slot = backends[idx].1;
+    }
+    v
+}
+
 /// New slot contents for a frontend: backends that stay keep their slot, newcomers fill the
 /// holes, and when the set shrinks the last slots move into the remaining holes. Slots are
 /// dense (1..=count), so a few moves are unavoidable when backends leave; none when they only
@@ -554,6 +755,8 @@ pub fn log_stats(st: &SyncStats) {
             writes = st.writes,
             deletes = st.deletes,
             lru_purged = st.lru_purged,
+            maglev_writes = st.maglev_writes,
+            ct_purged = st.ct_purged,
             "synced"
         );
     } else {
@@ -595,6 +798,37 @@ mod tests {
         assert_eq!(assign_slots(&[1, 2, 3, 4], &set(&[1, 3, 4])), vec![1, 4, 3]);
         assert_eq!(assign_slots(&[1, 2, 3, 4], &set(&[4])), vec![4]);
         assert_eq!(assign_slots(&[1, 2], &set(&[])), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn service_ids_fill_the_lowest_hole() {
+        assert_eq!(smallest_free_id(&set(&[]), 10), Some(1));
+        assert_eq!(smallest_free_id(&set(&[1, 2, 4]), 10), Some(3));
+        assert_eq!(smallest_free_id(&set(&[0, 2, 3]), 10), Some(1));
+        assert_eq!(smallest_free_id(&set(&[1, 2, 3]), 10), Some(4));
+        assert_eq!(smallest_free_id(&set(&[1, 2, 3]), 4), None);
+        // Ids adopted from an older agent at or above the limit do not block the range.
+        assert_eq!(smallest_free_id(&set(&[1, 70_000]), MAX_SVC_ID), Some(2));
+    }
+
+    #[test]
+    fn maglev_table_holds_only_the_backends_ids() {
+        let backends: Vec<(String, u32)> = vec![
+            ("10.0.0.1:80".into(), 11),
+            ("10.0.0.2:80".into(), 12),
+            ("10.0.0.3:80".into(), 13),
+        ];
+        let t = maglev_table(&backends);
+        for id in [11, 12, 13] {
+            let n = t.backend_ids.iter().filter(|x| **x == id).count();
+            assert!((340..=341).contains(&n), "id {id}: {n}");
+        }
+        // The table depends on addresses, not on ids or their order.
+        let mut renumbered = backends.clone();
+        renumbered.reverse();
+        let t2 = maglev_table(&renumbered);
+        assert_eq!(t.backend_ids, t2.backend_ids);
+        assert!(maglev_table(&[]).backend_ids.iter().all(|x| *x == 0));
     }
 
     #[test]
