@@ -4,14 +4,14 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::{Cli, Command, RunArgs};
 use crate::datapath::{Datapath, DatapathConfig};
 use crate::interfaces::Pattern;
 use crate::manifests::ManifestSource;
 use crate::syncer::Syncer;
-use crate::{datapath, dump, syncer, telemetry};
+use crate::{datapath, dump, sockdiag, syncer, telemetry};
 use clusterip_common::DatapathConfigValue;
 
 /// How often the manifests are re-read: a change is in the maps well within a second.
@@ -124,8 +124,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     pending = Some(table);
                 }
                 if let Some(table) = pending.take() {
+                    let udp_before = sockdiag::udp_members(syncer.installed());
                     match syncer.apply(&table) {
-                        Ok(stats) => syncer::log_stats(&stats),
+                        Ok(stats) => {
+                            syncer::log_stats(&stats);
+                            if let Some(cg) = &cgroup {
+                                let after = sockdiag::udp_members(syncer.installed());
+                                let removed = udp_before.difference(&after).copied().collect();
+                                destroy_stale_udp_sockets(&args.bpffs, cg, removed).await;
+                            }
+                        }
                         Err(e) => {
                             syncer::recover(&mut syncer, &e);
                             pending = Some(table);
@@ -143,6 +151,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!("stopping; the datapath stays attached (`clusterip-agent cleanup` removes it)");
     drop(datapath);
     Ok(())
+}
+
+/// Connected UDP sockets of removed backends are destroyed so their owners reconnect through
+/// the VIP (see `sockdiag`). Failing to do so is logged, never fatal.
+async fn destroy_stale_udp_sockets(
+    bpffs: &std::path::Path,
+    cgroup: &std::path::Path,
+    removed: sockdiag::UdpMembers,
+) {
+    if removed.is_empty() {
+        return;
+    }
+    let (bpffs, cgroup) = (bpffs.to_path_buf(), cgroup.to_path_buf());
+    let n = removed.len();
+    let result = tokio::task::spawn_blocking(move || {
+        sockdiag::destroy_udp_sockets(&bpffs, &cgroup, &removed)
+    })
+    .await;
+    match result {
+        Ok(Ok(0)) => {}
+        Ok(Ok(destroyed)) => {
+            info!(
+                destroyed,
+                removed_backends = n,
+                "destroyed UDP sockets of removed backends"
+            )
+        }
+        Ok(Err(e)) => warn!(error = %e, "destroying UDP sockets of removed backends"),
+        Err(e) => warn!(error = %e, "the socket-destroy task failed"),
+    }
 }
 
 fn hostname() -> std::io::Result<String> {

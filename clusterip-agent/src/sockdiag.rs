@@ -24,6 +24,9 @@ use clusterip_common::{
 };
 use tracing::{debug, warn};
 
+use crate::maps::Installed;
+use crate::table::Protocol;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SockDiagError {
     #[error("opening pinned map {path}: {source}")]
@@ -88,13 +91,32 @@ impl SockId {
     }
 }
 
-/// Destroys the VIP-connected UDP sockets whose peer is one of `removed`, in every network
-/// namespace used by a process in `cgroup` (or below it). Returns how many were destroyed.
-/// Runs on a thread of its own, since entering network namespaces changes the calling thread.
+/// (service id, backend) pairs: a UDP backend of one frontend.
+pub type UdpMembers = BTreeSet<(u32, SocketAddr)>;
+
+/// The UDP backends of every installed frontend.
+pub fn udp_members(installed: &Installed) -> UdpMembers {
+    installed
+        .frontends
+        .iter()
+        .filter(|(fe, _)| fe.protocol == Protocol::Udp)
+        .flat_map(|(_, f)| {
+            f.slots
+                .iter()
+                .filter_map(|id| installed.backends.get(id))
+                .map(|b| (f.svc_id, b.addr))
+        })
+        .collect()
+}
+
+/// Destroys the UDP sockets that were connected through a VIP to a backend in `removed` (as
+/// that VIP's service's backend), in every network namespace used by a process in `cgroup`
+/// (or below it). Returns how many were destroyed. Runs on a thread of its own, since
+/// entering network namespaces changes the calling thread.
 pub fn destroy_udp_sockets(
     bpffs: &Path,
     cgroup: &Path,
-    removed: &BTreeSet<SocketAddr>,
+    removed: &UdpMembers,
 ) -> Result<usize, SockDiagError> {
     if removed.is_empty() {
         return Ok(0);
@@ -148,29 +170,23 @@ impl RevNat {
         })
     }
 
-    fn through_vip(&self, cookie: u64, peer: SocketAddr) -> bool {
+    /// The service whose VIP the socket `cookie` connected through to reach `peer`, if any.
+    fn service_of(&self, cookie: u64, peer: SocketAddr) -> Option<u32> {
         let port = port_to_net(peer.port());
+        let v4 = |a| {
+            let key = SockRevNat4Key {
+                cookie,
+                addr: ip4_to_net(a),
+                port,
+                _pad: 0,
+            };
+            self.v4.get(&key, 0).ok().map(|v| v.svc_id)
+        };
         match peer.ip() {
-            IpAddr::V4(a) => {
-                let key = SockRevNat4Key {
-                    cookie,
-                    addr: ip4_to_net(a),
-                    port,
-                    _pad: 0,
-                };
-                self.v4.get(&key, 0).is_ok()
-            }
+            IpAddr::V4(a) => v4(a),
+            // A v6 socket connected to a v4-mapped VIP went through the v4 tables.
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                // A v6 socket connected to a v4-mapped VIP went through the v4 tables.
-                Some(v4) => {
-                    let key = SockRevNat4Key {
-                        cookie,
-                        addr: ip4_to_net(v4),
-                        port,
-                        _pad: 0,
-                    };
-                    self.v4.get(&key, 0).is_ok()
-                }
+                Some(a) => v4(a),
                 None => {
                     let key = SockRevNat6Key {
                         cookie,
@@ -178,7 +194,7 @@ impl RevNat {
                         port,
                         _pad: [0; 6],
                     };
-                    self.v6.get(&key, 0).is_ok()
+                    self.v6.get(&key, 0).ok().map(|v| v.svc_id)
                 }
             },
         }
@@ -216,10 +232,7 @@ fn netns_of_cgroup(cgroup: &Path) -> Vec<(PathBuf, File)> {
     out
 }
 
-fn destroy_in_current_netns(
-    rnat: &RevNat,
-    removed: &BTreeSet<SocketAddr>,
-) -> Result<usize, SockDiagError> {
+fn destroy_in_current_netns(rnat: &RevNat, removed: &UdpMembers) -> Result<usize, SockDiagError> {
     let nl = Netlink::open()?;
     let mut destroyed = 0;
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -227,8 +240,8 @@ fn destroy_in_current_netns(
             .dump_udp(family)?
             .into_iter()
             .filter(|id| {
-                let dst = normalize(id.dst());
-                removed.contains(&dst) && rnat.through_vip(id.cookie(), id.dst())
+                rnat.service_of(id.cookie(), id.dst())
+                    .is_some_and(|svc| removed.contains(&(svc, normalize(id.dst()))))
             })
             .collect();
         for id in victims {
