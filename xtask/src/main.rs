@@ -40,6 +40,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// `build`, then the benchmarks (`tests/benches/`): socket-level load balancing against
+    /// no program and against iptables DNAT, measured in the same run, with the machine named.
+    Bench,
     /// The demo: `build`, then two ClusterIP services with three stand-in pods in network
     /// namespaces, the agent, and a client; everything is removed at the end (also on Ctrl-C).
     Run {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => tasks::build_ebpf(&root).map(|_| ()),
         Cmd::Build => tasks::build(&root).map(|_| ()),
         Cmd::Test { args } => tasks::test(&root, &args),
+        Cmd::Bench => tasks::bench(&root),
         Cmd::Run { keep } => demo::run(keep),
         Cmd::DemoBackend { tcp, udp, name } => demo::backend::serve(tcp, udp, &name),
         Cmd::DemoClient {

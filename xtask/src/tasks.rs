@@ -132,6 +132,18 @@ pub fn test(root: &Path, args: &[String]) -> Result<()> {
     result
 }
 
+/// Builds everything, then runs the benchmarks in release mode. They need root and BPF like
+/// the e2e tests, and print their results with the machine they ran on.
+pub fn bench(root: &Path) -> Result<()> {
+    let (_object, agent) = build(root)?;
+    eprintln!("==> bench");
+    run(cargo(STABLE)
+        .current_dir(root)
+        .env("CLUSTERIP_AGENT_BIN", &agent)
+        .env("CLUSTERIP_E2E_REQUIRED", "1")
+        .args(["bench", "-p", "clusterip-tests", "--bench", "socket_lb"]))
+}
+
 /// Whether cargo arguments (before any `--`) pick packages themselves.
 fn selects_packages(args: &[String]) -> bool {
     args.iter()

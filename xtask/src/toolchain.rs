@@ -21,7 +21,8 @@ pub const EBPF_TARGET: &str = "bpfel-unknown-none";
 /// Name of the eBPF crate's binary (the object file).
 pub const EBPF_BIN: &str = "clusterip";
 
-/// Debian packages: LLVM for bpf-linker, bpftool to inspect maps, iproute2 for the demo/tests.
+/// Debian packages: LLVM for bpf-linker, bpftool to inspect maps, iproute2 for the demo/tests,
+/// iptables for the benchmark's kube-proxy-style DNAT baseline.
 pub fn debian_packages() -> Vec<String> {
     vec![
         format!("llvm-{LLVM_MAJOR}-dev"),
@@ -30,6 +31,7 @@ pub fn debian_packages() -> Vec<String> {
         "libzstd-dev".to_string(),
         "bpftool".to_string(),
         "iproute2".to_string(),
+        "iptables".to_string(),
     ]
 }
 
