@@ -76,9 +76,13 @@ const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 /// The per-packet programs, by symbol name.
 pub const TC_PROGRAM: &str = "tc_ingress";
 pub const XDP_PROGRAM: &str = "xdp_ingress";
+/// On the egress of the `--tc-iface` interfaces: ICMP errors the node itself sends about
+/// translated flows (fragmentation needed, packet too big).
+pub const TC_EGRESS_PROGRAM: &str = "tc_egress";
 /// Pin name prefixes of their per-interface links.
 pub const TC_PIN_PREFIX: &str = "tc";
 pub const XDP_PIN_PREFIX: &str = "xdp";
+pub const TC_EGRESS_PIN_PREFIX: &str = "tce";
 
 /// Sub-directory of the pin directory holding the link pins.
 pub const LINKS_DIR: &str = "links";
@@ -221,6 +225,7 @@ pub struct Datapath {
     pin_dir: PathBuf,
     log_task: Option<JoinHandle<()>>,
     tc: IfaceHook,
+    tc_egress: IfaceHook,
     xdp: IfaceHook,
 }
 
@@ -228,6 +233,7 @@ pub struct Datapath {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookKind {
     Tc,
+    TcEgress,
     Xdp,
 }
 
@@ -235,25 +241,27 @@ impl HookKind {
     pub fn program(self) -> &'static str {
         match self {
             HookKind::Tc => TC_PROGRAM,
+            HookKind::TcEgress => TC_EGRESS_PROGRAM,
             HookKind::Xdp => XDP_PROGRAM,
         }
     }
     pub fn pin_prefix(self) -> &'static str {
         match self {
             HookKind::Tc => TC_PIN_PREFIX,
+            HookKind::TcEgress => TC_EGRESS_PIN_PREFIX,
             HookKind::Xdp => XDP_PIN_PREFIX,
         }
     }
     fn flag(self) -> &'static str {
         match self {
-            HookKind::Tc => "tc-iface",
+            HookKind::Tc | HookKind::TcEgress => "tc-iface",
             HookKind::Xdp => "xdp-iface",
         }
     }
     /// BPF_LINK_TYPE_TCX / BPF_LINK_TYPE_XDP.
     fn link_type(self) -> u32 {
         match self {
-            HookKind::Tc => 11,
+            HookKind::Tc | HookKind::TcEgress => 11,
             HookKind::Xdp => 6,
         }
     }
@@ -406,6 +414,7 @@ impl Datapath {
         // The per-packet programs: loaded only when asked for.
         for (kind, patterns) in [
             (HookKind::Tc, &cfg.tc_ifaces),
+            (HookKind::TcEgress, &cfg.tc_ifaces),
             (HookKind::Xdp, &cfg.xdp_ifaces),
         ] {
             if patterns.is_empty() {
@@ -422,7 +431,7 @@ impl Datapath {
             };
             let program = ebpf.program_mut(name).ok_or_else(missing)?;
             match kind {
-                HookKind::Tc => {
+                HookKind::Tc | HookKind::TcEgress => {
                     let p: &mut SchedClassifier = program.try_into().map_err(prog_err)?;
                     p.load().map_err(prog_err)?;
                 }
@@ -439,6 +448,7 @@ impl Datapath {
             pin_dir: cfg.bpffs.clone(),
             log_task: None,
             tc: IfaceHook::new(cfg.tc_ifaces.clone()),
+            tc_egress: IfaceHook::new(cfg.tc_ifaces.clone()),
             xdp: IfaceHook::new(cfg.xdp_ifaces.clone()),
         };
         dp.adopt_interface_links()?;
@@ -490,7 +500,7 @@ impl Datapath {
         }
         pins.sort();
         for pin in pins {
-            for kind in [HookKind::Tc, HookKind::Xdp] {
+            for kind in [HookKind::Tc, HookKind::TcEgress, HookKind::Xdp] {
                 let Some(ifname) = interfaces::ifname_from_pin(kind.pin_prefix(), &pin) else {
                     continue;
                 };
@@ -543,6 +553,7 @@ impl Datapath {
     fn hook_mut(&mut self, kind: HookKind) -> &mut IfaceHook {
         match kind {
             HookKind::Tc => &mut self.tc,
+            HookKind::TcEgress => &mut self.tc_egress,
             HookKind::Xdp => &mut self.xdp,
         }
     }
@@ -576,7 +587,7 @@ impl Datapath {
                 return;
             }
         };
-        for kind in [HookKind::Tc, HookKind::Xdp] {
+        for kind in [HookKind::Tc, HookKind::TcEgress, HookKind::Xdp] {
             self.sync_hook(kind, &all);
         }
     }
@@ -650,10 +661,15 @@ impl Datapath {
                 program: name,
             })?;
         let (link, mode): (Option<FdLink>, &'static str) = match kind {
-            HookKind::Tc => {
+            HookKind::Tc | HookKind::TcEgress => {
+                let attach_type = if kind == HookKind::Tc {
+                    TcAttachType::Ingress
+                } else {
+                    TcAttachType::Egress
+                };
                 let p: &mut SchedClassifier = program.try_into().map_err(prog_err)?;
                 let tcx = TcAttach::Tcx {
-                    attach_type: TcAttachType::Ingress,
+                    attach_type,
                     order: LinkOrder::default(),
                 };
                 match p.attach(ifindex, tcx) {
@@ -678,10 +694,9 @@ impl Datapath {
                             }
                         }
                         // A netlink filter cannot be pinned: replace a previous agent's.
-                        let _none =
-                            tc::qdisc_detach_program(ifindex, TcAttachType::Ingress.into(), name);
+                        let _none = tc::qdisc_detach_program(ifindex, attach_type.into(), name);
                         let nl = TcAttach::Netlink {
-                            parent: TcAttachType::Ingress.into(),
+                            parent: attach_type.into(),
                             options: tc::NlOptions::default(),
                         };
                         let id = p.attach(ifindex, nl).map_err(prog_err)?;

@@ -33,6 +33,10 @@ pub struct Agent {
     manifests: PathBuf,
     cgroup: PathBuf,
     bpffs: PathBuf,
+    /// The network namespace to run in (setns before exec); None: the test's own.
+    netns: Option<std::fs::File>,
+    /// More arguments after the standard ones.
+    extra: Vec<String>,
     child: Option<Child>,
     runs: u32,
     /// Index in the log where the current run started.
@@ -43,11 +47,30 @@ pub struct Agent {
 impl Agent {
     /// Starts `BIN run --manifests DIR --cgroup CG --bpffs BPFFS --node-name node-a`.
     pub fn start(bin: &Path, manifests: &Path, cgroup: &Path, bpffs: &Path) -> Result<Self> {
+        Self::start_in(bin, manifests, cgroup, bpffs, None, &[])
+    }
+
+    /// [`Agent::start`] inside `netns` (entered with setns between fork and exec, so /sys and
+    /// bpffs stay the test's), with `extra` arguments appended (`--tc-iface cip*`, ...).
+    pub fn start_in(
+        bin: &Path,
+        manifests: &Path,
+        cgroup: &Path,
+        bpffs: &Path,
+        netns: Option<&crate::netns::Netns>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let netns = match netns {
+            Some(ns) => Some(ns.file().try_clone().context("dup of the netns handle")?),
+            None => None,
+        };
         let mut agent = Self {
             bin: bin.to_owned(),
             manifests: manifests.to_owned(),
             cgroup: cgroup.to_owned(),
             bpffs: bpffs.to_owned(),
+            netns,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             runs: 0,
             run_start: 0,
@@ -60,7 +83,20 @@ impl Agent {
     fn spawn(&mut self) -> Result<()> {
         self.runs += 1;
         self.run_start = self.log_len();
-        let mut child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(ns) = &self.netns {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(ns);
+            // SAFETY: only setns (async-signal-safe) between fork and exec, on an fd we own.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("run")
             .arg("--manifests")
             .arg(&self.manifests)
@@ -69,6 +105,7 @@ impl Agent {
             .arg("--bpffs")
             .arg(&self.bpffs)
             .args(["--node-name", "node-a"])
+            .args(&self.extra)
             .env("RUST_LOG", "info,clusterip_agent=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -15,10 +15,13 @@
 pub mod agent;
 pub mod bpffs;
 pub mod cgroup;
+pub mod datagen;
 pub mod env;
 pub mod fixture;
 pub mod manifests;
 pub mod netns;
+pub mod node;
+pub mod packet;
 pub mod process;
 
 pub use env::{Bins, Env, prerequisites, prerequisites_without_agent};

@@ -73,12 +73,14 @@ impl Drop for Proc {
     }
 }
 
-/// What a backend serves: `--tcp`, `--tcp-echo` and `--udp` addresses.
+/// What a backend serves: `--tcp`, `--tcp-echo`, `--udp`, `--http` and `--tcp-data` addresses.
 #[derive(Clone, Debug, Default)]
 pub struct Listen {
     pub tcp: Vec<SocketAddr>,
     pub tcp_echo: Vec<SocketAddr>,
     pub udp: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    pub tcp_data: Vec<SocketAddr>,
 }
 
 /// Starts `cip-backend --name NAME ...` in `netns` and waits for its `ready`.
@@ -89,6 +91,8 @@ pub fn start_backend(bin: &Path, netns: &Netns, name: &str, listen: &Listen) -> 
         ("--tcp", &listen.tcp),
         ("--tcp-echo", &listen.tcp_echo),
         ("--udp", &listen.udp),
+        ("--http", &listen.http),
+        ("--tcp-data", &listen.tcp_data),
     ] {
         for a in addrs {
             cmd.arg(flag).arg(a.to_string());
@@ -129,6 +133,18 @@ pub struct Reply {
     pub error: Option<String>,
     pub errno: Option<i32>,
     pub alive: Option<bool>,
+    /// `http`: the response's status code.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// `tcp-upload` / `tcp-download`: bytes sent / received.
+    #[serde(default)]
+    pub bytes: Option<u64>,
+    /// `tcp-download`: offset of the first byte that differed from the expected stream.
+    #[serde(default)]
+    pub mismatch: Option<u64>,
+    /// `udp-multi` / `tcp-multi`: the socket's own address.
+    #[serde(default)]
+    pub local: Option<String>,
     #[serde(default)]
     pub elapsed_ms: f64,
 }
@@ -158,11 +174,66 @@ pub struct ClientCtx<'a> {
     pub cgroup: &'a Cgroup,
 }
 
-impl ClientCtx<'_> {
+impl<'a> ClientCtx<'a> {
+    /// The same client, as an [`NsClient`].
+    pub fn ns(&self) -> NsClient<'a> {
+        NsClient {
+            bin: self.bin,
+            netns: self.netns,
+            cgroup: Some(self.cgroup),
+        }
+    }
+
+    /// Runs `cip-client ARGS` to completion (killed after 60 s) and parses its lines.
+    pub fn run(&self, args: &[&str]) -> Result<Vec<Reply>> {
+        self.ns().run(args)
+    }
+
+    /// `cip-client MODE ADDR --count N --timeout-ms MS`.
+    pub fn run_mode(
+        &self,
+        mode: &str,
+        addr: SocketAddr,
+        count: u32,
+        timeout_ms: u32,
+    ) -> Result<Vec<Reply>> {
+        self.ns().run_mode(mode, addr, count, timeout_ms)
+    }
+
+    /// `count` sequential TCP connections (2 s timeout).
+    pub fn tcp(&self, addr: SocketAddr, count: u32) -> Result<Vec<Reply>> {
+        self.ns().tcp(addr, count)
+    }
+
+    pub fn udp_connected(&self, addr: SocketAddr, count: u32) -> Result<Vec<Reply>> {
+        self.ns().udp_connected(addr, count)
+    }
+
+    pub fn udp_unconnected(&self, addr: SocketAddr, count: u32) -> Result<Vec<Reply>> {
+        self.ns().udp_unconnected(addr, count)
+    }
+
+    /// `cip-client tcp-hold ADDR`: returns once the greeting was read.
+    pub fn hold(&self, addr: SocketAddr) -> Result<HoldClient> {
+        self.ns().hold(addr)
+    }
+}
+
+/// Clients in a netns, optionally in a cgroup (the per-packet tests run them in no cgroup of
+/// theirs: plain processes the socket hooks never see).
+#[derive(Clone, Copy)]
+pub struct NsClient<'a> {
+    /// The `cip-client` binary.
+    pub bin: &'a Path,
+    pub netns: &'a Netns,
+    pub cgroup: Option<&'a Cgroup>,
+}
+
+impl NsClient<'_> {
     fn command(&self, args: &[&str]) -> Result<Command> {
         let mut cmd = Command::new(self.bin);
         cmd.args(args);
-        enter(&mut cmd, Some(self.netns), Some(self.cgroup))?;
+        enter(&mut cmd, Some(self.netns), self.cgroup)?;
         Ok(cmd)
     }
 
@@ -228,12 +299,36 @@ impl ClientCtx<'_> {
         self.run_mode("tcp", addr, count, 2000)
     }
 
+    /// `count` sequential HTTP GETs (2 s timeout).
+    pub fn http(&self, addr: SocketAddr, count: u32) -> Result<Vec<Reply>> {
+        self.run_mode("http", addr, count, 2000)
+    }
+
     pub fn udp_connected(&self, addr: SocketAddr, count: u32) -> Result<Vec<Reply>> {
         self.run_mode("udp-connected", addr, count, 1000)
     }
 
     pub fn udp_unconnected(&self, addr: SocketAddr, count: u32) -> Result<Vec<Reply>> {
         self.run_mode("udp-unconnected", addr, count, 1000)
+    }
+
+    /// `cip-client tcp-upload|tcp-download ADDR --bytes N --seed S` (5 s I/O timeout).
+    pub fn transfer(&self, upload: bool, addr: SocketAddr, bytes: u64, seed: u64) -> Result<Reply> {
+        let mode = if upload { "tcp-upload" } else { "tcp-download" };
+        let mut replies = self.run(&[
+            mode,
+            &addr.to_string(),
+            "--bytes",
+            &bytes.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--timeout-ms",
+            "5000",
+        ])?;
+        if replies.len() != 1 {
+            bail!("cip-client {mode} {addr}: expected one line, got {replies:?}");
+        }
+        Ok(replies.remove(0))
     }
 
     /// `cip-client tcp-hold ADDR`: returns once the greeting was read.
@@ -247,6 +342,94 @@ impl ClientCtx<'_> {
             name: "cip-client tcp-hold".into(),
             child,
         })
+    }
+
+    /// `cip-client udp-multi|tcp-multi ADDR --sockets N`: many flows in one process.
+    /// For TCP, returns once every connection was opened (see [`MultiClient::first`]).
+    pub fn multi(&self, tcp: bool, addr: SocketAddr, sockets: usize) -> Result<MultiClient> {
+        let mode = if tcp { "tcp-multi" } else { "udp-multi" };
+        let mut cmd = self.command(&[
+            mode,
+            &addr.to_string(),
+            "--sockets",
+            &sockets.to_string(),
+            "--timeout-ms",
+            "1000",
+        ])?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning cip-client {mode}"))?;
+        MultiClient::new(
+            Proc {
+                name: format!("cip-client {mode}"),
+                child,
+            },
+            tcp,
+        )
+    }
+}
+
+/// Many flows held by one `cip-client udp-multi|tcp-multi`: each [`MultiClient::round`] sends
+/// one message on every flow and returns what each one got back.
+pub struct MultiClient {
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    /// TCP: the greeting of every connection (who answered); UDP: empty.
+    pub first: Vec<Reply>,
+    rounds: u32,
+    _proc: Proc,
+}
+
+#[derive(Deserialize)]
+struct Round {
+    round: Vec<Reply>,
+}
+
+impl MultiClient {
+    fn new(mut proc: Proc, tcp: bool) -> Result<Self> {
+        let stdin = proc.child.stdin.take().context("stdin")?;
+        let stdout = proc.child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut me = Self {
+            stdin,
+            lines,
+            first: Vec::new(),
+            rounds: 0,
+            _proc: proc,
+        };
+        if tcp {
+            me.first = me.next()?;
+        }
+        Ok(me)
+    }
+
+    fn next(&mut self) -> Result<Vec<Reply>> {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .context("no output from cip-client multi")?;
+        let round: Round =
+            serde_json::from_str(&line).with_context(|| format!("multi printed {line:?}"))?;
+        Ok(round.round)
+    }
+
+    /// One message on every flow; the replies in flow order.
+    pub fn round(&mut self) -> Result<Vec<Reply>> {
+        self.rounds += 1;
+        writeln!(self.stdin, "round-{}", self.rounds).context("writing to cip-client multi")?;
+        self.stdin.flush()?;
+        self.next()
     }
 }
 

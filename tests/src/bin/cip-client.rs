@@ -5,22 +5,39 @@
 //! cip-client udp-connected ADDR:PORT [--count N] [--timeout-ms MS]
 //! cip-client udp-unconnected ADDR:PORT [--count N] [--timeout-ms MS]
 //! cip-client tcp-hold ADDR:PORT [--timeout-ms MS]
+//! cip-client http ADDR:PORT [--count N] [--timeout-ms MS]
+//! cip-client tcp-upload|tcp-download ADDR:PORT --bytes N [--seed S] [--timeout-ms MS]
+//! cip-client udp-multi|tcp-multi ADDR:PORT --sockets N [--timeout-ms MS]
 //! ```
 //! Prints one JSON object per line on stdout. Network errors never abort the program; they are
 //! reported as `{"error": "...", "errno": N, "elapsed_ms": T}`.
 //! - `tcp`: N sequential connections; each `{"peer": getpeername(), "reply": first line}`.
 //! - `udp-connected`: one socket, connect(), N times send "ping" and recv:
 //!   `{"peer": getpeername(), "from": address recvfrom reported, "reply": ...}`.
+//!   With `--size N` (udp modes) the datagram is "ping" padded with 'x' to N bytes and sent
+//!   with "don't fragment" (IP_PMTUDISC_DO / IPV6_PMTUDISC_DO).
 //! - `udp-unconnected`: one socket that is never bound nor connected, N times sendto "ping" and
 //!   recvfrom: `{"from": address recvfrom reported, "reply": ...}`.
 //! - `tcp-hold`: one connection; prints `{"peer", "reply"}` for the greeting, then for each line
 //!   read on stdin sends it, reads the echo and prints `{"alive": echo == line, "reply": ...}`.
 //!   Exits at end of stdin.
+//! - `http`: N sequential `GET /` requests (HTTP/1.1, one connection each):
+//!   `{"peer", "status": code, "reply": first line of the body}`.
+//! - `tcp-upload`: to a `--tcp-data` backend: sends `up SEED N` and N bytes of the seed's
+//!   stream, then `{"peer", "reply": the backend's verdict line, "bytes": N}`.
+//! - `tcp-download`: sends `down SEED N`, reads the greeting and N bytes, checking each against
+//!   the stream: `{"peer", "reply": greeting, "bytes": bytes received, "mismatch": offset|null}`.
+//! - `udp-multi`: N unconnected UDP sockets; for each line on stdin every socket sends "ping"
+//!   to ADDR and waits for the answer; prints `{"round": [one object per socket, as udp]}`
+//!   (with `"local"`: the socket's own address). Exits at end of stdin.
+//! - `tcp-multi`: N TCP connections to an echo backend, opened at once; prints
+//!   `{"round": [greeting per connection]}`, then for each line on stdin sends it on every
+//!   connection and prints `{"round": [{"alive", "reply"} per connection]}`.
 //!
 //! Every object also carries `elapsed_ms`, the time the operation took, so tests can tell an
 //! immediate error from a timeout.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::mem::{size_of, zeroed};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -34,6 +51,10 @@ struct Args {
     addr: SocketAddr,
     count: u32,
     timeout: Duration,
+    bytes: u64,
+    seed: u64,
+    sockets: usize,
+    size: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,9 +66,17 @@ fn parse_args() -> Result<Args, String> {
         .map_err(|e| format!("bad address {addr:?}: {e}"))?;
     let mut count = 1;
     let mut timeout = Duration::from_millis(1000);
+    let mut bytes = 0;
+    let mut seed = 1;
+    let mut sockets = 1;
+    let mut size = 0;
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
+            "--bytes" => bytes = value.parse().map_err(|e| format!("bad --bytes: {e}"))?,
+            "--seed" => seed = value.parse().map_err(|e| format!("bad --seed: {e}"))?,
+            "--size" => size = value.parse().map_err(|e| format!("bad --size: {e}"))?,
+            "--sockets" => sockets = value.parse().map_err(|e| format!("bad --sockets: {e}"))?,
             "--count" => count = value.parse().map_err(|e| format!("bad --count: {e}"))?,
             "--timeout-ms" => {
                 timeout = Duration::from_millis(
@@ -64,6 +93,10 @@ fn parse_args() -> Result<Args, String> {
         addr,
         count,
         timeout,
+        bytes,
+        seed,
+        sockets,
+        size,
     })
 }
 
@@ -73,7 +106,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("cip-client: {e}");
             eprintln!(
-                "usage: cip-client tcp|udp-connected|udp-unconnected|tcp-hold ADDR:PORT [--count N] [--timeout-ms MS]"
+                "usage: cip-client tcp|udp-connected|udp-unconnected|tcp-hold|http|tcp-upload|tcp-download|udp-multi|tcp-multi ADDR:PORT [--count N] [--timeout-ms MS] [--bytes N] [--seed S] [--sockets N] [--size N]"
             );
             return ExitCode::from(2);
         }
@@ -83,6 +116,11 @@ fn main() -> ExitCode {
         "udp-connected" => udp(&args, true),
         "udp-unconnected" => udp(&args, false),
         "tcp-hold" => tcp_hold(&args),
+        "http" => (0..args.count).for_each(|_| emit(http_once(&args))),
+        "tcp-upload" => emit(upload(&args)),
+        "tcp-download" => emit(download(&args)),
+        "udp-multi" => udp_multi(&args),
+        "tcp-multi" => tcp_multi(&args),
         other => {
             eprintln!("cip-client: unknown mode {other}");
             return ExitCode::from(2);
@@ -297,7 +335,39 @@ fn udp(args: &Args, connected: bool) {
             return emit(error(&e, start));
         }
     }
-    let payload = b"ping";
+    let mut payload = b"ping".to_vec();
+    if args.size > payload.len() {
+        payload.resize(args.size, b'x');
+        // Don't fragment: a datagram too big for the path fails with EMSGSIZE once an ICMP
+        // "fragmentation needed" / "packet too big" about it reached this socket.
+        let (level, name, value) = if args.addr.is_ipv4() {
+            (
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DO,
+            )
+        } else {
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_DO,
+            )
+        };
+        // SAFETY: value outlives the call; the length matches.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                &value as *const _ as *const libc::c_void,
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if let Err(e) = cvt(r) {
+            return emit(error(&e, start));
+        }
+    }
+    let payload = &payload[..];
     for _ in 0..args.count {
         let start = Instant::now();
         emit(match udp_exchange(&fd, connected, payload, &dst, dst_len) {
@@ -361,4 +431,205 @@ fn udp_exchange(
     })?;
     buf.truncate(n);
     Ok((buf, sockaddr_to(&from)))
+}
+
+fn http_once(args: &Args) -> Value {
+    let start = Instant::now();
+    let result = (|| -> std::io::Result<(String, u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&args.addr, args.timeout)?;
+        stream.set_read_timeout(Some(args.timeout))?;
+        stream.set_write_timeout(Some(args.timeout))?;
+        let peer = stream.peer_addr()?.to_string();
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: cip-client\r\nAccept: */*\r\n\r\n",
+            args.addr
+        );
+        stream.write_all(request.as_bytes())?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response);
+        let invalid = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an HTTP response: {text:?}"),
+            )
+        };
+        let (head, body) = text.split_once("\r\n\r\n").ok_or_else(invalid)?;
+        let status = head
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("HTTP/1.1 "))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(invalid)?;
+        Ok((
+            peer,
+            status,
+            body.lines().next().unwrap_or_default().to_owned(),
+        ))
+    })();
+    match result {
+        Ok((peer, status, reply)) => {
+            json!({"peer": peer, "status": status, "reply": reply, "elapsed_ms": ms(start)})
+        }
+        Err(e) => error(&e, start),
+    }
+}
+
+fn data_connect(args: &Args, dir: &str) -> std::io::Result<(TcpStream, String)> {
+    let mut stream = TcpStream::connect_timeout(&args.addr, args.timeout)?;
+    stream.set_read_timeout(Some(args.timeout))?;
+    stream.set_write_timeout(Some(args.timeout))?;
+    let peer = stream.peer_addr()?.to_string();
+    stream.write_all(format!("{dir} {} {}\n", args.seed, args.bytes).as_bytes())?;
+    Ok((stream, peer))
+}
+
+fn upload(args: &Args) -> Value {
+    use clusterip_tests::datagen::Stream;
+    let start = Instant::now();
+    let result = (|| -> std::io::Result<(String, String)> {
+        let (mut stream, peer) = data_connect(args, "up")?;
+        let mut data = Stream::new(args.seed);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = args.bytes;
+        while left > 0 {
+            let n = buf.len().min(left as usize);
+            data.fill(&mut buf[..n]);
+            stream.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        let reply = read_line(&mut BufReader::new(stream))?;
+        Ok((peer, reply))
+    })();
+    match result {
+        Ok((peer, reply)) => json!({
+            "peer": peer, "reply": reply, "bytes": args.bytes, "elapsed_ms": ms(start)
+        }),
+        Err(e) => error(&e, start),
+    }
+}
+
+fn download(args: &Args) -> Value {
+    use clusterip_tests::datagen::Checker;
+    let start = Instant::now();
+    let result = (|| -> std::io::Result<(String, String, Checker)> {
+        let (stream, peer) = data_connect(args, "down")?;
+        let mut reader = BufReader::new(stream);
+        let greeting = read_line(&mut reader)?;
+        let mut checker = Checker::new(args.seed);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            checker.update(&buf[..n]);
+        }
+        Ok((peer, greeting, checker))
+    })();
+    match result {
+        Ok((peer, reply, checker)) => json!({
+            "peer": peer, "reply": reply, "bytes": checker.len,
+            "mismatch": checker.first_mismatch, "elapsed_ms": ms(start)
+        }),
+        Err(e) => error(&e, start),
+    }
+}
+
+fn local_addr(fd: &OwnedFd) -> std::io::Result<String> {
+    // SAFETY: zeroed sockaddr_storage is valid; the kernel fills at most `len` bytes.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    cvt(unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            &mut storage as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        )
+    })?;
+    Ok(sockaddr_to(&storage).map_or_else(|| "?".into(), |a| a.to_string()))
+}
+
+fn udp_multi(args: &Args) {
+    let start = Instant::now();
+    let mut fds = Vec::new();
+    for _ in 0..args.sockets {
+        match udp_socket(&args.addr, args.timeout) {
+            Ok(fd) => fds.push(fd),
+            Err(e) => return emit(json!({"round": [error(&e, start)]})),
+        }
+    }
+    let (dst, dst_len) = sockaddr_from(&args.addr);
+    for line in std::io::stdin().lock().lines() {
+        if line.is_err() {
+            return;
+        }
+        let round: Vec<Value> = fds
+            .iter()
+            .map(|fd| {
+                let start = Instant::now();
+                match udp_exchange(fd, false, b"ping", &dst, dst_len) {
+                    Ok((reply, from)) => json!({
+                        "from": from.map_or_else(|| "?".into(), |a| a.to_string()),
+                        "reply": String::from_utf8_lossy(&reply),
+                        "local": local_addr(fd).unwrap_or_default(),
+                        "elapsed_ms": ms(start),
+                    }),
+                    Err(e) => error(&e, start),
+                }
+            })
+            .collect();
+        emit(json!({ "round": round }));
+    }
+}
+
+fn tcp_multi(args: &Args) {
+    let mut conns: Vec<Option<BufReader<TcpStream>>> = Vec::new();
+    let mut greetings = Vec::new();
+    for _ in 0..args.sockets {
+        let start = Instant::now();
+        match tcp_connect(args, start) {
+            Ok((reader, peer, reply)) => {
+                let local = reader
+                    .get_ref()
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                greetings.push(json!({
+                    "peer": peer, "reply": reply, "local": local, "elapsed_ms": ms(start)
+                }));
+                conns.push(Some(reader));
+            }
+            Err(v) => {
+                greetings.push(v);
+                conns.push(None);
+            }
+        }
+    }
+    emit(json!({ "round": greetings }));
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { return };
+        let round: Vec<Value> = conns
+            .iter_mut()
+            .map(|conn| {
+                let start = Instant::now();
+                let Some(reader) = conn else {
+                    return json!({"alive": false, "error": "not connected", "errno": 0});
+                };
+                let sent = reader.get_mut().write_all(format!("{line}\n").as_bytes());
+                match sent.and_then(|_| read_line(reader)) {
+                    Ok(reply) => {
+                        json!({"alive": reply == line, "reply": reply, "elapsed_ms": ms(start)})
+                    }
+                    Err(e) => {
+                        let mut v = error(&e, start);
+                        v["alive"] = json!(false);
+                        v
+                    }
+                }
+            })
+            .collect();
+        emit(json!({ "round": round }));
+    }
 }
