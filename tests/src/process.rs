@@ -348,6 +348,16 @@ impl NsClient<'_> {
     /// For TCP, returns once every connection was opened (see [`MultiClient::first`]).
     pub fn multi(&self, tcp: bool, addr: SocketAddr, sockets: usize) -> Result<MultiClient> {
         let mode = if tcp { "tcp-multi" } else { "udp-multi" };
+        self.multi_mode(mode, addr, sockets)
+    }
+
+    /// `cip-client udp-connected-multi ADDR --sockets N`: N connected UDP sockets.
+    pub fn udp_connected_multi(&self, addr: SocketAddr, sockets: usize) -> Result<MultiClient> {
+        self.multi_mode("udp-connected-multi", addr, sockets)
+    }
+
+    fn multi_mode(&self, mode: &str, addr: SocketAddr, sockets: usize) -> Result<MultiClient> {
+        let tcp = mode == "tcp-multi";
         let mut cmd = self.command(&[
             mode,
             &addr.to_string(),

@@ -27,6 +27,7 @@
 //!   stream, then `{"peer", "reply": the backend's verdict line, "bytes": N}`.
 //! - `tcp-download`: sends `down SEED N`, reads the greeting and N bytes, checking each against
 //!   the stream: `{"peer", "reply": greeting, "bytes": bytes received, "mismatch": offset|null}`.
+//! - `udp-connected-multi`: the same with N connected sockets (each connect()ed once).
 //! - `udp-multi`: N unconnected UDP sockets; for each line on stdin every socket sends "ping"
 //!   to ADDR and waits for the answer; prints `{"round": [one object per socket, as udp]}`
 //!   (with `"local"`: the socket's own address). Exits at end of stdin.
@@ -106,7 +107,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("cip-client: {e}");
             eprintln!(
-                "usage: cip-client tcp|udp-connected|udp-unconnected|tcp-hold|http|tcp-upload|tcp-download|udp-multi|tcp-multi ADDR:PORT [--count N] [--timeout-ms MS] [--bytes N] [--seed S] [--sockets N] [--size N]"
+                "usage: cip-client tcp|udp-connected|udp-unconnected|tcp-hold|http|tcp-upload|tcp-download|udp-multi|udp-connected-multi|tcp-multi ADDR:PORT [--count N] [--timeout-ms MS] [--bytes N] [--seed S] [--sockets N] [--size N]"
             );
             return ExitCode::from(2);
         }
@@ -119,7 +120,8 @@ fn main() -> ExitCode {
         "http" => (0..args.count).for_each(|_| emit(http_once(&args))),
         "tcp-upload" => emit(upload(&args)),
         "tcp-download" => emit(download(&args)),
-        "udp-multi" => udp_multi(&args),
+        "udp-multi" => udp_multi(&args, false),
+        "udp-connected-multi" => udp_multi(&args, true),
         "tcp-multi" => tcp_multi(&args),
         other => {
             eprintln!("cip-client: unknown mode {other}");
@@ -551,16 +553,25 @@ fn local_addr(fd: &OwnedFd) -> std::io::Result<String> {
     Ok(sockaddr_to(&storage).map_or_else(|| "?".into(), |a| a.to_string()))
 }
 
-fn udp_multi(args: &Args) {
+fn udp_multi(args: &Args, connected: bool) {
     let start = Instant::now();
+    let (dst, dst_len) = sockaddr_from(&args.addr);
     let mut fds = Vec::new();
     for _ in 0..args.sockets {
         match udp_socket(&args.addr, args.timeout) {
             Ok(fd) => fds.push(fd),
             Err(e) => return emit(json!({"round": [error(&e, start)]})),
         }
+        if connected {
+            let fd = fds.last().map_or(-1, |f| f.as_raw_fd());
+            // SAFETY: dst is a valid sockaddr of length dst_len.
+            let r =
+                unsafe { libc::connect(fd, &dst as *const _ as *const libc::sockaddr, dst_len) };
+            if let Err(e) = cvt(r) {
+                return emit(json!({"round": [error(&e, start)]}));
+            }
+        }
     }
-    let (dst, dst_len) = sockaddr_from(&args.addr);
     for line in std::io::stdin().lock().lines() {
         if line.is_err() {
             return;
@@ -569,9 +580,10 @@ fn udp_multi(args: &Args) {
             .iter()
             .map(|fd| {
                 let start = Instant::now();
-                match udp_exchange(fd, false, b"ping", &dst, dst_len) {
+                match udp_exchange(fd, connected, b"ping", &dst, dst_len) {
                     Ok((reply, from)) => json!({
                         "from": from.map_or_else(|| "?".into(), |a| a.to_string()),
+                        "peer": if connected { getpeername(fd).ok() } else { None },
                         "reply": String::from_utf8_lossy(&reply),
                         "local": local_addr(fd).unwrap_or_default(),
                         "elapsed_ms": ms(start),
