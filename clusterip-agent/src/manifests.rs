@@ -548,7 +548,7 @@ fn collect(value: serde_yaml::Value, location: &str, docs: &mut Vec<Doc>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{Frontend, NoEndpoints, Protocol, ServiceEntry, ServiceRef};
+    use crate::table::Protocol;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A unique temporary directory, removed on drop.
@@ -583,32 +583,7 @@ mod tests {
         }
     }
 
-    fn fe(vip: &str, port: u16, protocol: Protocol) -> Frontend {
-        Frontend {
-            vip: vip.parse().unwrap(),
-            port,
-            protocol,
-        }
-    }
-
-    fn entry(ns: &str, name: &str, port_name: &str, backends: &[&str]) -> ServiceEntry {
-        ServiceEntry {
-            service: ServiceRef {
-                namespace: ns.into(),
-                name: name.into(),
-                port_name: port_name.into(),
-            },
-            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
-            affinity_timeout_s: None,
-            no_endpoints: NoEndpoints::Reject,
-        }
-    }
-
-    fn table(entries: Vec<(Frontend, ServiceEntry)>) -> DesiredTable {
-        DesiredTable {
-            services: entries.into_iter().collect(),
-        }
-    }
+    use crate::table::test_support::{entry, fe, table};
 
     fn svc(name: &str, ip: &str) -> String {
         format!(

@@ -783,32 +783,7 @@ mod tests {
         build_table(&services, &slices, node)
     }
 
-    fn fe(vip: &str, port: u16, protocol: Protocol) -> Frontend {
-        Frontend {
-            vip: vip.parse().unwrap(),
-            port,
-            protocol,
-        }
-    }
-
-    fn entry(ns: &str, name: &str, port_name: &str, backends: &[&str]) -> ServiceEntry {
-        ServiceEntry {
-            service: ServiceRef {
-                namespace: ns.into(),
-                name: name.into(),
-                port_name: port_name.into(),
-            },
-            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
-            affinity_timeout_s: None,
-            no_endpoints: NoEndpoints::Reject,
-        }
-    }
-
-    fn table(entries: Vec<(Frontend, ServiceEntry)>) -> DesiredTable {
-        DesiredTable {
-            services: entries.into_iter().collect(),
-        }
-    }
+    use crate::table::test_support::{entry, fe, table};
 
     fn problem(kind: ObjectKind, ns: &str, name: &str, p: ProblemKind) -> Problem {
         Problem {

@@ -116,3 +116,37 @@ impl DesiredTable {
         self.services.keys().map(|f| f.vip).collect()
     }
 }
+
+/// Builders for tests of the modules that produce or consume tables.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    pub fn fe(vip: &str, port: u16, protocol: Protocol) -> Frontend {
+        Frontend {
+            vip: vip.parse().unwrap(),
+            port,
+            protocol,
+        }
+    }
+
+    /// An entry without affinity that rejects when it has no backends.
+    pub fn entry(ns: &str, name: &str, port_name: &str, backends: &[&str]) -> ServiceEntry {
+        ServiceEntry {
+            service: ServiceRef {
+                namespace: ns.into(),
+                name: name.into(),
+                port_name: port_name.into(),
+            },
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            affinity_timeout_s: None,
+            no_endpoints: NoEndpoints::Reject,
+        }
+    }
+
+    pub fn table(entries: Vec<(Frontend, ServiceEntry)>) -> DesiredTable {
+        DesiredTable {
+            services: entries.into_iter().collect(),
+        }
+    }
+}
