@@ -15,7 +15,9 @@
 //!   service id;
 //! - slots 1..=count each hold one backend id, resolved through the backends map.
 //! - an entry with port 0 and protocol 0 ([`SVC_FLAG_WILDCARD`]) marks an address as a VIP, so
-//!   a connection to a port the service does not define is refused rather than sent on.
+//!   a connection to a port the service does not define is refused rather than sent on. Every
+//!   frontend's VIP has one (written before its frontends, removed after them), so the
+//!   datapath looks it up first: anything that is not a VIP costs one lookup.
 //!
 //! Writers follow the order backends, slots, frontend (count), then trim stale slots and
 //! backends, so a reader that saw any count only ever reads slots that exist.

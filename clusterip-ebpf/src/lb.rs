@@ -130,12 +130,14 @@ pub fn select<F: Family>(
     key: &F::SvcKey,
     flow: Option<&SockFlowKey>,
 ) -> Decision<F::Backend> {
-    let Some(fe) = F::service(key) else {
-        if F::service(&F::wildcard(key)).is_some() {
-            debug!(ctx, "clusterip: port not defined on VIP: refused");
-            return Decision::Refuse(ECONNREFUSED);
-        }
+    // Most connections are not to a VIP: one lookup (the VIP's wildcard entry) says so. The
+    // agent writes a VIP's wildcard before its frontends and removes it after them.
+    if F::service(&F::wildcard(key)).is_none() {
         return Decision::Pass;
+    }
+    let Some(fe) = F::service(key) else {
+        debug!(ctx, "clusterip: port not defined on VIP: refused");
+        return Decision::Refuse(ECONNREFUSED);
     };
     let count = fe.count;
     if count == 0 {

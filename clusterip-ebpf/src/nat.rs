@@ -158,21 +158,23 @@ fn process_ip<P: Packet, const V6: bool, const XDP: bool>(p: &P) -> Option<Verdi
             return reverse::<P, V6>(p, &t, flags, &e);
         }
     }
+    // Most packets are not for a VIP: one lookup (the VIP's wildcard entry) says so. The
+    // agent writes a VIP's wildcard before its frontends and removes it after them.
+    if !select::is_vip::<V6>(&t.daddr) {
+        return None;
+    }
     if let Some(fe) = select::frontend::<V6>(&t.daddr, t.dport, t.proto) {
         return Some(forward::<P, V6>(p, &t, flags, &fe));
     }
-    if select::is_vip::<V6>(&t.daddr) {
-        debug!(
-            p,
-            "clusterip: port {} not defined on VIP: reject",
-            u16::from_be(t.dport)
-        );
-        return Some(Verdict::Reject {
-            v6: V6,
-            tcp: proto == PROTO_TCP,
-        });
-    }
-    None
+    debug!(
+        p,
+        "clusterip: port {} not defined on VIP: reject",
+        u16::from_be(t.dport)
+    );
+    Some(Verdict::Reject {
+        v6: V6,
+        tcp: proto == PROTO_TCP,
+    })
 }
 
 /// The L4 checksum's offset and `csum_l4` flags for `proto`.
