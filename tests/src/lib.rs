@@ -13,6 +13,7 @@
 //! [`env::prerequisites`] (or [`require_env!`]) decides whether a test can run at all.
 
 pub mod agent;
+pub mod bench;
 pub mod bpffs;
 pub mod cgroup;
 pub mod datagen;

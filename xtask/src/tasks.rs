@@ -132,16 +132,23 @@ pub fn test(root: &Path, args: &[String]) -> Result<()> {
     result
 }
 
-/// Builds everything, then runs the benchmarks in release mode. They need root and BPF like
-/// the e2e tests, and print their results with the machine they ran on.
+/// The benchmarks `cargo xtask bench` runs, one after the other.
+const BENCHES: [&str; 2] = ["socket_lb", "packet_lb"];
+
+/// Builds everything, then runs the benchmarks in release mode: socket-level load balancing,
+/// then the per-packet path (TC, XDP). They need root and BPF like the e2e tests, and print
+/// their results with the machine they ran on.
 pub fn bench(root: &Path) -> Result<()> {
     let (_object, agent) = build(root)?;
-    eprintln!("==> bench");
-    run(cargo(STABLE)
-        .current_dir(root)
-        .env("CLUSTERIP_AGENT_BIN", &agent)
-        .env("CLUSTERIP_E2E_REQUIRED", "1")
-        .args(["bench", "-p", "clusterip-tests", "--bench", "socket_lb"]))
+    for name in BENCHES {
+        eprintln!("==> bench {name}");
+        run(cargo(STABLE)
+            .current_dir(root)
+            .env("CLUSTERIP_AGENT_BIN", &agent)
+            .env("CLUSTERIP_E2E_REQUIRED", "1")
+            .args(["bench", "-p", "clusterip-tests", "--bench", name]))?;
+    }
+    Ok(())
 }
 
 /// Whether cargo arguments (before any `--`) pick packages themselves.

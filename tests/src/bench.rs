@@ -1,0 +1,422 @@
+//! Pieces shared by the benchmarks (`tests/benches/*.rs`, `harness = false`): the client loop
+//! and the server that a bench runs by re-executing itself (`--client ...` / `--server ...`)
+//! inside a network namespace, the agent process guard, statistics and the machine line.
+//!
+//! A bench's `main` starts with
+//! ```ignore
+//! if let Some(r) = clusterip_tests::bench::dispatch() { return r; }
+//! ```
+//! so that its re-executed copies act as client or server.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cgroup::Cgroup;
+use crate::netns::Netns;
+use crate::process::enter;
+
+/// If this process is a bench's re-executed client or server, runs it and returns its
+/// result; None for the bench itself.
+pub fn dispatch() -> Option<Result<()>> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--client") => Some(client(&args[2..])),
+        Some("--server") => Some(ServerConfig::parse(&args[2..]).and_then(|c| serve(&c))),
+        _ => None,
+    }
+}
+
+/// `(median, min, max)` of `v` (not empty).
+pub fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+/// Prints `machine: <cpu model>, <n> cores, Linux <release>`.
+pub fn print_machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("machine: {cpu}, {cores} cores, Linux {}", kernel.trim());
+}
+
+/// What one client process does, N times (or with N bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ClientOp {
+    /// UDP socket + connect + close (no packet).
+    UdpConnect,
+    /// One unconnected UDP socket, one datagram per op.
+    UdpSendto,
+    /// TCP socket + connect + close with RST (SO_LINGER 0: no TIME_WAIT piles up).
+    TcpConnect,
+    /// One TCP connection; reads N bytes (into a reused buffer, discarded) until the server
+    /// closes. The result is per byte.
+    Download,
+}
+
+impl ClientOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientOp::UdpConnect => "udp-connect",
+            ClientOp::UdpSendto => "udp-sendto",
+            ClientOp::TcpConnect => "tcp-connect",
+            ClientOp::Download => "download",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ClientOp::UdpConnect,
+            ClientOp::UdpSendto,
+            ClientOp::TcpConnect,
+            ClientOp::Download,
+        ]
+        .into_iter()
+        .find(|o| o.name() == s)
+    }
+}
+
+/// Runs one measurement in a client process (this binary, `--client OP ADDR N`) in `netns`
+/// (and `cgroup`); returns ns per operation (per byte for [`ClientOp::Download`]).
+pub fn run_client(
+    netns: &Netns,
+    cgroup: Option<&Cgroup>,
+    op: ClientOp,
+    addr: SocketAddr,
+    n: u64,
+) -> Result<f64> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--client", op.name(), &addr.to_string(), &n.to_string()]);
+    enter(&mut cmd, Some(netns), cgroup)?;
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the client")?;
+    if !out.status.success() {
+        bail!(
+            "client {} {addr} failed: {}",
+            op.name(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ns: f64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("client said {text:?}"))?;
+    Ok(ns)
+}
+
+/// The client side: N operations, prints ns/op.
+fn client(args: &[String]) -> Result<()> {
+    let [mode, addr, n] = args else {
+        bail!("usage: --client MODE ADDR N")
+    };
+    let op = ClientOp::parse(mode).context("mode")?;
+    let addr: SocketAddr = addr.parse()?;
+    let n: u64 = n.parse()?;
+    let started = Instant::now();
+    match op {
+        ClientOp::UdpConnect => {
+            for _ in 0..n {
+                let s = UdpSocket::bind(unspecified(addr))?;
+                s.connect(addr)?;
+            }
+        }
+        ClientOp::UdpSendto => {
+            let s = UdpSocket::bind(unspecified(addr))?;
+            for _ in 0..n {
+                s.send_to(b"x", addr)?;
+            }
+        }
+        ClientOp::TcpConnect => {
+            for _ in 0..n {
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                // Close with RST: no TIME_WAIT piles up over thousands of connections.
+                set_linger_zero(&s)?;
+            }
+        }
+        ClientOp::Download => {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0u64;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => got += k as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e).context("reading the download"),
+                }
+            }
+            if got != n {
+                bail!("download from {addr}: got {got} bytes, expected {n}");
+            }
+        }
+    }
+    let ns = started.elapsed().as_nanos() as f64 / n as f64;
+    println!("{ns}");
+    Ok(())
+}
+
+fn unspecified(addr: SocketAddr) -> SocketAddr {
+    let ip: IpAddr = if addr.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    SocketAddr::new(ip, 0)
+}
+
+fn set_linger_zero(s: &TcpStream) -> Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own with a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+/// What the bench's server serves on `ip`, so that the server is never what is measured:
+/// - `sink`: a TCP listener with a deep backlog that accepts and closes;
+/// - `udp`: a UDP socket that only reads;
+/// - `source`: a TCP port that writes `bytes` zeros on each connection, then closes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub ip: IpAddr,
+    pub sink: Option<u16>,
+    pub udp: Option<u16>,
+    pub source: Option<(u16, u64)>,
+}
+
+impl ServerConfig {
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![self.ip.to_string()];
+        if let Some(p) = self.sink {
+            a.extend(["--sink".into(), p.to_string()]);
+        }
+        if let Some(p) = self.udp {
+            a.extend(["--udp".into(), p.to_string()]);
+        }
+        if let Some((p, bytes)) = self.source {
+            a.extend(["--source".into(), format!("{p}:{bytes}")]);
+        }
+        a
+    }
+
+    fn parse(args: &[String]) -> Result<Self> {
+        let usage = "usage: --server IP [--sink PORT] [--udp PORT] [--source PORT:BYTES]";
+        let (ip, mut rest) = args.split_first().context(usage)?;
+        let mut me = Self {
+            ip: ip.parse().context(usage)?,
+            sink: None,
+            udp: None,
+            source: None,
+        };
+        while let [flag, value, tail @ ..] = rest {
+            match flag.as_str() {
+                "--sink" => me.sink = Some(value.parse().context(usage)?),
+                "--udp" => me.udp = Some(value.parse().context(usage)?),
+                "--source" => {
+                    let (p, b) = value.split_once(':').context(usage)?;
+                    me.source = Some((p.parse().context(usage)?, b.parse().context(usage)?));
+                }
+                _ => bail!("{usage}: unknown {flag}"),
+            }
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            bail!("{usage}: dangling {rest:?}");
+        }
+        Ok(me)
+    }
+}
+
+/// The server process (this binary, `--server ...`) in a netns; killed on drop.
+pub struct Server(Child);
+
+impl Server {
+    /// Starts it in `netns` and waits for its `ready`.
+    pub fn start(netns: &Netns, config: &ServerConfig) -> Result<Self> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("--server")
+            .args(config.args())
+            .stdout(Stdio::piped());
+        enter(&mut cmd, Some(netns), None)?;
+        let mut child = cmd.spawn().context("starting the bench server")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let me = Self(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("bench server said {line:?}");
+        }
+        Ok(me)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn deep_listener(addr: SocketAddr) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    // SAFETY: listen(2) again on our listening socket only deepens its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(listener)
+}
+
+fn serve(config: &ServerConfig) -> Result<()> {
+    let ip = config.ip;
+    let sink = config
+        .sink
+        .map(|p| deep_listener(SocketAddr::new(ip, p)))
+        .transpose()?;
+    if let Some(port) = config.udp {
+        let udp = UdpSocket::bind((ip, port))?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while udp.recv_from(&mut buf).is_ok() {}
+        });
+    }
+    if let Some((port, bytes)) = config.source {
+        let listener = deep_listener(SocketAddr::new(ip, port))?;
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    let buf = vec![0u8; 256 * 1024];
+                    let mut left = bytes;
+                    while left > 0 {
+                        let k = left.min(buf.len() as u64) as usize;
+                        if conn.write_all(&buf[..k]).is_err() {
+                            return;
+                        }
+                        left -= k as u64;
+                    }
+                });
+            }
+        });
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    match sink {
+        Some(listener) => {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        }
+        None => loop {
+            std::thread::park();
+        },
+    }
+    Ok(())
+}
+
+/// The agent for a bench, its output discarded (a benchmark must not pay for a test log);
+/// killed on drop. Its pins stay (the owner's [`crate::bpffs::PinDir`] removes them).
+pub struct AgentProc(Child);
+
+impl AgentProc {
+    /// `AGENT run --manifests M --bpffs B ARGS` with `RUST_LOG=rust_log`, in `netns` if
+    /// given; returns once it logged "synced".
+    pub fn start(
+        agent_bin: &Path,
+        manifests: &Path,
+        bpffs: &Path,
+        args: &[&str],
+        netns: Option<&Netns>,
+        rust_log: &str,
+    ) -> Result<Self> {
+        let mut cmd = Command::new(agent_bin);
+        cmd.arg("run")
+            .arg("--manifests")
+            .arg(manifests)
+            .args(args)
+            .arg("--bpffs")
+            .arg(bpffs)
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        enter(&mut cmd, netns, None)?;
+        let mut child = cmd.spawn()?;
+        let stderr = child.stderr.take().context("agent stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut synced = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !synced && line.contains("synced") {
+                    synced = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let agent = Self(child);
+        rx.recv_timeout(Duration::from_secs(20))
+            .context("the agent did not sync within 20 s")?;
+        Ok(agent)
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_config_round_trips_through_its_arguments() {
+        let c = ServerConfig {
+            ip: "10.200.1.2".parse().unwrap(),
+            sink: Some(7000),
+            udp: None,
+            source: Some((7001, 256 << 20)),
+        };
+        assert_eq!(ServerConfig::parse(&c.args()).unwrap(), c);
+        assert!(ServerConfig::parse(&["10.0.0.1".into(), "--sink".into()]).is_err());
+    }
+
+    #[test]
+    fn stats_are_median_min_max() {
+        assert_eq!(stats(&[3.0, 1.0, 2.0, 5.0, 4.0]), (3.0, 1.0, 5.0));
+    }
+}
