@@ -151,20 +151,20 @@ pub fn select<F: Family>(
     // the backends map" means "still a backend of this service".
     if let Some(fk) = flow {
         // SAFETY: copied out right away.
-        if let Some(prev) = unsafe { CIP_SOCKFLOW.get(fk) }.copied() {
-            if let Some(backend) = F::backend(prev.backend_id) {
-                if affinity {
-                    write_affinity(ctx, &fe, prev.backend_id);
-                }
-                debug!(
-                    ctx,
-                    "clusterip: svc {} udp flow keeps backend {}", fe.svc_id, prev.backend_id
-                );
-                return Decision::Forward {
-                    backend,
-                    svc_id: fe.svc_id,
-                };
+        if let Some(prev) = unsafe { CIP_SOCKFLOW.get(fk) }.copied()
+            && let Some(backend) = F::backend(prev.backend_id)
+        {
+            if affinity {
+                write_affinity(ctx, &fe, prev.backend_id);
             }
+            debug!(
+                ctx,
+                "clusterip: svc {} udp flow keeps backend {}", fe.svc_id, prev.backend_id
+            );
+            return Decision::Forward {
+                backend,
+                svc_id: fe.svc_id,
+            };
         }
     }
 
@@ -176,26 +176,26 @@ pub fn select<F: Family>(
         // SAFETY: copied out right away.
         if let Some(prev) = unsafe { CIP_AFFINITY.get(&akey) }.copied() {
             let timeout_ns = u64::from(fe.affinity_timeout_s) * NS_PER_SEC;
-            if now.wrapping_sub(prev.last_used_ns) < timeout_ns {
-                if let Some(backend) = F::backend(prev.backend_id) {
-                    let value = AffinityValue {
-                        last_used_ns: now,
-                        backend_id: prev.backend_id,
-                        _pad: 0,
-                    };
-                    if CIP_AFFINITY.insert(&akey, &value, ANY).is_err() {
-                        debug!(ctx, "clusterip: affinity refresh failed");
-                    }
-                    // Not recorded as a UDP flow: affinity already keeps the client on it.
-                    debug!(
-                        ctx,
-                        "clusterip: svc {} affinity keeps backend {}", fe.svc_id, prev.backend_id
-                    );
-                    return Decision::Forward {
-                        backend,
-                        svc_id: fe.svc_id,
-                    };
+            if now.wrapping_sub(prev.last_used_ns) < timeout_ns
+                && let Some(backend) = F::backend(prev.backend_id)
+            {
+                let value = AffinityValue {
+                    last_used_ns: now,
+                    backend_id: prev.backend_id,
+                    _pad: 0,
+                };
+                if CIP_AFFINITY.insert(&akey, &value, ANY).is_err() {
+                    debug!(ctx, "clusterip: affinity refresh failed");
                 }
+                // Not recorded as a UDP flow: affinity already keeps the client on it.
+                debug!(
+                    ctx,
+                    "clusterip: svc {} affinity keeps backend {}", fe.svc_id, prev.backend_id
+                );
+                return Decision::Forward {
+                    backend,
+                    svc_id: fe.svc_id,
+                };
             }
         }
     }

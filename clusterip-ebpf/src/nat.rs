@@ -153,10 +153,8 @@ fn process_ip<P: Packet, const V6: bool, const XDP: bool>(p: &P) -> Option<Verdi
         dport: p.load(l4 + 2)?,
         proto,
     };
-    if !XDP {
-        if let Some(e) = ct::lookup::<V6>(&t, CT_DIR_REPLY) {
-            return reverse::<P, V6>(p, &t, flags, &e);
-        }
+    if !XDP && let Some(e) = ct::lookup::<V6>(&t, CT_DIR_REPLY) {
+        return reverse::<P, V6>(p, &t, flags, &e);
     }
     // Most packets are not for a VIP: one lookup (the VIP's wildcard entry) says so. The
     // agent writes a VIP's wildcard before its frontends and removes it after them.

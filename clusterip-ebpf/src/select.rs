@@ -158,10 +158,10 @@ pub fn choose<const V6: bool>(t: &Tuple, fe: &ServiceValue, now: u64) -> Option<
             // SAFETY: valid map value pointer; copied out right away.
             let prev = unsafe { *p };
             let timeout = u64::from(fe.affinity_timeout_s) * NS_PER_SEC;
-            if now.wrapping_sub(prev.last_used_ns) < timeout {
-                if let Some(b) = backend::<V6>(prev.backend_id) {
-                    return Some(b);
-                }
+            if now.wrapping_sub(prev.last_used_ns) < timeout
+                && let Some(b) = backend::<V6>(prev.backend_id)
+            {
+                return Some(b);
             }
         }
     }
@@ -173,10 +173,10 @@ pub fn choose<const V6: bool>(t: &Tuple, fe: &ServiceValue, now: u64) -> Option<
         if idx < MAGLEV_TABLE_SIZE {
             // SAFETY: valid map value pointer, idx in bounds.
             let id = unsafe { (*table).backend_ids[idx] };
-            if id != 0 {
-                if let Some(b) = backend::<V6>(id) {
-                    return Some(b);
-                }
+            if id != 0
+                && let Some(b) = backend::<V6>(id)
+            {
+                return Some(b);
             }
         }
     }

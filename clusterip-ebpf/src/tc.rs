@@ -43,11 +43,11 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
     let p = TcPkt(ctx);
     match nat::process::<_, AT_TC>(&p) {
         Verdict::Pass => Ok(TC_ACT_UNSPEC),
-        Verdict::Translated => Ok(TC_ACT_OK as i32),
-        Verdict::Drop => Err(TC_ACT_SHOT as i32),
+        Verdict::Translated => Ok(TC_ACT_OK),
+        Verdict::Drop => Err(TC_ACT_SHOT),
         Verdict::Reject { v6, tcp } => {
             if reject::build(&p, v6, tcp).is_none() {
-                return Err(TC_ACT_SHOT as i32);
+                return Err(TC_ACT_SHOT);
             }
             // SAFETY: plain helper call; returns TC_ACT_REDIRECT (or TC_ACT_SHOT on a bad flag).
             Ok(unsafe { bpf_redirect(p.ifindex(), 0) } as i32)

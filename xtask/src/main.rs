@@ -31,6 +31,9 @@ enum Cmd {
     Setup,
     /// `setup`, then build the eBPF object with the pinned nightly and bpf-linker.
     BuildEbpf,
+    /// `cargo fmt --check` and `cargo clippy -D warnings` on the userspace workspace and on the
+    /// eBPF crate (with the pinned nightly).
+    Lint,
     /// `build-ebpf`, then the workspace's binaries and test binaries, with the eBPF object
     /// embedded in target/debug/clusterip-agent.
     Build,
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Cmd::Build => tasks::build(&root).map(|_| ()),
         Cmd::Test { args } => tasks::test(&root, &args),
         Cmd::Bench => tasks::bench(&root),
+        Cmd::Lint => tasks::lint(&root),
         Cmd::Run { keep } => demo::run(keep),
         Cmd::DemoBackend { tcp, udp, name } => demo::backend::serve(tcp, udp, &name),
         Cmd::DemoClient {

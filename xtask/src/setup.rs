@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use crate::{
     proc::{self, cargo, command, probe, run},
     toolchain::{
-        BPF_LINKER_VERSION, EBPF_NIGHTLY, LLVM_MAJOR, MIN_STABLE, STABLE, STABLE_COMPONENTS,
-        debian_packages, llvm_prefix,
+        BPF_LINKER_VERSION, EBPF_NIGHTLY, LLVM_MAJOR, MIN_STABLE, NIGHTLY_COMPONENTS, STABLE,
+        STABLE_COMPONENTS, debian_packages, llvm_prefix,
     },
 };
 
@@ -263,28 +263,39 @@ fn toolchain_installed(name: &str) -> Result<bool> {
 
 fn nightly() -> Result<()> {
     if !toolchain_installed(EBPF_NIGHTLY)? {
-        installing(format!("{EBPF_NIGHTLY} with rust-src"));
-        run(command("rustup").args([
-            "toolchain",
-            "install",
-            EBPF_NIGHTLY,
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-            "--no-self-update",
-        ]))?;
+        installing(format!(
+            "{EBPF_NIGHTLY} with {}",
+            NIGHTLY_COMPONENTS.join(" ")
+        ));
+        let mut cmd = command("rustup");
+        cmd.args(["toolchain", "install", EBPF_NIGHTLY, "--profile", "minimal"]);
+        for c in NIGHTLY_COMPONENTS {
+            cmd.args(["--component", c]);
+        }
+        run(cmd.arg("--no-self-update"))?;
     }
-    if !has_component(&installed_components(EBPF_NIGHTLY)?, "rust-src") {
-        installing(format!("rust-src on {EBPF_NIGHTLY}"));
-        run(command("rustup").args(["component", "add", "--toolchain", EBPF_NIGHTLY, "rust-src"]))?;
-        if !has_component(&installed_components(EBPF_NIGHTLY)?, "rust-src") {
-            bail!("rust-src still missing on {EBPF_NIGHTLY}");
+    let installed = installed_components(EBPF_NIGHTLY)?;
+    let missing: Vec<&str> = NIGHTLY_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| !has_component(&installed, c))
+        .collect();
+    if !missing.is_empty() {
+        installing(format!("{} on {EBPF_NIGHTLY}", missing.join(" ")));
+        run(command("rustup")
+            .args(["component", "add", "--toolchain", EBPF_NIGHTLY])
+            .args(&missing))?;
+        let installed = installed_components(EBPF_NIGHTLY)?;
+        if let Some(c) = missing.iter().find(|c| !has_component(&installed, c)) {
+            bail!("{c} still missing on {EBPF_NIGHTLY}");
         }
     }
     let version = rustc_version(EBPF_NIGHTLY)?
         .with_context(|| format!("`rustc +{EBPF_NIGHTLY} --version` fails after install"))?;
-    ok(format!("{EBPF_NIGHTLY}: {version}, with rust-src"));
+    ok(format!(
+        "{EBPF_NIGHTLY}: {version}, with {}",
+        NIGHTLY_COMPONENTS.join(" ")
+    ));
     Ok(())
 }
 

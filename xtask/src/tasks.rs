@@ -76,6 +76,42 @@ pub fn build_ebpf(root: &Path) -> Result<PathBuf> {
     Ok(object)
 }
 
+/// `cargo fmt --check` and `cargo clippy -D warnings` on both workspaces: userspace with
+/// stable, the eBPF crate with the pinned nightly for its target.
+pub fn lint(root: &Path) -> Result<()> {
+    setup()?;
+    eprintln!("==> lint: userspace");
+    run(cargo(STABLE)
+        .current_dir(root)
+        .args(["fmt", "--all", "--check"]))?;
+    run(cargo(STABLE).current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    eprintln!("==> lint: clusterip-ebpf");
+    let crate_dir = root.join("clusterip-ebpf");
+    run(cargo(STABLE)
+        .current_dir(&crate_dir)
+        .args(["fmt", "--all", "--check"]))?;
+    run(cargo(EBPF_NIGHTLY)
+        .current_dir(&crate_dir)
+        .args([
+            "clippy",
+            "-Z",
+            "build-std=core",
+            "--target",
+            EBPF_TARGET,
+            "--release",
+        ])
+        .arg("--target-dir")
+        .arg(ebpf_target_dir(root))
+        .args(["--", "-D", "warnings"]))
+}
+
 /// Builds the eBPF object and then the workspace's binaries and test binaries with the object
 /// embedded in the agent. Returns (object, agent binary).
 pub fn build(root: &Path) -> Result<(PathBuf, PathBuf)> {

@@ -5,8 +5,10 @@
 //! LLVM 22 at most; `nightly-2026-07-01` is rustc 1.98.0-nightly on LLVM 22.1. Userspace (aya
 //! 0.16) declares `rust-version = "1.98.0"`.
 
-/// Nightly used for the eBPF crate (`-Z build-std=core`), needs the `rust-src` component.
+/// Nightly used for the eBPF crate (`-Z build-std=core`).
 pub const EBPF_NIGHTLY: &str = "nightly-2026-07-01";
+/// rustup components on `EBPF_NIGHTLY`: `rust-src` for build-std, `clippy` for `lint`.
+pub const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 /// LLVM major shared by `EBPF_NIGHTLY` and bpf-linker.
 pub const LLVM_MAJOR: u32 = 22;
 /// bpf-linker version, built with `--features llvm-22` against Debian's LLVM.
