@@ -27,6 +27,9 @@ impl Log {
     }
 }
 
+/// The agent's log filter in tests: its own debug lines, not the eBPF programs'.
+pub const DEFAULT_RUST_LOG: &str = "info,clusterip_agent=debug";
+
 /// `clusterip-agent run` for one test; killed on drop, its output then printed to stderr.
 pub struct Agent {
     bin: PathBuf,
@@ -37,6 +40,8 @@ pub struct Agent {
     netns: Option<std::fs::File>,
     /// More arguments after the standard ones.
     extra: Vec<String>,
+    /// RUST_LOG of the agent.
+    rust_log: String,
     child: Option<Child>,
     runs: u32,
     /// Index in the log where the current run started.
@@ -71,6 +76,7 @@ impl Agent {
             bpffs: bpffs.to_owned(),
             netns,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            rust_log: DEFAULT_RUST_LOG.to_string(),
             child: None,
             runs: 0,
             run_start: 0,
@@ -78,6 +84,13 @@ impl Agent {
         };
         agent.spawn()?;
         Ok(agent)
+    }
+
+    /// Restarts the agent with another RUST_LOG (e.g. `debug`, which also turns on the eBPF
+    /// programs' own logs).
+    pub fn restart_with_log(&mut self, rust_log: &str) -> Result<()> {
+        self.rust_log = rust_log.to_string();
+        self.restart()
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -106,7 +119,7 @@ impl Agent {
             .arg(&self.bpffs)
             .args(["--node-name", "node-a"])
             .args(&self.extra)
-            .env("RUST_LOG", "info,clusterip_agent=debug")
+            .env("RUST_LOG", &self.rust_log)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
