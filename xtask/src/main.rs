@@ -4,6 +4,7 @@
 //! newer ones. Pinned versions: `toolchain.rs`.
 
 mod demo;
+mod kernels;
 mod proc;
 mod setup;
 mod tasks;
@@ -53,6 +54,23 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// `build`, then boot Debian kernels (5.10, 6.1, 6.12, the newest from trixie-backports)
+    /// under QEMU and run a clusterip smoke test in each: socket LB, TC (TCX or netlink), XDP.
+    /// Downloads are cached in target/kernels/. Not part of `test`.
+    Kernels {
+        /// Refresh the package lists (pick up newer kernels).
+        #[arg(long)]
+        refresh: bool,
+        /// Only these kernel lines (5.10, 6.1, 6.12, newest). Repeatable.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Seconds before a VM without its results is killed.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Use the binaries already in target/debug instead of running `build` first.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// (demo) A stand-in pod: TCP hello server and UDP echo server.
     #[command(hide = true)]
     DemoBackend {
@@ -93,6 +111,18 @@ fn main() -> ExitCode {
         Cmd::Bench => tasks::bench(&root),
         Cmd::Lint => tasks::lint(&root),
         Cmd::Run { keep } => demo::run(keep),
+        Cmd::Kernels {
+            refresh,
+            only,
+            timeout,
+            no_build,
+        } => kernels::kernels(
+            &root,
+            refresh,
+            &only,
+            std::time::Duration::from_secs(timeout),
+            no_build,
+        ),
         Cmd::DemoBackend { tcp, udp, name } => demo::backend::serve(tcp, udp, &name),
         Cmd::DemoClient {
             tcp,
