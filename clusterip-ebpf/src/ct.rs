@@ -6,6 +6,8 @@
 //! A forward entry (client -> VIP:port, dir FORWARD) names the backend; the reply entry
 //! (backend -> client, or backend -> VIP when hairpinned, dir REPLY) names the VIP:port to show.
 
+use core::ffi::c_void;
+
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use clusterip_common::{CT_FLAG_CLOSING, Ct4Key, Ct4Value, Ct6Key, Ct6Value, DatapathConfigValue};
 
@@ -67,22 +69,14 @@ pub fn config() -> DatapathConfigValue {
     let Some(c) = CIP_CONFIG.get(0).copied() else {
         return d;
     };
+    let or_default = |v: u32, default: u32| if v == 0 { default } else { v };
     DatapathConfigValue {
-        ct_tcp_timeout_s: if c.ct_tcp_timeout_s == 0 {
-            d.ct_tcp_timeout_s
-        } else {
-            c.ct_tcp_timeout_s
-        },
-        ct_tcp_closing_timeout_s: if c.ct_tcp_closing_timeout_s == 0 {
-            d.ct_tcp_closing_timeout_s
-        } else {
-            c.ct_tcp_closing_timeout_s
-        },
-        ct_udp_timeout_s: if c.ct_udp_timeout_s == 0 {
-            d.ct_udp_timeout_s
-        } else {
-            c.ct_udp_timeout_s
-        },
+        ct_tcp_timeout_s: or_default(c.ct_tcp_timeout_s, d.ct_tcp_timeout_s),
+        ct_tcp_closing_timeout_s: or_default(
+            c.ct_tcp_closing_timeout_s,
+            d.ct_tcp_closing_timeout_s,
+        ),
+        ct_udp_timeout_s: or_default(c.ct_udp_timeout_s, d.ct_udp_timeout_s),
         _pad: 0,
     }
 }
@@ -128,54 +122,63 @@ fn key6(t: &Tuple, dir: u8) -> Ct6Key {
     }
 }
 
+/// Where a looked-up entry lives in its map, so it can be refreshed in place without a second
+/// lookup. Only [`lookup`] makes one, for the map `V6` names.
+#[derive(Clone, Copy)]
+pub struct Slot<const V6: bool>(*mut c_void);
+
 /// Looks up the entry of `t` in direction `dir`; copies it out.
 #[inline(always)]
-pub fn lookup<const V6: bool>(t: &Tuple, dir: u8) -> Option<Ct> {
+pub fn lookup<const V6: bool>(t: &Tuple, dir: u8) -> Option<(Ct, Slot<V6>)> {
     if V6 {
-        let p = CIP_CT6.get_ptr(&key6(t, dir))?;
+        let p = CIP_CT6.get_ptr_mut(&key6(t, dir))?;
         // SAFETY: a valid map value pointer; copied out right away.
         let v = unsafe { *p };
-        Some(Ct {
-            addr: v.addr,
-            nat_addr: v.nat_addr,
-            port: v.port,
-            flags: v.flags,
-            svc_id: v.svc_id,
-            backend_id: v.backend_id,
-            last_seen_ns: v.last_seen_ns,
-        })
+        Some((
+            Ct {
+                addr: v.addr,
+                nat_addr: v.nat_addr,
+                port: v.port,
+                flags: v.flags,
+                svc_id: v.svc_id,
+                backend_id: v.backend_id,
+                last_seen_ns: v.last_seen_ns,
+            },
+            Slot(p.cast()),
+        ))
     } else {
-        let p = CIP_CT4.get_ptr(&key4(t, dir))?;
+        let p = CIP_CT4.get_ptr_mut(&key4(t, dir))?;
         // SAFETY: as above.
         let v = unsafe { *p };
-        Some(Ct {
-            addr: [v.addr, 0, 0, 0],
-            nat_addr: [v.nat_addr, 0, 0, 0],
-            port: v.port,
-            flags: v.flags,
-            svc_id: v.svc_id,
-            backend_id: v.backend_id,
-            last_seen_ns: v.last_seen_ns,
-        })
+        Some((
+            Ct {
+                addr: [v.addr, 0, 0, 0],
+                nat_addr: [v.nat_addr, 0, 0, 0],
+                port: v.port,
+                flags: v.flags,
+                svc_id: v.svc_id,
+                backend_id: v.backend_id,
+                last_seen_ns: v.last_seen_ns,
+            },
+            Slot(p.cast()),
+        ))
     }
 }
 
-/// Refreshes `last_seen_ns` and ORs `set_flags` into the entry, in place.
+/// Refreshes `last_seen_ns` of a looked-up entry and ORs `set_flags` into it, in place.
 #[inline(always)]
-pub fn touch<const V6: bool>(t: &Tuple, dir: u8, now: u64, set_flags: u16) {
-    if V6 {
-        if let Some(p) = CIP_CT6.get_ptr_mut(&key6(t, dir)) {
-            // SAFETY: a valid map value pointer; plain field writes.
-            unsafe {
-                (*p).last_seen_ns = now;
-                if set_flags != 0 {
-                    (*p).flags |= set_flags;
-                }
+pub fn touch<const V6: bool>(slot: Slot<V6>, now: u64, set_flags: u16) {
+    // SAFETY: the pointer is a map value of CIP_CT6 (V6) or CIP_CT4 from `lookup`, which
+    // stays valid for the whole program run; plain field writes.
+    unsafe {
+        if V6 {
+            let p = slot.0.cast::<Ct6Value>();
+            (*p).last_seen_ns = now;
+            if set_flags != 0 {
+                (*p).flags |= set_flags;
             }
-        }
-    } else if let Some(p) = CIP_CT4.get_ptr_mut(&key4(t, dir)) {
-        // SAFETY: as above.
-        unsafe {
+        } else {
+            let p = slot.0.cast::<Ct4Value>();
             (*p).last_seen_ns = now;
             if set_flags != 0 {
                 (*p).flags |= set_flags;

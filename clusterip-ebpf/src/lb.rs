@@ -1,9 +1,9 @@
 //! The load-balancing decision shared by every forward hook (connect4/6, sendmsg4/6) and the
 //! reverse translation shared by the reverse hooks (recvmsg4/6, getpeername4/6).
 //!
-//! Forward: frontend lookup (slot 0) -> wildcard check -> backend choice (per-socket UDP flow,
-//! ClientIP affinity, or a random slot) -> the caller rewrites the address and records the
-//! reverse NAT entry with [`record_rnat4`] / [`record_rnat6`].
+//! Forward ([`forward4`] / [`forward6`]): wildcard check (is it a VIP?) -> frontend lookup
+//! (slot 0) -> backend choice (per-socket UDP flow, ClientIP affinity, or a random slot) ->
+//! the address is rewritten and the reverse NAT entry recorded.
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
@@ -144,7 +144,13 @@ pub fn select<F: Family>(
         debug!(ctx, "clusterip: svc {} has no backends: refused", fe.svc_id);
         return Decision::Refuse(refuse_errno(&fe));
     }
-    let affinity = fe.flags & SVC_FLAG_AFFINITY != 0;
+    // ClientIP affinity: the client is the socket's netns. Key and clock are read once and
+    // serve the lookup and every write below.
+    let affinity = (fe.flags & SVC_FLAG_AFFINITY != 0).then(|| Affinity {
+        key: AffinityKey::netns(ctx::netns_cookie(ctx), fe.svc_id),
+        // SAFETY: plain helper call.
+        now: unsafe { bpf_ktime_get_ns() },
+    });
 
     // Unconnected UDP: stay with the socket's backend while it exists. Backend ids are per
     // frontend and the agent never reuses one while LRU entries may name it, so "the id is in
@@ -154,8 +160,8 @@ pub fn select<F: Family>(
         if let Some(prev) = unsafe { CIP_SOCKFLOW.get(fk) }.copied()
             && let Some(backend) = F::backend(prev.backend_id)
         {
-            if affinity {
-                write_affinity(ctx, &fe, prev.backend_id);
+            if let Some(a) = &affinity {
+                a.write(ctx, prev.backend_id);
             }
             debug!(
                 ctx,
@@ -168,25 +174,15 @@ pub fn select<F: Family>(
         }
     }
 
-    // ClientIP affinity: the client's (netns) previous backend, if fresh and still there.
-    if affinity {
-        // SAFETY: plain helper call.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let akey = AffinityKey::netns(ctx::netns_cookie(ctx), fe.svc_id);
+    // The client's previous backend, if fresh and still there.
+    if let Some(a) = &affinity {
         // SAFETY: copied out right away.
-        if let Some(prev) = unsafe { CIP_AFFINITY.get(&akey) }.copied() {
+        if let Some(prev) = unsafe { CIP_AFFINITY.get(&a.key) }.copied() {
             let timeout_ns = u64::from(fe.affinity_timeout_s) * NS_PER_SEC;
-            if now.wrapping_sub(prev.last_used_ns) < timeout_ns
+            if a.now.wrapping_sub(prev.last_used_ns) < timeout_ns
                 && let Some(backend) = F::backend(prev.backend_id)
             {
-                let value = AffinityValue {
-                    last_used_ns: now,
-                    backend_id: prev.backend_id,
-                    _pad: 0,
-                };
-                if CIP_AFFINITY.insert(&akey, &value, ANY).is_err() {
-                    debug!(ctx, "clusterip: affinity refresh failed");
-                }
+                a.write(ctx, prev.backend_id);
                 // Not recorded as a UDP flow: affinity already keeps the client on it.
                 debug!(
                     ctx,
@@ -220,8 +216,8 @@ pub fn select<F: Family>(
         );
         return Decision::Refuse(refuse_errno(&fe));
     };
-    if affinity {
-        write_affinity(ctx, &fe, sv.backend_id);
+    if let Some(a) = &affinity {
+        a.write(ctx, sv.backend_id);
     }
     record_flow(ctx, flow, sv.backend_id, slot);
     debug!(
@@ -234,18 +230,24 @@ pub fn select<F: Family>(
     }
 }
 
-#[inline(always)]
-fn write_affinity(ctx: &SockAddrContext, fe: &ServiceValue, backend_id: u32) {
-    let akey = AffinityKey::netns(ctx::netns_cookie(ctx), fe.svc_id);
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let value = AffinityValue {
-        last_used_ns: now,
-        backend_id,
-        _pad: 0,
-    };
-    if CIP_AFFINITY.insert(&akey, &value, ANY).is_err() {
-        debug!(ctx, "clusterip: affinity update failed");
+/// A ClientIP-affinity service's entry for this client, and the time of this decision.
+struct Affinity {
+    key: AffinityKey,
+    now: u64,
+}
+
+impl Affinity {
+    /// Records (or refreshes) that the client uses `backend_id` now.
+    #[inline(always)]
+    fn write(&self, ctx: &SockAddrContext, backend_id: u32) {
+        let value = AffinityValue {
+            last_used_ns: self.now,
+            backend_id,
+            _pad: 0,
+        };
+        if CIP_AFFINITY.insert(&self.key, &value, ANY).is_err() {
+            debug!(ctx, "clusterip: affinity update failed");
+        }
     }
 }
 
@@ -266,7 +268,7 @@ fn record_flow(ctx: &SockAddrContext, flow: Option<&SockFlowKey>, backend_id: u3
 
 /// Records that `cookie`'s traffic with backend `be` stands for `vip:port` (network order).
 #[inline(always)]
-pub fn record_rnat4(
+fn record_rnat4(
     ctx: &SockAddrContext,
     cookie: u64,
     be: &Backend4,
@@ -292,7 +294,7 @@ pub fn record_rnat4(
 }
 
 #[inline(always)]
-pub fn record_rnat6(
+fn record_rnat6(
     ctx: &SockAddrContext,
     cookie: u64,
     be: &Backend6,
@@ -319,7 +321,7 @@ pub fn record_rnat6(
 
 /// The VIP:port a socket's peer `addr:port` (a backend) stands for, if any.
 #[inline(always)]
-pub fn rnat4(cookie: u64, addr: u32, port: u16) -> Option<SockRevNat4Value> {
+fn rnat4(cookie: u64, addr: u32, port: u16) -> Option<SockRevNat4Value> {
     let key = SockRevNat4Key {
         cookie,
         addr,
@@ -331,7 +333,7 @@ pub fn rnat4(cookie: u64, addr: u32, port: u16) -> Option<SockRevNat4Value> {
 }
 
 #[inline(always)]
-pub fn rnat6(cookie: u64, addr: [u32; 4], port: u16) -> Option<SockRevNat6Value> {
+fn rnat6(cookie: u64, addr: [u32; 4], port: u16) -> Option<SockRevNat6Value> {
     let key = SockRevNat6Key {
         cookie,
         addr,
@@ -359,44 +361,33 @@ impl Hook {
     }
 }
 
-/// IPv4 forward hook. `Ok(1)` lets the syscall go on (rewritten or untouched), `Err(errno)`
+/// IPv4 forward hook. `Ok` lets the syscall go on (rewritten or untouched), `Err(errno)`
 /// makes it fail with errno.
 #[inline(always)]
-pub fn forward4(ctx: &SockAddrContext, hook: Hook) -> Result<i32, i32> {
+pub fn forward4(ctx: &SockAddrContext, hook: Hook) -> Result<(), i32> {
     let proto = ctx::protocol(ctx);
     if !hook.handles(proto) {
-        return Ok(1);
+        return Ok(());
     }
-    let vip = ctx::ip4(ctx);
-    let port = ctx::port(ctx);
-    match forward_v4_addr(ctx, hook, proto, vip, port)? {
-        Some((backend, cookie, svc_id)) => {
-            ctx::set_ip4(ctx, backend.addr);
-            ctx::set_port(ctx, backend.port);
-            record_rnat4(ctx, cookie, &backend, vip, port, svc_id);
-            Ok(1)
-        }
-        None => Ok(1),
-    }
+    forward_v4_addr(ctx, hook, proto, ctx::ip4(ctx), ctx::port(ctx), |addr| {
+        ctx::set_ip4(ctx, addr)
+    })
 }
 
 /// IPv6 forward hook; IPv4-mapped destinations (`::ffff:a.b.c.d`) go through the IPv4 tables
 /// (the kernel then runs the IPv4 stack, and recvmsg6/getpeername6 map them back).
 #[inline(always)]
-pub fn forward6(ctx: &SockAddrContext, hook: Hook) -> Result<i32, i32> {
+pub fn forward6(ctx: &SockAddrContext, hook: Hook) -> Result<(), i32> {
     let proto = ctx::protocol(ctx);
     if !hook.handles(proto) {
-        return Ok(1);
+        return Ok(());
     }
     let vip = ctx::ip6(ctx);
     let port = ctx::port(ctx);
     if ctx::is_v4_mapped(&vip) {
-        if let Some((backend, cookie, svc_id)) = forward_v4_addr(ctx, hook, proto, vip[3], port)? {
-            ctx::set_ip6_word3(ctx, backend.addr);
-            ctx::set_port(ctx, backend.port);
-            record_rnat4(ctx, cookie, &backend, vip[3], port, svc_id);
-        }
-        return Ok(1);
+        return forward_v4_addr(ctx, hook, proto, vip[3], port, |addr| {
+            ctx::set_ip6_word3(ctx, addr)
+        });
     }
     let key = Service6Key {
         addr: vip,
@@ -407,7 +398,7 @@ pub fn forward6(ctx: &SockAddrContext, hook: Hook) -> Result<i32, i32> {
     };
     let flow = flow_key(ctx, hook, vip, 6, proto, port);
     match select::<V6>(ctx, &key, flow.as_ref()) {
-        Decision::Pass => Ok(1),
+        Decision::Pass => Ok(()),
         Decision::Refuse(errno) => {
             debug!(
                 ctx,
@@ -428,15 +419,14 @@ pub fn forward6(ctx: &SockAddrContext, hook: Hook) -> Result<i32, i32> {
             );
             ctx::set_ip6(ctx, backend.addr);
             ctx::set_port(ctx, backend.port);
-            let cookie = cookie_of(ctx, &flow);
-            record_rnat6(ctx, cookie, &backend, vip, port, svc_id);
-            Ok(1)
+            record_rnat6(ctx, cookie_of(ctx, &flow), &backend, vip, port, svc_id);
+            Ok(())
         }
     }
 }
 
-/// Decision for an IPv4 destination (also reached through a v4-mapped IPv6 one).
-/// `Ok(Some((backend, socket cookie, svc_id)))` = rewrite, `Ok(None)` = leave it alone.
+/// An IPv4 destination (also reached through a v4-mapped IPv6 one, whose last word
+/// `set_addr` then writes).
 #[inline(always)]
 fn forward_v4_addr(
     ctx: &SockAddrContext,
@@ -444,7 +434,8 @@ fn forward_v4_addr(
     proto: u32,
     vip: u32,
     port: u16,
-) -> Result<Option<(Backend4, u64, u32)>, i32> {
+    set_addr: impl FnOnce(u32),
+) -> Result<(), i32> {
     let key = Service4Key {
         addr: vip,
         port,
@@ -454,7 +445,7 @@ fn forward_v4_addr(
     };
     let flow = flow_key(ctx, hook, [vip, 0, 0, 0], 4, proto, port);
     match select::<V4>(ctx, &key, flow.as_ref()) {
-        Decision::Pass => Ok(None),
+        Decision::Pass => Ok(()),
         Decision::Refuse(errno) => {
             debug!(
                 ctx,
@@ -473,7 +464,10 @@ fn forward_v4_addr(
                 ip4_from_net(backend.addr),
                 port_from_net(backend.port)
             );
-            Ok(Some((backend, cookie_of(ctx, &flow), svc_id)))
+            set_addr(backend.addr);
+            ctx::set_port(ctx, backend.port);
+            record_rnat4(ctx, cookie_of(ctx, &flow), &backend, vip, port, svc_id);
+            Ok(())
         }
     }
 }
@@ -511,20 +505,18 @@ fn cookie_of(ctx: &SockAddrContext, flow: &Option<SockFlowKey>) -> u64 {
 
 /// IPv4 reverse hook (recvmsg4, getpeername4): a backend peer is shown as its VIP:port.
 #[inline(always)]
-pub fn reverse4(ctx: &SockAddrContext) -> Result<i32, i32> {
+pub fn reverse4(ctx: &SockAddrContext) {
     let addr = ctx::ip4(ctx);
     let port = ctx::port(ctx);
-    let cookie = ctx::socket_cookie(ctx);
-    if let Some(v) = rnat4(cookie, addr, port) {
+    if let Some(v) = rnat4(ctx::socket_cookie(ctx), addr, port) {
         ctx::set_ip4(ctx, v.addr);
         ctx::set_port(ctx, v.port);
     }
-    Ok(1)
 }
 
 /// IPv6 reverse hook (recvmsg6, getpeername6), including v4-mapped peers.
 #[inline(always)]
-pub fn reverse6(ctx: &SockAddrContext) -> Result<i32, i32> {
+pub fn reverse6(ctx: &SockAddrContext) {
     let addr = ctx::ip6(ctx);
     let port = ctx::port(ctx);
     let cookie = ctx::socket_cookie(ctx);
@@ -537,5 +529,4 @@ pub fn reverse6(ctx: &SockAddrContext) -> Result<i32, i32> {
         ctx::set_ip6(ctx, v.addr);
         ctx::set_port(ctx, v.port);
     }
-    Ok(1)
 }

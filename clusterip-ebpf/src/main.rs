@@ -32,11 +32,12 @@ mod sock_sendmsg;
 mod tc;
 mod xdp;
 
-/// Maps a hook's result to its return value: `Err(errno)` fails the syscall with errno.
+/// Maps a forward hook's result to its return value: `Ok` lets the syscall go on (1),
+/// `Err(errno)` fails it with errno.
 #[inline(always)]
-fn verdict(result: Result<i32, i32>) -> i32 {
+fn verdict(result: Result<(), i32>) -> i32 {
     match result {
-        Ok(ret) => ret,
+        Ok(()) => 1,
         Err(errno) => {
             ctx::set_errno(errno);
             0

@@ -16,8 +16,8 @@
 
 use aya_log_ebpf::debug;
 use clusterip_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, MAX_SVC_ID, SVC_FLAG_DROP,
-    ServiceValue,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, MAX_SVC_ID, SVC_FLAG_AFFINITY,
+    SVC_FLAG_DROP, ServiceValue,
 };
 
 use crate::ct::{self, Addr, Ct, Tuple};
@@ -45,23 +45,38 @@ pub enum Verdict {
 pub const AT_TC: bool = false;
 pub const AT_XDP: bool = true;
 
+/// Length of a plain IP header (IPv4 without options, IPv6 without extension headers).
+#[inline(always)]
+const fn ip_len(v6: bool) -> usize {
+    if v6 { IP6_LEN } else { IP4_LEN }
+}
+
+/// Offset of the source address in an IP header.
+#[inline(always)]
+const fn ip_saddr(v6: bool) -> usize {
+    if v6 { 8 } else { 12 }
+}
+
+/// Offset of the destination address in an IP header.
+#[inline(always)]
+const fn ip_daddr(v6: bool) -> usize {
+    if v6 { 24 } else { 16 }
+}
+
+/// Offsets in the packet (outer headers).
 #[inline(always)]
 const fn l4_off(v6: bool) -> usize {
-    if v6 {
-        ETH_LEN + IP6_LEN
-    } else {
-        ETH_LEN + IP4_LEN
-    }
+    ETH_LEN + ip_len(v6)
 }
 
 #[inline(always)]
 const fn saddr_off(v6: bool) -> usize {
-    if v6 { ETH_LEN + 8 } else { ETH_LEN + 12 }
+    ETH_LEN + ip_saddr(v6)
 }
 
 #[inline(always)]
 const fn daddr_off(v6: bool) -> usize {
-    if v6 { ETH_LEN + 24 } else { ETH_LEN + 16 }
+    ETH_LEN + ip_daddr(v6)
 }
 
 /// IPv4 header checksum offset.
@@ -94,17 +109,12 @@ fn load_addr<P: Packet, const V6: bool>(p: &P, off: usize) -> Option<Addr> {
 /// IPv6 without extension headers) at `l3`; None for anything else.
 #[inline(always)]
 fn parse_l3<P: Packet, const V6: bool>(p: &P, l3: usize) -> Option<(Addr, Addr, u8)> {
-    if V6 {
+    let proto: u8 = if V6 {
         let ver: u8 = p.load(l3)?;
         if ver >> 4 != 6 {
             return None;
         }
-        let nexthdr: u8 = p.load(l3 + 6)?;
-        Some((
-            load_addr::<P, true>(p, l3 + 8)?,
-            load_addr::<P, true>(p, l3 + 24)?,
-            nexthdr,
-        ))
+        p.load(l3 + 6)?
     } else {
         let vihl: u8 = p.load(l3)?;
         if vihl != 0x45 {
@@ -116,13 +126,13 @@ fn parse_l3<P: Packet, const V6: bool>(p: &P, l3: usize) -> Option<(Addr, Addr, 
             // MF set or a non-zero offset: a fragment (no ports to translate by).
             return None;
         }
-        let proto: u8 = p.load(l3 + 9)?;
-        Some((
-            load_addr::<P, false>(p, l3 + 12)?,
-            load_addr::<P, false>(p, l3 + 16)?,
-            proto,
-        ))
-    }
+        p.load(l3 + 9)?
+    };
+    Some((
+        load_addr::<P, V6>(p, l3 + ip_saddr(V6))?,
+        load_addr::<P, V6>(p, l3 + ip_daddr(V6))?,
+        proto,
+    ))
 }
 
 #[inline(always)]
@@ -153,8 +163,8 @@ fn process_ip<P: Packet, const V6: bool, const XDP: bool>(p: &P) -> Option<Verdi
         dport: p.load(l4 + 2)?,
         proto,
     };
-    if !XDP && let Some(e) = ct::lookup::<V6>(&t, CT_DIR_REPLY) {
-        return reverse::<P, V6>(p, &t, flags, &e);
+    if !XDP && let Some((e, slot)) = ct::lookup::<V6>(&t, CT_DIR_REPLY) {
+        return reverse::<P, V6>(p, &t, flags, &e, slot);
     }
     // Most packets are not for a VIP: one lookup (the VIP's wildcard entry) says so. The
     // agent writes a VIP's wildcard before its frontends and removes it after them.
@@ -249,6 +259,44 @@ fn reject(fe: &ServiceValue, v6: bool, proto: u8) -> Verdict {
     }
 }
 
+/// CT_FLAG_CLOSING if the segment ends its connection (FIN or RST), else 0.
+#[inline(always)]
+fn closing(tcp_flags: u8) -> u16 {
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_FLAG_CLOSING
+    } else {
+        0
+    }
+}
+
+/// Rewrites the service side of a TCP/UDP packet of a tracked flow: forward (`REPLY` false),
+/// the destination VIP:port becomes the backend `e.addr:e.port`; reply, the backend source
+/// becomes the VIP:port `e.addr:e.port` again. A hairpinned flow also has its other address
+/// replaced by `e.nat_addr`. `None`: a helper failed, possibly half-way.
+#[inline(always)]
+fn rewrite<P: Packet, const V6: bool, const REPLY: bool>(p: &P, t: &Tuple, e: &Ct) -> Option<()> {
+    // (offset, current value) of the service side's address and port, and of the other address.
+    let (svc, other) = if REPLY {
+        ((saddr_off(V6), &t.saddr), (daddr_off(V6), &t.daddr))
+    } else {
+        ((daddr_off(V6), &t.daddr), (saddr_off(V6), &t.saddr))
+    };
+    let port = if REPLY {
+        (l4_off(V6), t.sport)
+    } else {
+        (l4_off(V6) + 2, t.dport)
+    };
+    let l4c = l4_csum::<V6>(t.proto);
+    let l3c = if V6 { None } else { Some(IP4_CSUM) };
+    let pseudo = Some((l4c.0, l4c.1 | F_PSEUDO_HDR));
+    set_addr::<P, V6>(p, svc.0, svc.1, &e.addr, l3c, pseudo)?;
+    set_port(p, port.0, port.1, e.port, l4c)?;
+    if e.flags & CT_FLAG_HAIRPIN != 0 {
+        set_addr::<P, V6>(p, other.0, other.1, &e.nat_addr, l3c, pseudo)?;
+    }
+    Some(())
+}
+
 /// client -> VIP:port.
 #[inline(always)]
 fn forward<P: Packet, const V6: bool>(
@@ -262,16 +310,12 @@ fn forward<P: Packet, const V6: bool>(
         return reject(fe, V6, t.proto);
     }
     let now = ct::now_ns();
-    let closing = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        CT_FLAG_CLOSING
-    } else {
-        0
-    };
+    let closing = closing(tcp_flags);
     let syn_only = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
     // An existing flow keeps its backend while the entry is fresh and the backend exists.
     let mut kept: Option<Ct> = None;
-    if let Some(e) = ct::lookup::<V6>(t, CT_DIR_FORWARD) {
+    if let Some((e, slot)) = ct::lookup::<V6>(t, CT_DIR_FORWARD) {
         let cfg = ct::config();
         let fresh = now.wrapping_sub(e.last_seen_ns) < ct::timeout_ns(&cfg, t.proto, e.flags);
         let reopened = syn_only && e.flags & CT_FLAG_CLOSING != 0;
@@ -280,7 +324,7 @@ fn forward<P: Packet, const V6: bool>(
             && e.svc_id == fe.svc_id
             && select::backend::<V6>(e.backend_id).is_some()
         {
-            ct::touch::<V6>(t, CT_DIR_FORWARD, now, closing);
+            ct::touch(slot, now, closing);
             kept = Some(e);
         }
     }
@@ -322,7 +366,7 @@ fn forward<P: Packet, const V6: bool>(
             // through Maglev, so go on.
             let _ = ct::insert::<V6>(&rev_t, CT_DIR_REPLY, &rev);
             let _ = ct::insert::<V6>(t, CT_DIR_FORWARD, &fwd);
-            if fe.flags & clusterip_common::SVC_FLAG_AFFINITY != 0 {
+            if fe.flags & SVC_FLAG_AFFINITY != 0 {
                 select::write_affinity::<V6>(&t.saddr, fe.svc_id, b.id, now);
             }
             debug!(
@@ -332,17 +376,7 @@ fn forward<P: Packet, const V6: bool>(
             fwd
         }
     };
-    let l4c = l4_csum::<V6>(t.proto);
-    let l3c = if V6 { None } else { Some(IP4_CSUM) };
-    let pseudo = Some((l4c.0, l4c.1 | F_PSEUDO_HDR));
-    let ok = set_addr::<P, V6>(p, daddr_off(V6), &t.daddr, &e.addr, l3c, pseudo).and_then(|()| {
-        set_port(p, l4_off(V6) + 2, t.dport, e.port, l4c)?;
-        if e.flags & CT_FLAG_HAIRPIN != 0 {
-            set_addr::<P, V6>(p, saddr_off(V6), &t.saddr, &e.nat_addr, l3c, pseudo)?;
-        }
-        Some(())
-    });
-    if ok.is_none() {
+    if rewrite::<P, V6, false>(p, t, &e).is_none() {
         // Offsets were checked while parsing; a failure here is a helper error. Never let a
         // half-rewritten packet go.
         return Verdict::Drop;
@@ -353,26 +387,17 @@ fn forward<P: Packet, const V6: bool>(
 
 /// backend -> client (or -> VIP when hairpinned): source back to VIP:port.
 #[inline(always)]
-fn reverse<P: Packet, const V6: bool>(p: &P, t: &Tuple, tcp_flags: u8, e: &Ct) -> Option<Verdict> {
-    let l4c = l4_csum::<V6>(t.proto);
-    let l3c = if V6 { None } else { Some(IP4_CSUM) };
-    let pseudo = Some((l4c.0, l4c.1 | F_PSEUDO_HDR));
-    let ok = set_addr::<P, V6>(p, saddr_off(V6), &t.saddr, &e.addr, l3c, pseudo).and_then(|()| {
-        set_port(p, l4_off(V6), t.sport, e.port, l4c)?;
-        if e.flags & CT_FLAG_HAIRPIN != 0 {
-            set_addr::<P, V6>(p, daddr_off(V6), &t.daddr, &e.nat_addr, l3c, pseudo)?;
-        }
-        Some(())
-    });
-    if ok.is_none() {
+fn reverse<P: Packet, const V6: bool>(
+    p: &P,
+    t: &Tuple,
+    tcp_flags: u8,
+    e: &Ct,
+    slot: ct::Slot<V6>,
+) -> Option<Verdict> {
+    if rewrite::<P, V6, true>(p, t, e).is_none() {
         return Some(Verdict::Drop);
     }
-    let closing = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        CT_FLAG_CLOSING
-    } else {
-        0
-    };
-    ct::touch::<V6>(t, CT_DIR_REPLY, ct::now_ns(), closing);
+    ct::touch(slot, ct::now_ns(), closing(tcp_flags));
     count(e.svc_id, p.len());
     Some(Verdict::Translated)
 }
@@ -403,7 +428,7 @@ fn icmp_error<P: Packet, const V6: bool>(p: &P, saddr: &Addr, daddr: &Addr) -> O
     if iproto != PROTO_TCP && iproto != PROTO_UDP {
         return None;
     }
-    let il4 = inner + if V6 { IP6_LEN } else { IP4_LEN };
+    let il4 = inner + ip_len(V6);
     let it = Tuple {
         saddr: isaddr,
         daddr: idaddr,
@@ -411,11 +436,11 @@ fn icmp_error<P: Packet, const V6: bool>(p: &P, saddr: &Addr, daddr: &Addr) -> O
         dport: p.load(il4 + 2)?,
         proto: iproto,
     };
-    let e = ct::lookup::<V6>(&it.reversed(), CT_DIR_REPLY)?;
+    let (e, _) = ct::lookup::<V6>(&it.reversed(), CT_DIR_REPLY)?;
     let hairpin = e.flags & CT_FLAG_HAIRPIN != 0;
     let icmp_csum = l4 + 2;
-    let inner_saddr = inner + if V6 { 8 } else { 12 };
-    let inner_daddr = inner + if V6 { 24 } else { 16 };
+    let inner_saddr = inner + ip_saddr(V6);
+    let inner_daddr = inner + ip_daddr(V6);
     // IPv4: the quoted header's own checksum absorbs its address change, so the ICMP checksum
     // only sees the port. IPv6: no header checksum, the ICMPv6 checksum sees both.
     let (inner_l3, inner_l4) = if V6 {

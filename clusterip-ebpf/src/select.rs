@@ -180,11 +180,7 @@ pub fn choose<const V6: bool>(t: &Tuple, fe: &ServiceValue, now: u64) -> Option<
             }
         }
     }
-    let count = u32::from(fe.count);
-    if count == 0 {
-        return None;
-    }
-    let slot = (1 + hash % count) as u16;
+    let slot = (1 + hash.checked_rem(u32::from(fe.count))?) as u16;
     let sv = if V6 {
         Fam6::service(&svc_key6(t.daddr, t.dport, t.proto, slot))?
     } else {

@@ -10,20 +10,10 @@ use crate::{
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    verdict(try_sendmsg4(&ctx))
+    verdict(lb::forward4(&ctx, Hook::Sendmsg))
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    verdict(try_sendmsg6(&ctx))
-}
-
-#[inline(always)]
-fn try_sendmsg4(ctx: &SockAddrContext) -> Result<i32, i32> {
-    lb::forward4(ctx, Hook::Sendmsg)
-}
-
-#[inline(always)]
-fn try_sendmsg6(ctx: &SockAddrContext) -> Result<i32, i32> {
-    lb::forward6(ctx, Hook::Sendmsg)
+    verdict(lb::forward6(&ctx, Hook::Sendmsg))
 }

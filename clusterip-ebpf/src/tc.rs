@@ -33,38 +33,24 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 /// back through a pointer into the caller's stack, which the verifier refuses).
 #[inline(never)]
 fn tc_main(ctx: &TcContext) -> i32 {
-    match try_tc_ingress(ctx) {
-        Ok(ret) | Err(ret) => ret,
-    }
-}
-
-#[inline(always)]
-fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
     let p = TcPkt(ctx);
     match nat::process::<_, AT_TC>(&p) {
-        Verdict::Pass => Ok(TC_ACT_UNSPEC),
-        Verdict::Translated => Ok(TC_ACT_OK),
-        Verdict::Drop => Err(TC_ACT_SHOT),
+        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Translated => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
         Verdict::Reject { v6, tcp } => {
             if reject::build(&p, v6, tcp).is_none() {
-                return Err(TC_ACT_SHOT);
+                return TC_ACT_SHOT;
             }
             // SAFETY: plain helper call; returns TC_ACT_REDIRECT (or TC_ACT_SHOT on a bad flag).
-            Ok(unsafe { bpf_redirect(p.ifindex(), 0) } as i32)
+            unsafe { bpf_redirect(p.ifindex(), 0) as i32 }
         }
     }
 }
 
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
-    match try_tc_egress(&ctx) {
-        Ok(ret) | Err(ret) => ret,
-    }
-}
-
-#[inline(always)]
-fn try_tc_egress(ctx: &TcContext) -> Result<i32, i32> {
-    let p = TcPkt(ctx);
+    let p = TcPkt(&ctx);
     // Only ICMP errors; the shared path is the same as at ingress (which sends ICMP straight
     // to the ICMP-error translation).
     let icmp = match p.load::<u16>(12).map(u16::from_be) {
@@ -73,8 +59,8 @@ fn try_tc_egress(ctx: &TcContext) -> Result<i32, i32> {
         _ => false,
     };
     if !icmp {
-        return Ok(TC_ACT_UNSPEC);
+        return TC_ACT_UNSPEC;
     }
     // ICMP is never rejected: this only ever translates or passes.
-    Ok(tc_main(ctx))
+    tc_main(&ctx)
 }

@@ -12,15 +12,8 @@ use crate::{
 
 #[xdp]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
-    match try_xdp_ingress(&ctx) {
-        Ok(ret) | Err(ret) => ret,
-    }
-}
-
-#[inline(always)]
-fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, u32> {
-    match nat::process::<_, AT_XDP>(&XdpPkt(ctx)) {
-        Verdict::Pass | Verdict::Translated | Verdict::Reject { .. } => Ok(xdp_action::XDP_PASS),
-        Verdict::Drop => Err(xdp_action::XDP_DROP),
+    match nat::process::<_, AT_XDP>(&XdpPkt(&ctx)) {
+        Verdict::Pass | Verdict::Translated | Verdict::Reject { .. } => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
     }
 }
