@@ -71,7 +71,7 @@ pub struct RunArgs {
     /// Idle timeout of an established TCP flow.
     #[arg(long, value_name = "SECS", default_value_t = DatapathConfigValue::DEFAULT.ct_tcp_timeout_s)]
     pub ct_tcp_timeout: u32,
-    /// Idle timeout of a closing TCP flow (FIN/RST seen) and of an unanswered SYN.
+    /// Idle timeout of a closing TCP flow (FIN/RST seen).
     #[arg(long, value_name = "SECS", default_value_t = DatapathConfigValue::DEFAULT.ct_tcp_closing_timeout_s)]
     pub ct_tcp_closing_timeout: u32,
     /// Idle timeout of a UDP flow.

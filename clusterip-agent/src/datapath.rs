@@ -45,7 +45,7 @@ use aya::{
     },
 };
 use aya_log::EbpfLogger;
-use clusterip_common::{DEFAULT_CONNTRACK_ENTRIES, DatapathConfigValue, map_names};
+use clusterip_common::{DatapathConfigValue, map_names};
 
 use crate::interfaces::{self, Pattern};
 use tokio::{
@@ -114,21 +114,6 @@ pub struct DatapathConfig {
     pub ct_max: u32,
     /// Timeouts, written to `CIP_CONFIG[0]`.
     pub ct_config: DatapathConfigValue,
-}
-
-impl DatapathConfig {
-    /// Socket-level load balancing on `cgroup`, no per-packet hooks, default conntrack.
-    pub fn socket_only(bpffs: PathBuf, cgroup: PathBuf, debug_logs: bool) -> Self {
-        Self {
-            bpffs,
-            cgroup: Some(cgroup),
-            debug_logs,
-            tc_ifaces: Vec::new(),
-            xdp_ifaces: Vec::new(),
-            ct_max: DEFAULT_CONNTRACK_ENTRIES,
-            ct_config: DatapathConfigValue::DEFAULT,
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +241,13 @@ impl HookKind {
         match self {
             HookKind::Tc | HookKind::TcEgress => "tc-iface",
             HookKind::Xdp => "xdp-iface",
+        }
+    }
+    /// The error for an object without this hook's program.
+    fn missing(self) -> DatapathError {
+        DatapathError::MissingPacketProgram {
+            flag: self.flag(),
+            program: self.program(),
         }
     }
     /// BPF_LINK_TYPE_TCX / BPF_LINK_TYPE_XDP.
@@ -421,15 +413,8 @@ impl Datapath {
                 continue;
             }
             let name = kind.program();
-            let missing = || DatapathError::MissingPacketProgram {
-                flag: kind.flag(),
-                program: name,
-            };
-            let prog_err = |source| DatapathError::Program {
-                name,
-                source: Box::new(source),
-            };
-            let program = ebpf.program_mut(name).ok_or_else(missing)?;
+            let prog_err = program_err(name);
+            let program = ebpf.program_mut(name).ok_or_else(|| kind.missing())?;
             match kind {
                 HookKind::Tc | HookKind::TcEgress => {
                     let p: &mut SchedClassifier = program.try_into().map_err(prog_err)?;
@@ -461,16 +446,6 @@ impl Datapath {
             "eBPF datapath attached"
         );
         Ok(dp)
-    }
-
-    /// Interfaces that have `tc_ingress` (name -> ifindex).
-    pub fn tc_interfaces(&self) -> &BTreeMap<String, u32> {
-        &self.tc.attached
-    }
-
-    /// Interfaces that have `xdp_ingress` (name -> ifindex).
-    pub fn xdp_interfaces(&self) -> &BTreeMap<String, u32> {
-        &self.xdp.attached
     }
 
     /// Whether any per-packet hook was asked for (then interfaces are re-scanned).
@@ -560,16 +535,8 @@ impl Datapath {
 
     fn program_fd(&self, kind: HookKind) -> Result<std::os::fd::RawFd, DatapathError> {
         let name = kind.program();
-        let missing = DatapathError::MissingPacketProgram {
-            flag: kind.flag(),
-            program: name,
-        };
-        let prog_err = |source| DatapathError::Program {
-            name,
-            source: Box::new(source),
-        };
-        let program = self.ebpf.program(name).ok_or(missing)?;
-        let fd = program.fd().map_err(prog_err)?;
+        let program = self.ebpf.program(name).ok_or_else(|| kind.missing())?;
+        let fd = program.fd().map_err(program_err(name))?;
         Ok(fd.as_fd().as_raw_fd())
     }
 
@@ -644,22 +611,13 @@ impl Datapath {
         links_dir: &Path,
     ) -> Result<&'static str, DatapathError> {
         let name = kind.program();
-        let prog_err = |source| DatapathError::Program {
-            name,
-            source: Box::new(source),
-        };
+        let prog_err = program_err(name);
         let path = links_dir.join(interfaces::pin_name(kind.pin_prefix(), ifname));
         // A pin left for an earlier interface of this name.
         if let Some(stale) = take_pinned_link(&path)? {
             detach_link(&path, &stale);
         }
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingPacketProgram {
-                flag: kind.flag(),
-                program: name,
-            })?;
+        let program = self.ebpf.program_mut(name).ok_or_else(|| kind.missing())?;
         let (link, mode): (Option<FdLink>, &'static str) = match kind {
             HookKind::Tc | HookKind::TcEgress => {
                 let attach_type = if kind == HookKind::Tc {
@@ -773,10 +731,13 @@ impl Datapath {
         }));
         Ok(())
     }
+}
 
-    /// The pin directory this datapath uses.
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
+/// Wraps a program error with the program's name.
+fn program_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> DatapathError + Copy {
+    move |source| DatapathError::Program {
+        name,
+        source: Box::new(source),
     }
 }
 
@@ -805,10 +766,7 @@ fn attach_socket_programs(
     links: &mut Vec<FdLink>,
 ) -> Result<(), DatapathError> {
     for name in PROGRAMS {
-        let prog_err = |source| DatapathError::Program {
-            name,
-            source: Box::new(source),
-        };
+        let prog_err = program_err(name);
         let program: &mut CgroupSockAddr = ebpf
             .program_mut(name)
             .ok_or(DatapathError::MissingProgram(name))?
@@ -1155,11 +1113,7 @@ mod tests {
 
     #[test]
     fn missing_packet_program_names_it() {
-        let msg = DatapathError::MissingPacketProgram {
-            flag: HookKind::Tc.flag(),
-            program: HookKind::Tc.program(),
-        }
-        .to_string();
+        let msg = HookKind::Tc.missing().to_string();
         assert!(
             msg.contains("--tc-iface") && msg.contains("tc_ingress"),
             "{msg}"

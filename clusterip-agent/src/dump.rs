@@ -4,13 +4,14 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use aya::maps::{HashMap, MapData};
 use clusterip_common::{
     CT_DIR_FORWARD, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, DatapathConfigValue, SVC_FLAG_AFFINITY,
-    SVC_FLAG_DROP, ip4_from_net, ip6_from_net, map_names, port_from_net,
+    SVC_FLAG_DROP, map_names,
 };
 use serde::Serialize;
 
-use crate::maps::{Installed, MapsError, PacketMaps, PinnedMaps};
+use crate::maps::{CtKey, Installed, MapsError, PacketMaps, PinnedMaps};
 use crate::table::Protocol;
 
 /// One frontend as `dump --json` prints it.
@@ -184,50 +185,9 @@ pub fn read_conntrack(bpffs: &Path) -> Result<ConntrackDump, MapsError> {
         });
     };
     let now = monotonic_now_ns();
-    let age = |last: u64| now.saturating_sub(last) / 1_000_000_000;
     let mut flows = Vec::new();
-    let (mut n4, mut n6) = (0, 0);
-    for item in p.ct4.iter() {
-        // LRU entries can vanish while we walk.
-        let Ok((k, v)) = item else { continue };
-        n4 += 1;
-        if k.dir != CT_DIR_FORWARD {
-            continue;
-        }
-        let sa = |a: u32, port: u16| {
-            SocketAddr::new(IpAddr::V4(ip4_from_net(a)), port_from_net(port)).to_string()
-        };
-        flows.push(CtFlow {
-            client: sa(k.saddr, k.sport),
-            vip: sa(k.daddr, k.dport),
-            backend: sa(v.addr, v.port),
-            protocol: proto_name(k.proto),
-            age_s: age(v.last_seen_ns),
-            flags: flags_of(v.flags),
-            svc_id: v.svc_id,
-            backend_id: v.backend_id,
-        });
-    }
-    for item in p.ct6.iter() {
-        let Ok((k, v)) = item else { continue };
-        n6 += 1;
-        if k.dir != CT_DIR_FORWARD {
-            continue;
-        }
-        let sa = |a: [u32; 4], port: u16| {
-            SocketAddr::new(IpAddr::V6(ip6_from_net(a)), port_from_net(port)).to_string()
-        };
-        flows.push(CtFlow {
-            client: sa(k.saddr, k.sport),
-            vip: sa(k.daddr, k.dport),
-            backend: sa(v.addr, v.port),
-            protocol: proto_name(k.proto),
-            age_s: age(v.last_seen_ns),
-            flags: flags_of(v.flags),
-            svc_id: v.svc_id,
-            backend_id: v.backend_id,
-        });
-    }
+    let n4 = collect_flows(&p.ct4, now, &mut flows);
+    let n6 = collect_flows(&p.ct6, now, &mut flows);
     flows.sort_by(|a, b| (a.svc_id, &a.client).cmp(&(b.svc_id, &b.client)));
     Ok(ConntrackDump {
         config,
@@ -235,6 +195,35 @@ pub fn read_conntrack(bpffs: &Path) -> Result<ConntrackDump, MapsError> {
         entries_v6: n6,
         flows,
     })
+}
+
+/// Appends the forward entries of one family's conntrack map to `flows` as of `now` (ns);
+/// returns how many entries (forward and reply) the map holds.
+fn collect_flows<K: CtKey>(
+    map: &HashMap<MapData, K, K::Value>,
+    now: u64,
+    flows: &mut Vec<CtFlow>,
+) -> usize {
+    let mut n = 0;
+    // LRU entries can vanish while we walk: skip them.
+    for (k, v) in map.iter().flatten() {
+        n += 1;
+        let e = k.view(&v);
+        if e.dir != CT_DIR_FORWARD {
+            continue;
+        }
+        flows.push(CtFlow {
+            client: e.src.to_string(),
+            vip: e.dst.to_string(),
+            backend: e.nat.to_string(),
+            protocol: proto_name(e.proto),
+            age_s: now.saturating_sub(e.last_seen_ns) / 1_000_000_000,
+            flags: flags_of(e.flags),
+            svc_id: e.svc_id,
+            backend_id: e.backend_id,
+        });
+    }
+    n
 }
 
 fn print_config(out: &mut impl Write, c: &Option<ConntrackConfig>) -> std::io::Result<()> {
@@ -357,6 +346,12 @@ mod tests {
         let a = monotonic_now_ns();
         assert!(a > 0);
         assert!(monotonic_now_ns() >= a);
+    }
+
+    #[test]
+    fn conntrack_flags_are_named() {
+        assert!(flags_of(0).is_empty());
+        assert_eq!(flags_of(CT_FLAG_CLOSING), ["closing"]);
         assert_eq!(
             flags_of(CT_FLAG_HAIRPIN | CT_FLAG_CLOSING),
             ["hairpin", "closing"]

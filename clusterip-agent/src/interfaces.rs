@@ -19,14 +19,6 @@ impl Pattern {
         Self(p.to_string())
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_glob(&self) -> bool {
-        self.0.contains(['*', '?'])
-    }
-
     pub fn matches(&self, name: &str) -> bool {
         glob_match(self.0.as_bytes(), name.as_bytes())
     }
@@ -172,7 +164,6 @@ mod tests {
     #[test]
     fn glob_patterns() {
         let p = Pattern::new("veth*");
-        assert!(p.is_glob());
         assert!(p.matches("veth0"));
         assert!(p.matches("veth"));
         assert!(!p.matches("eth0"));
@@ -183,7 +174,6 @@ mod tests {
         assert!(Pattern::new("a*b*c").matches("aXbYbZc"));
         assert!(!Pattern::new("a*b*c").matches("aXbYbZ"));
         let exact = Pattern::new("eth0");
-        assert!(!exact.is_glob());
         assert!(exact.matches("eth0"));
         assert!(!exact.matches("eth00"));
         assert!(!Pattern::new("").matches("x"));

@@ -48,12 +48,8 @@ fn permutation(name: &str, m: usize) -> (usize, usize) {
 /// result is an index into `names`. Empty when `names` is empty. The result depends only on the
 /// set of names, not on their order. With more than M backends only M of them get an entry.
 pub fn populate(names: &[&str]) -> Vec<usize> {
-    populate_sized(names, M)
-}
-
-/// [`populate`] with another (prime) table size; for tests.
-pub fn populate_sized(names: &[&str], m: usize) -> Vec<usize> {
-    if names.is_empty() || m < 2 {
+    let m = M;
+    if names.is_empty() {
         return Vec::new();
     }
     // Turn order by name, so that the input order does not matter.

@@ -134,11 +134,6 @@ impl ManifestSource {
         }
     }
 
-    /// The PATH this source reads.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Problems found by the last rebuild (they were logged when found).
     pub fn problems(&self) -> &[ManifestProblem] {
         &self.problems
@@ -1077,13 +1072,12 @@ metadata: {resourceVersion: ""}
     fn example_manifests() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/manifests");
         let mut src = source(&path);
-        let mut web = entry(
+        let web = entry(
             "demo",
             "web",
             "http",
             &["10.200.0.11:8080", "10.200.0.12:8080", "10.200.0.13:8080"],
         );
-        web.affinity_timeout_s = None;
         assert_eq!(
             src.poll(),
             Some(table(vec![

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use clusterip_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value,
-    DatapathConfigValue, MaglevValue, SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue,
-    SockFlowKey, SockFlowValue, SvcStats, ip4_from_net, ip6_from_net, map_names, port_from_net,
+    AffinityKey, AffinityValue, Backend4, Backend6, CT_DIR_REPLY, CT_FLAG_HAIRPIN, Ct4Key,
+    Ct4Value, Ct6Key, Ct6Value, DatapathConfigValue, MaglevValue, SVC_FLAG_WILDCARD, Service4Key,
+    Service6Key, ServiceValue, SockFlowKey, SockFlowValue, SvcStats, ip4_from_net, ip6_from_net,
+    map_names, port_from_net,
 };
 
 use crate::table::{Frontend, Protocol};
@@ -137,6 +138,107 @@ impl PacketMaps {
     }
 }
 
+/// A conntrack key of either family (`Ct4Key`, `Ct6Key`) with its value type, so that code
+/// walking `CIP_CT4` and `CIP_CT6` is written once.
+pub trait CtKey: aya::Pod {
+    type Value: aya::Pod;
+    /// The map's name, for errors.
+    const MAP: &'static str;
+    /// The entry in host form.
+    fn view(&self, v: &Self::Value) -> CtView;
+    /// The key of the reply entry that goes with the forward entry (`self`, `v`): the packet
+    /// as the backend sends it, to the client (or, hairpinned, to the rewritten source).
+    fn reply_key(&self, v: &Self::Value) -> Self;
+}
+
+/// A conntrack entry of either family, addresses and ports in host form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtView {
+    /// The key's source and destination (forward: client and VIP:port).
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// The value's `addr:port` (forward: the backend; reply: the VIP:port).
+    pub nat: SocketAddr,
+    pub proto: u8,
+    pub dir: u8,
+    pub flags: u16,
+    pub svc_id: u32,
+    pub backend_id: u32,
+    pub last_seen_ns: u64,
+}
+
+impl CtKey for Ct4Key {
+    type Value = Ct4Value;
+    const MAP: &'static str = map_names::CONNTRACK_V4;
+
+    fn view(&self, v: &Ct4Value) -> CtView {
+        let sa = |a, port| SocketAddr::new(IpAddr::V4(ip4_from_net(a)), port_from_net(port));
+        CtView {
+            src: sa(self.saddr, self.sport),
+            dst: sa(self.daddr, self.dport),
+            nat: sa(v.addr, v.port),
+            proto: self.proto,
+            dir: self.dir,
+            flags: v.flags,
+            svc_id: v.svc_id,
+            backend_id: v.backend_id,
+            last_seen_ns: v.last_seen_ns,
+        }
+    }
+
+    fn reply_key(&self, v: &Ct4Value) -> Self {
+        Ct4Key {
+            saddr: v.addr,
+            daddr: if v.flags & CT_FLAG_HAIRPIN != 0 {
+                v.nat_addr
+            } else {
+                self.saddr
+            },
+            sport: v.port,
+            dport: self.sport,
+            proto: self.proto,
+            dir: CT_DIR_REPLY,
+            _pad: [0; 2],
+        }
+    }
+}
+
+impl CtKey for Ct6Key {
+    type Value = Ct6Value;
+    const MAP: &'static str = map_names::CONNTRACK_V6;
+
+    fn view(&self, v: &Ct6Value) -> CtView {
+        let sa = |a, port| SocketAddr::new(IpAddr::V6(ip6_from_net(a)), port_from_net(port));
+        CtView {
+            src: sa(self.saddr, self.sport),
+            dst: sa(self.daddr, self.dport),
+            nat: sa(v.addr, v.port),
+            proto: self.proto,
+            dir: self.dir,
+            flags: v.flags,
+            svc_id: v.svc_id,
+            backend_id: v.backend_id,
+            last_seen_ns: v.last_seen_ns,
+        }
+    }
+
+    fn reply_key(&self, v: &Ct6Value) -> Self {
+        Ct6Key {
+            saddr: v.addr,
+            daddr: if v.flags & CT_FLAG_HAIRPIN != 0 {
+                v.nat_addr
+            } else {
+                self.saddr
+            },
+            sport: v.port,
+            dport: self.sport,
+            proto: self.proto,
+            dir: CT_DIR_REPLY,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// The max_entries of the map pinned at `dir/name`; None when nothing is pinned there.
 pub fn pinned_max_entries(dir: &Path, name: &'static str) -> Result<Option<u32>, MapsError> {
     let path = dir.join(name);
@@ -190,7 +292,8 @@ where
     T::try_from(map).map_err(open_err)
 }
 
-fn open<K: aya::Pod, V: aya::Pod>(
+/// Opens the hash map pinned at `dir/name`.
+pub(crate) fn open<K: aya::Pod, V: aya::Pod>(
     dir: &Path,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>, MapsError> {
@@ -288,5 +391,84 @@ impl PinnedMaps {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clusterip_common::{CT_DIR_FORWARD, PROTO_UDP, ip4_to_net, port_to_net};
+    use std::net::Ipv4Addr;
+
+    fn forward(flags: u16) -> (Ct4Key, Ct4Value) {
+        let ip = |d| ip4_to_net(Ipv4Addr::new(10, 0, 0, d));
+        let k = Ct4Key {
+            saddr: ip(1),
+            daddr: ip(100),
+            sport: port_to_net(40000),
+            dport: port_to_net(53),
+            proto: PROTO_UDP,
+            dir: CT_DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        let v = Ct4Value {
+            addr: ip(2),
+            nat_addr: ip(100),
+            port: port_to_net(5353),
+            flags,
+            svc_id: 7,
+            backend_id: 9,
+            _pad: 0,
+            last_seen_ns: 42,
+        };
+        (k, v)
+    }
+
+    #[test]
+    fn conntrack_view_is_in_host_form() {
+        let (k, v) = forward(0);
+        let e = k.view(&v);
+        assert_eq!(e.src, "10.0.0.1:40000".parse().unwrap());
+        assert_eq!(e.dst, "10.0.0.100:53".parse().unwrap());
+        assert_eq!(e.nat, "10.0.0.2:5353".parse().unwrap());
+        assert_eq!((e.proto, e.dir), (PROTO_UDP, CT_DIR_FORWARD));
+        assert_eq!((e.svc_id, e.backend_id, e.last_seen_ns), (7, 9, 42));
+    }
+
+    #[test]
+    fn reply_key_answers_the_client_or_the_hairpin_source() {
+        // Backend 10.0.0.2:5353 answers the client 10.0.0.1:40000.
+        let (k, v) = forward(0);
+        let r = k.reply_key(&v).view(&v);
+        assert_eq!(r.src, "10.0.0.2:5353".parse().unwrap());
+        assert_eq!(r.dst, "10.0.0.1:40000".parse().unwrap());
+        assert_eq!((r.proto, r.dir), (PROTO_UDP, CT_DIR_REPLY));
+        // Hairpinned, the backend answers the rewritten source (nat_addr).
+        let (k, v) = forward(CT_FLAG_HAIRPIN);
+        let r = k.reply_key(&v).view(&v);
+        assert_eq!(r.dst, "10.0.0.100:40000".parse().unwrap());
+        // Same for IPv6.
+        let k6 = Ct6Key {
+            saddr: clusterip_common::ip6_to_net("fd00::1".parse().unwrap()),
+            daddr: clusterip_common::ip6_to_net("fd00::100".parse().unwrap()),
+            sport: k.sport,
+            dport: k.dport,
+            proto: PROTO_UDP,
+            dir: CT_DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        let v6 = Ct6Value {
+            addr: clusterip_common::ip6_to_net("fd00::2".parse().unwrap()),
+            nat_addr: k6.daddr,
+            port: v.port,
+            flags: 0,
+            svc_id: 7,
+            backend_id: 9,
+            _pad: 0,
+            last_seen_ns: 0,
+        };
+        let r = k6.reply_key(&v6).view(&v6);
+        assert_eq!(r.src, "[fd00::2]:5353".parse().unwrap());
+        assert_eq!(r.dst, "[fd00::1]:40000".parse().unwrap());
     }
 }

@@ -17,24 +17,20 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use clusterip_common::{
     SockRevNat4Key, SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, ip4_to_net, ip6_to_net,
     map_names, port_to_net,
 };
 use tracing::{debug, warn};
 
-use crate::maps::Installed;
+use crate::maps::{self, Installed, MapsError};
 use crate::table::Protocol;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SockDiagError {
-    #[error("opening pinned map {path}: {source}")]
-    Map {
-        path: PathBuf,
-        #[source]
-        source: aya::maps::MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] MapsError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -123,7 +119,6 @@ pub fn destroy_udp_sockets(
     }
     let rnat = RevNat::open(bpffs)?;
     let namespaces = netns_of_cgroup(cgroup);
-    let removed = removed.clone();
     std::thread::scope(|s| {
         s.spawn(move || {
             let mut total = 0;
@@ -134,7 +129,7 @@ pub fn destroy_udp_sockets(
                     debug!(netns = %path.display(), error = %e, "cannot enter netns (process gone?)");
                     continue;
                 }
-                match destroy_in_current_netns(&rnat, &removed) {
+                match destroy_in_current_netns(&rnat, removed) {
                     Ok(n) => total += n,
                     Err(e) => warn!(netns = %path.display(), error = %e, "destroying UDP sockets"),
                 }
@@ -154,49 +149,35 @@ struct RevNat {
 
 impl RevNat {
     fn open(bpffs: &Path) -> Result<Self, SockDiagError> {
-        fn open<K: aya::Pod, V: aya::Pod>(
-            path: PathBuf,
-        ) -> Result<HashMap<MapData, K, V>, SockDiagError> {
-            let err = |source| SockDiagError::Map {
-                path: path.clone(),
-                source,
-            };
-            let data = MapData::from_pin(&path).map_err(err)?;
-            HashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
-        }
         Ok(Self {
-            v4: open(bpffs.join(map_names::SOCK_REVNAT_V4))?,
-            v6: open(bpffs.join(map_names::SOCK_REVNAT_V6))?,
+            v4: maps::open(bpffs, map_names::SOCK_REVNAT_V4)?,
+            v6: maps::open(bpffs, map_names::SOCK_REVNAT_V6)?,
         })
     }
 
-    /// The service whose VIP the socket `cookie` connected through to reach `peer`, if any.
+    /// The service whose VIP the socket `cookie` connected through to reach `peer` (as
+    /// [`normalize`]d: a v6 socket connected to a v4-mapped VIP went through the v4 tables).
     fn service_of(&self, cookie: u64, peer: SocketAddr) -> Option<u32> {
         let port = port_to_net(peer.port());
-        let v4 = |a| {
-            let key = SockRevNat4Key {
-                cookie,
-                addr: ip4_to_net(a),
-                port,
-                _pad: 0,
-            };
-            self.v4.get(&key, 0).ok().map(|v| v.svc_id)
-        };
         match peer.ip() {
-            IpAddr::V4(a) => v4(a),
-            // A v6 socket connected to a v4-mapped VIP went through the v4 tables.
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(a) => v4(a),
-                None => {
-                    let key = SockRevNat6Key {
-                        cookie,
-                        addr: ip6_to_net(a),
-                        port,
-                        _pad: [0; 6],
-                    };
-                    self.v6.get(&key, 0).ok().map(|v| v.svc_id)
-                }
-            },
+            IpAddr::V4(a) => {
+                let key = SockRevNat4Key {
+                    cookie,
+                    addr: ip4_to_net(a),
+                    port,
+                    _pad: 0,
+                };
+                self.v4.get(&key, 0).ok().map(|v| v.svc_id)
+            }
+            IpAddr::V6(a) => {
+                let key = SockRevNat6Key {
+                    cookie,
+                    addr: ip6_to_net(a),
+                    port,
+                    _pad: [0; 6],
+                };
+                self.v6.get(&key, 0).ok().map(|v| v.svc_id)
+            }
         }
     }
 }
@@ -240,8 +221,9 @@ fn destroy_in_current_netns(rnat: &RevNat, removed: &UdpMembers) -> Result<usize
             .dump_udp(family)?
             .into_iter()
             .filter(|id| {
-                rnat.service_of(id.cookie(), id.dst())
-                    .is_some_and(|svc| removed.contains(&(svc, normalize(id.dst()))))
+                let peer = normalize(id.dst());
+                rnat.service_of(id.cookie(), peer)
+                    .is_some_and(|svc| removed.contains(&(svc, peer)))
             })
             .collect();
         for id in victims {
@@ -403,4 +385,62 @@ fn error_code(msg: &[u8]) -> i32 {
     }
     let e = i32::from_ne_bytes([msg[16], msg[17], msg[18], msg[19]]);
     -e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::{BackendAddr, InstalledFrontend};
+    use crate::table::Frontend;
+
+    #[test]
+    fn udp_members_are_the_udp_frontends_backends() {
+        let mut installed = Installed::default();
+        let b = |s: &str, protocol| BackendAddr {
+            addr: s.parse().unwrap(),
+            protocol,
+        };
+        installed
+            .backends
+            .insert(1, b("10.0.0.1:53", Protocol::Udp));
+        installed
+            .backends
+            .insert(2, b("10.0.0.2:53", Protocol::Udp));
+        installed
+            .backends
+            .insert(3, b("10.0.0.1:80", Protocol::Tcp));
+        let fe = |port, protocol| Frontend {
+            vip: "10.96.0.1".parse().unwrap(),
+            port,
+            protocol,
+        };
+        let installed_fe = |svc_id, slots: Vec<u32>| InstalledFrontend {
+            svc_id,
+            flags: 0,
+            affinity_timeout_s: 0,
+            slots,
+        };
+        installed
+            .frontends
+            .insert(fe(53, Protocol::Udp), installed_fe(5, vec![1, 2, 4]));
+        installed
+            .frontends
+            .insert(fe(80, Protocol::Tcp), installed_fe(6, vec![3]));
+        // Slot 4 names no installed backend; TCP frontends do not count.
+        let expected: UdpMembers = [
+            (5, "10.0.0.1:53".parse().unwrap()),
+            (5, "10.0.0.2:53".parse().unwrap()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(udp_members(&installed), expected);
+    }
+
+    #[test]
+    fn v4_mapped_peers_are_ipv4() {
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:53".parse().unwrap();
+        assert_eq!(normalize(mapped), "10.0.0.1:53".parse().unwrap());
+        let v6: SocketAddr = "[fd00::1]:53".parse().unwrap();
+        assert_eq!(normalize(v6), v6);
+    }
 }

@@ -25,16 +25,18 @@ use std::collections::{BTreeSet, HashMap as StdHashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use aya::maps::{HashMap, MapData};
 use clusterip_common::{
-    AffinityKey, Backend4, Backend6, CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_HAIRPIN, Ct4Key, Ct6Key,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_SVC_ID, MaglevValue, PROTO_UDP,
-    SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue,
-    map_names,
+    AffinityKey, Backend4, Backend6, CT_DIR_FORWARD, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
+    MAX_SVC_ID, MaglevValue, PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_WILDCARD,
+    Service4Key, Service6Key, ServiceValue, map_names,
 };
 use tracing::{debug, info, warn};
 
 use crate::maglev;
-use crate::maps::{BackendAddr, Installed, InstalledFrontend, MapsError, PinnedMaps, op_err};
+use crate::maps::{
+    BackendAddr, CtKey, Installed, InstalledFrontend, MapsError, PinnedMaps, op_err,
+};
 use crate::table::{DesiredTable, Frontend, NoEndpoints, ServiceEntry};
 
 #[derive(Debug, thiserror::Error)]
@@ -157,11 +159,6 @@ impl Syncer {
         &self.installed
     }
 
-    /// Whether the per-packet maps (Maglev, conntrack, counters) are there.
-    pub fn has_packet_maps(&self) -> bool {
-        self.maps.packet.is_some()
-    }
-
     /// The smallest service id >= 1 not in use; it indexes `CIP_STATS`, hence < MAX_SVC_ID.
     fn alloc_svc_id(&mut self) -> Result<u32, SyncError> {
         let candidate =
@@ -184,7 +181,8 @@ impl Syncer {
         }
 
         // Wildcards first: from now on other ports on a new VIP are refused.
-        for vip in desired.vips() {
+        let vips = desired.vips();
+        for &vip in &vips {
             if !self.installed.wildcards.contains(&vip) {
                 let v = ServiceValue {
                     flags: SVC_FLAG_WILDCARD,
@@ -276,7 +274,6 @@ impl Syncer {
         self.backend_index.retain(|_, id| used.contains(id));
 
         // Wildcards of VIPs that have no frontend left.
-        let vips = desired.vips();
         let stale: Vec<IpAddr> = self
             .installed
             .wildcards
@@ -312,7 +309,7 @@ impl Syncer {
         };
 
         // 1. Backends: reuse this frontend's ids, write the new ones.
-        let mut ids = BTreeSet::new();
+        let mut members: Vec<(SocketAddr, u32)> = Vec::with_capacity(entry.backends.len());
         for addr in &entry.backends {
             let key = (
                 svc_id,
@@ -333,29 +330,18 @@ impl Syncer {
                     id
                 }
             };
-            ids.insert(id);
+            members.push((*addr, id));
         }
+        let ids: BTreeSet<u32> = members.iter().map(|(_, id)| *id).collect();
 
         // 1b. The Maglev table, whole, before the count that may make new slots visible.
         let old_slots: &[u32] = old.as_ref().map(|o| o.slots.as_slice()).unwrap_or(&[]);
         let old_ids: BTreeSet<u32> = old_slots.iter().copied().collect();
         if self.maps.packet.is_some() && (old_ids != ids || !self.maglev_checked.contains(&svc_id))
         {
-            let by_name: Vec<(String, u32)> = entry
-                .backends
+            let by_name: Vec<(String, u32)> = members
                 .iter()
-                .filter_map(|addr| {
-                    let key = (
-                        svc_id,
-                        BackendAddr {
-                            addr: *addr,
-                            protocol: fe.protocol,
-                        },
-                    );
-                    self.backend_index
-                        .get(&key)
-                        .map(|id| (addr.to_string(), *id))
-                })
+                .map(|(addr, id)| (addr.to_string(), *id))
                 .collect();
             let table = maglev_table(&by_name);
             let fp = maglev::fingerprint(&table.backend_ids);
@@ -499,60 +485,7 @@ impl Syncer {
         let Some(p) = &mut self.maps.packet else {
             return Ok(0);
         };
-        let mut stale4 = Vec::new();
-        for (k, v) in p.ct4.iter().flatten() {
-            if k.proto != PROTO_UDP || !gone(v.backend_id) {
-                continue;
-            }
-            stale4.push(k);
-            if k.dir == CT_DIR_FORWARD {
-                let hairpin = v.flags & CT_FLAG_HAIRPIN != 0;
-                stale4.push(Ct4Key {
-                    saddr: v.addr,
-                    daddr: if hairpin { v.nat_addr } else { k.saddr },
-                    sport: v.port,
-                    dport: k.sport,
-                    proto: k.proto,
-                    dir: CT_DIR_REPLY,
-                    _pad: [0; 2],
-                });
-            }
-        }
-        let mut stale6 = Vec::new();
-        for (k, v) in p.ct6.iter().flatten() {
-            if k.proto != PROTO_UDP || !gone(v.backend_id) {
-                continue;
-            }
-            stale6.push(k);
-            if k.dir == CT_DIR_FORWARD {
-                let hairpin = v.flags & CT_FLAG_HAIRPIN != 0;
-                stale6.push(Ct6Key {
-                    saddr: v.addr,
-                    daddr: if hairpin { v.nat_addr } else { k.saddr },
-                    sport: v.port,
-                    dport: k.sport,
-                    proto: k.proto,
-                    dir: CT_DIR_REPLY,
-                    _pad: [0; 2],
-                });
-            }
-        }
-        let mut n = 0;
-        for k in stale4 {
-            match p.ct4.remove(&k) {
-                Ok(()) => n += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(op_err(map_names::CONNTRACK_V4, "delete")(e).into()),
-            }
-        }
-        for k in stale6 {
-            match p.ct6.remove(&k) {
-                Ok(()) => n += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(op_err(map_names::CONNTRACK_V6, "delete")(e).into()),
-            }
-        }
-        Ok(n)
+        Ok(purge_udp_ct_in(&mut p.ct4, &gone)? + purge_udp_ct_in(&mut p.ct6, &gone)?)
     }
 
     fn write_svc(
@@ -638,6 +571,34 @@ impl Syncer {
             _ => ignore_missing(self.maps.be4.remove(&id), map_names::BACKENDS_V4),
         }
     }
+}
+
+/// [`Syncer::purge_udp_ct`] for one family's conntrack map; returns how many entries went.
+fn purge_udp_ct_in<K: CtKey>(
+    map: &mut HashMap<MapData, K, K::Value>,
+    gone: &impl Fn(u32) -> bool,
+) -> Result<usize, SyncError> {
+    let mut stale = Vec::new();
+    // LRU entries can vanish while we walk: skip them.
+    for (k, v) in map.iter().flatten() {
+        let e = k.view(&v);
+        if e.proto != PROTO_UDP || !gone(e.backend_id) {
+            continue;
+        }
+        stale.push(k);
+        if e.dir == CT_DIR_FORWARD {
+            stale.push(k.reply_key(&v));
+        }
+    }
+    let mut n = 0;
+    for k in stale {
+        match map.remove(&k) {
+            Ok(()) => n += 1,
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(op_err(K::MAP, "delete")(e).into()),
+        }
+    }
+    Ok(n)
 }
 
 fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<(), SyncError> {
@@ -819,15 +780,21 @@ mod tests {
             ("10.0.0.3:80".into(), 13),
         ];
         let t = maglev_table(&backends);
+        assert!(t.backend_ids.iter().all(|x| [11, 12, 13].contains(x)));
         for id in [11, 12, 13] {
             let n = t.backend_ids.iter().filter(|x| **x == id).count();
             assert!((340..=341).contains(&n), "id {id}: {n}");
         }
-        // The table depends on addresses, not on ids or their order.
-        let mut renumbered = backends.clone();
-        renumbered.reverse();
+        // The table depends on addresses, not on ids or their order: renumbered and
+        // reversed, every entry names the same address.
+        let renumbered: Vec<(String, u32)> = backends
+            .iter()
+            .rev()
+            .map(|(name, id)| (name.clone(), id + 10))
+            .collect();
         let t2 = maglev_table(&renumbered);
-        assert_eq!(t.backend_ids, t2.backend_ids);
+        let shifted: Vec<u32> = t.backend_ids.iter().map(|id| id + 10).collect();
+        assert_eq!(t2.backend_ids.as_slice(), shifted.as_slice());
         assert!(maglev_table(&[]).backend_ids.iter().all(|x| *x == 0));
     }
 
