@@ -61,7 +61,8 @@ fn agent_bin_var() -> Option<PathBuf> {
     std::env::var_os("CLUSTERIP_AGENT_BIN").map(PathBuf::from)
 }
 
-fn decide(test: &str, checked: Result<Env, String>) -> Option<Env> {
+/// `checked`, or the skip (None) / panic (`CLUSTERIP_E2E_REQUIRED=1`) for its reason.
+pub(crate) fn decide<T>(test: &str, checked: Result<T, String>) -> Option<T> {
     match checked {
         Ok(env) => Some(env),
         Err(reason) => {
@@ -125,7 +126,7 @@ fn fs_magic(path: &Path) -> std::io::Result<i64> {
 
 /// Mounts bpffs at /sys/fs/bpf unless it is there. Serialized within the process by a mutex
 /// and across test processes by an flock, so two tests never stack two mounts.
-fn ensure_bpffs() -> Result<(), String> {
+pub(crate) fn ensure_bpffs() -> Result<(), String> {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if fs_magic(Path::new(BPFFS)).ok() == Some(BPF_FS_MAGIC) {

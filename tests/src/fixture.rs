@@ -1,6 +1,6 @@
 //! Everything one test needs, torn down in the right order.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,6 +21,18 @@ pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
 /// Port the standard backends echo TCP lines on (`--tcp-echo`).
 pub const ECHO_PORT: u16 = 9000;
+
+/// What a standard backend serves on each of `ips`: TCP [`TCP_PORT`], UDP [`UDP_PORT`] and
+/// TCP echo [`ECHO_PORT`].
+pub fn standard_listen(ips: [IpAddr; 2]) -> Listen {
+    let on = |port| ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect();
+    Listen {
+        tcp: on(TCP_PORT),
+        udp: on(UDP_PORT),
+        tcp_echo: on(ECHO_PORT),
+        ..Listen::default()
+    }
+}
 
 /// Field order is drop order: the agent dies first, then backends, then the pins are cleaned
 /// up (detaching the programs), then the cgroup (its clients killed), netns and manifests go.
@@ -55,13 +67,7 @@ impl Fixture {
     /// Starts backend `be-<i>` on pod `i`: TCP [`TCP_PORT`], UDP [`UDP_PORT`] and TCP echo
     /// [`ECHO_PORT`], each on the pod's IPv4 and IPv6 address.
     pub fn standard_backend(&mut self, i: usize) -> Result<()> {
-        let mut listen = Listen::default();
-        for v6 in [false, true] {
-            let ip = pod_ip(i, v6);
-            listen.tcp.push(SocketAddr::new(ip, TCP_PORT));
-            listen.udp.push(SocketAddr::new(ip, UDP_PORT));
-            listen.tcp_echo.push(SocketAddr::new(ip, ECHO_PORT));
-        }
+        let listen = standard_listen([pod_ip(i, false), pod_ip(i, true)]);
         self.backend(&format!("be-{i}"), &listen)
     }
 

@@ -41,31 +41,48 @@ pub fn uniq() -> String {
     )
 }
 
+/// The path of the enclosing function (`tcp::some_test`), for skip messages.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __test_name {
+    () => {{
+        fn here() {}
+        let name = ::std::any::type_name_of_val(&here);
+        name.strip_suffix("::here").unwrap_or(name)
+    }};
+}
+
 /// Returns the [`Env`] or, when a prerequisite is missing, skips the calling test (prints
 /// `SKIP <test>: <reason>` and returns) — or panics when `CLUSTERIP_E2E_REQUIRED=1`.
 #[macro_export]
 macro_rules! require_env {
-    () => {{
-        fn here() {}
-        let name = ::std::any::type_name_of_val(&here);
-        let name = name.strip_suffix("::here").unwrap_or(name);
-        match $crate::prerequisites(name, $crate::bins!()) {
+    () => {
+        match $crate::prerequisites($crate::__test_name!(), $crate::bins!()) {
             Some(env) => env,
             None => return,
         }
-    }};
+    };
 }
 
 /// [`require_env!`] for harness self-tests that do not need the agent.
 #[macro_export]
 macro_rules! require_root {
-    () => {{
-        fn here() {}
-        let name = ::std::any::type_name_of_val(&here);
-        let name = name.strip_suffix("::here").unwrap_or(name);
-        match $crate::prerequisites_without_agent(name, $crate::bins!()) {
+    () => {
+        match $crate::prerequisites_without_agent($crate::__test_name!(), $crate::bins!()) {
             Some(env) => env,
             None => return,
         }
-    }};
+    };
+}
+
+/// [`require_env!`] for the packet tests: the loaded [`packet::Datapath`], or a skip (a panic
+/// when `CLUSTERIP_E2E_REQUIRED=1`).
+#[macro_export]
+macro_rules! require_datapath {
+    () => {
+        match $crate::packet::Datapath::load($crate::__test_name!()) {
+            Some(dp) => dp,
+            None => return,
+        }
+    };
 }

@@ -26,6 +26,7 @@ use crate::agent::Agent;
 use crate::bpffs::PinDir;
 use crate::cgroup::Cgroup;
 use crate::env::Env;
+use crate::fixture::standard_listen;
 use crate::manifests::Manifests;
 use crate::netns::{Netns, ip};
 use crate::process::{Listen, NsClient, Proc, output, start_backend};
@@ -40,11 +41,10 @@ pub const CLIENT_IFACE: &str = "cipc";
 /// Matches every node-side veth (client and pods), including pods added later.
 pub const IFACE_GLOB: &str = "cip*";
 
-/// Ports every standard backend serves (on its v4 and v6 address).
-pub const TCP_PORT: u16 = 8080;
+/// Ports every standard backend serves (on its v4 and v6 address): those of
+/// [`crate::fixture::standard_listen`] and these two.
+pub use crate::fixture::{ECHO_PORT, TCP_PORT, UDP_PORT};
 pub const HTTP_PORT: u16 = 8081;
-pub const UDP_PORT: u16 = 5353;
-pub const ECHO_PORT: u16 = 9000;
 pub const DATA_PORT: u16 = 9001;
 
 /// The node's interface toward pod `i`.
@@ -259,19 +259,18 @@ impl NodeFixture {
     /// Starts backend `be-<i>` in pod `i`: greeting TCP, HTTP, UDP, echo and data ports on
     /// the pod's IPv4 and IPv6 addresses.
     pub fn standard_backend(&mut self, i: usize) -> Result<()> {
-        let mut listen = Listen::default();
-        let mut http = Vec::new();
-        let mut data = Vec::new();
-        for v6 in [false, true] {
-            let ip = pod_ip(i, v6);
-            listen.tcp.push(SocketAddr::new(ip, TCP_PORT));
-            listen.udp.push(SocketAddr::new(ip, UDP_PORT));
-            listen.tcp_echo.push(SocketAddr::new(ip, ECHO_PORT));
-            http.push(SocketAddr::new(ip, HTTP_PORT));
-            data.push(SocketAddr::new(ip, DATA_PORT));
-        }
-        listen.http = http;
-        listen.tcp_data = data;
+        let ips = [pod_ip(i, false), pod_ip(i, true)];
+        let listen = Listen {
+            http: ips
+                .iter()
+                .map(|&ip| SocketAddr::new(ip, HTTP_PORT))
+                .collect(),
+            tcp_data: ips
+                .iter()
+                .map(|&ip| SocketAddr::new(ip, DATA_PORT))
+                .collect(),
+            ..standard_listen(ips)
+        };
         let p = start_backend(
             Path::new(self.env.bins.backend),
             &self.topo.pods[i],

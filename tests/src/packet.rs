@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use clusterip_common::{
-    Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, DatapathConfigValue, MAGLEV_TABLE_SIZE,
-    MaglevValue, SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue, SvcStats, map_names,
+    Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, MAGLEV_TABLE_SIZE, MaglevValue,
+    SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue, SvcStats, map_names,
 };
 use etherparse::{Ipv4Header, Ipv6Header, PacketBuilder, TcpHeader, UdpHeader};
 
@@ -42,21 +42,18 @@ pub const PROTO_UDP: u8 = 17;
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
-/// Why a packet test cannot run, or None when it can.
-fn missing_prerequisite() -> Option<String> {
+/// Whether a packet test can run here (mounting bpffs if needed), or why not.
+fn check() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
+        return Err("not root".into());
     }
     if clusterip_agent::EBPF_OBJECT.is_empty() {
-        return Some(
+        return Err(
             "clusterip-agent was built without the eBPF object (set CLUSTERIP_EBPF_OBJECT)".into(),
         );
     }
-    if !std::path::Path::new("/sys/fs/bpf").is_dir() {
-        return Some("/sys/fs/bpf missing".into());
-    }
-    None
+    crate::env::ensure_bpffs()
 }
 
 /// One loaded object with its two per-packet programs and its maps in a private pin dir.
@@ -87,14 +84,8 @@ impl Datapath {
     /// Loads the object, or skips (prints `SKIP <test>: ...`, returns None) when it cannot run
     /// here; with `CLUSTERIP_E2E_REQUIRED=1` a missing prerequisite panics.
     pub fn load(test: &str) -> Option<Datapath> {
-        if let Some(reason) = missing_prerequisite() {
-            if std::env::var("CLUSTERIP_E2E_REQUIRED").as_deref() == Ok("1") {
-                panic!("{test}: prerequisite missing (CLUSTERIP_E2E_REQUIRED=1): {reason}");
-            }
-            eprintln!("SKIP {test}: {reason}");
-            return None;
-        }
-        let pins = PathBuf::from(format!("/sys/fs/bpf/cip-pkt-{}", crate::uniq()));
+        crate::env::decide(test, check())?;
+        let pins = PathBuf::from(format!("{}/cip-pkt-{}", crate::env::BPFFS, crate::uniq()));
         std::fs::create_dir(&pins).expect("create pin dir");
         let off: u8 = 0;
         let ebpf = EbpfLoader::new()
@@ -198,65 +189,53 @@ impl Datapath {
             flags: SVC_FLAG_WILDCARD,
             ..Default::default()
         };
+        // The same for both families: only the types, the map names and the address variant
+        // differ.
+        macro_rules! write_family {
+            ($vip:expr, $Ip:ident, $Backend:ty, $Key:ty, $be_map:expr, $svc_map:expr) => {{
+                let vip = $vip;
+                let mut be: HashMap<_, u32, $Backend> =
+                    HashMap::try_from(self.ebpf.map_mut($be_map).unwrap()).unwrap();
+                for (id, (addr, port)) in ids.iter().zip(&svc.backends) {
+                    let IpAddr::$Ip(a) = addr else {
+                        panic!("backend {addr} of another family than the VIP {vip}")
+                    };
+                    be.insert(id, &<$Backend>::new(*a, *port, svc.proto), 0)
+                        .unwrap();
+                }
+                let mut s: HashMap<_, $Key, ServiceValue> =
+                    HashMap::try_from(self.ebpf.map_mut($svc_map).unwrap()).unwrap();
+                for (i, id) in ids.iter().enumerate() {
+                    let v = ServiceValue {
+                        backend_id: *id,
+                        svc_id: svc.svc_id,
+                        ..Default::default()
+                    };
+                    let key = <$Key>::new(vip, svc.port, svc.proto, i as u16 + 1);
+                    s.insert(&key, &v, 0).unwrap();
+                }
+                s.insert(&<$Key>::new(vip, svc.port, svc.proto, 0), &front, 0)
+                    .unwrap();
+                s.insert(&<$Key>::wildcard(vip), &wildcard, 0).unwrap();
+            }};
+        }
         match svc.vip {
-            IpAddr::V4(vip) => {
-                let mut be: HashMap<_, u32, Backend4> =
-                    HashMap::try_from(self.ebpf.map_mut(map_names::BACKENDS_V4).unwrap()).unwrap();
-                for (id, (addr, port)) in ids.iter().zip(&svc.backends) {
-                    let IpAddr::V4(a) = addr else {
-                        panic!("v6 backend on v4 vip")
-                    };
-                    be.insert(id, &Backend4::new(*a, *port, svc.proto), 0)
-                        .unwrap();
-                }
-                let mut s: HashMap<_, Service4Key, ServiceValue> =
-                    HashMap::try_from(self.ebpf.map_mut(map_names::SERVICES_V4).unwrap()).unwrap();
-                for (i, id) in ids.iter().enumerate() {
-                    let v = ServiceValue {
-                        backend_id: *id,
-                        svc_id: svc.svc_id,
-                        ..Default::default()
-                    };
-                    s.insert(
-                        &Service4Key::new(vip, svc.port, svc.proto, i as u16 + 1),
-                        &v,
-                        0,
-                    )
-                    .unwrap();
-                }
-                s.insert(&Service4Key::new(vip, svc.port, svc.proto, 0), &front, 0)
-                    .unwrap();
-                s.insert(&Service4Key::wildcard(vip), &wildcard, 0).unwrap();
-            }
-            IpAddr::V6(vip) => {
-                let mut be: HashMap<_, u32, Backend6> =
-                    HashMap::try_from(self.ebpf.map_mut(map_names::BACKENDS_V6).unwrap()).unwrap();
-                for (id, (addr, port)) in ids.iter().zip(&svc.backends) {
-                    let IpAddr::V6(a) = addr else {
-                        panic!("v4 backend on v6 vip")
-                    };
-                    be.insert(id, &Backend6::new(*a, *port, svc.proto), 0)
-                        .unwrap();
-                }
-                let mut s: HashMap<_, Service6Key, ServiceValue> =
-                    HashMap::try_from(self.ebpf.map_mut(map_names::SERVICES_V6).unwrap()).unwrap();
-                for (i, id) in ids.iter().enumerate() {
-                    let v = ServiceValue {
-                        backend_id: *id,
-                        svc_id: svc.svc_id,
-                        ..Default::default()
-                    };
-                    s.insert(
-                        &Service6Key::new(vip, svc.port, svc.proto, i as u16 + 1),
-                        &v,
-                        0,
-                    )
-                    .unwrap();
-                }
-                s.insert(&Service6Key::new(vip, svc.port, svc.proto, 0), &front, 0)
-                    .unwrap();
-                s.insert(&Service6Key::wildcard(vip), &wildcard, 0).unwrap();
-            }
+            IpAddr::V4(vip) => write_family!(
+                vip,
+                V4,
+                Backend4,
+                Service4Key,
+                map_names::BACKENDS_V4,
+                map_names::SERVICES_V4
+            ),
+            IpAddr::V6(vip) => write_family!(
+                vip,
+                V6,
+                Backend6,
+                Service6Key,
+                map_names::BACKENDS_V6,
+                map_names::SERVICES_V6
+            ),
         }
         if svc.maglev && !svc.backends.is_empty() {
             self.set_maglev(svc.svc_id, &svc.backends, &ids);
@@ -370,12 +349,6 @@ impl Datapath {
             s.bytes += v.bytes;
         }
         s
-    }
-
-    pub fn set_config(&mut self, cfg: DatapathConfigValue) {
-        let mut m: Array<_, DatapathConfigValue> =
-            Array::try_from(self.ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
-        m.set(0, &cfg, 0).unwrap();
     }
 }
 

@@ -378,81 +378,20 @@ impl NsClient<'_> {
                 child,
             },
             tcp,
+            sockets,
         )
     }
 }
 
-/// Many flows held by one `cip-client udp-multi|tcp-multi`: each [`MultiClient::round`] sends
-/// one message on every flow and returns what each one got back.
-pub struct MultiClient {
+/// A long-running `cip-client` driven line by line: lines written to its stdin, its stdout
+/// lines read by a thread of their own so that a silent client times out instead of hanging.
+struct LineIo {
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
-    /// TCP: the greeting of every connection (who answered); UDP: empty.
-    pub first: Vec<Reply>,
-    rounds: u32,
-    _proc: Proc,
+    proc: Proc,
 }
 
-#[derive(Deserialize)]
-struct Round {
-    round: Vec<Reply>,
-}
-
-impl MultiClient {
-    fn new(mut proc: Proc, tcp: bool) -> Result<Self> {
-        let stdin = proc.child.stdin.take().context("stdin")?;
-        let stdout = proc.child.stdout.take().context("stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut me = Self {
-            stdin,
-            lines,
-            first: Vec::new(),
-            rounds: 0,
-            _proc: proc,
-        };
-        if tcp {
-            me.first = me.next()?;
-        }
-        Ok(me)
-    }
-
-    fn next(&mut self) -> Result<Vec<Reply>> {
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(60))
-            .context("no output from cip-client multi")?;
-        let round: Round =
-            serde_json::from_str(&line).with_context(|| format!("multi printed {line:?}"))?;
-        Ok(round.round)
-    }
-
-    /// One message on every flow; the replies in flow order.
-    pub fn round(&mut self) -> Result<Vec<Reply>> {
-        self.rounds += 1;
-        writeln!(self.stdin, "round-{}", self.rounds).context("writing to cip-client multi")?;
-        self.stdin.flush()?;
-        self.next()
-    }
-}
-
-/// A client holding one TCP connection open to an echo backend.
-pub struct HoldClient {
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    /// The greeting: peer and backend.
-    pub greeting: Reply,
-    _proc: Proc,
-}
-
-impl HoldClient {
+impl LineIo {
     fn new(mut proc: Proc) -> Result<Self> {
         let stdin = proc.child.stdin.take().context("stdin")?;
         let stdout = proc.child.stdout.take().context("stdout")?;
@@ -465,29 +404,89 @@ impl HoldClient {
                 }
             }
         });
+        Ok(Self { stdin, lines, proc })
+    }
+
+    fn send(&mut self, line: &str) -> Result<()> {
+        writeln!(self.stdin, "{line}").with_context(|| format!("writing to {}", self.proc.name))?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// The next stdout line, parsed as JSON.
+    fn recv<T: serde::de::DeserializeOwned>(&mut self, timeout: Duration) -> Result<T> {
+        let line = self
+            .lines
+            .recv_timeout(timeout)
+            .with_context(|| format!("no output from {}", self.proc.name))?;
+        serde_json::from_str(&line).with_context(|| format!("{} printed {line:?}", self.proc.name))
+    }
+}
+
+/// Many flows held by one `cip-client udp-multi|tcp-multi`: each [`MultiClient::round`] sends
+/// one message on every flow and returns what each one got back.
+pub struct MultiClient {
+    io: LineIo,
+    /// How many flows the client holds: every round has one reply per flow.
+    flows: usize,
+    /// TCP: the greeting of every connection (who answered); UDP: empty.
+    pub first: Vec<Reply>,
+    rounds: u32,
+}
+
+#[derive(Deserialize)]
+struct Round {
+    round: Vec<Reply>,
+}
+
+impl MultiClient {
+    fn new(proc: Proc, tcp: bool, flows: usize) -> Result<Self> {
         let mut me = Self {
-            stdin,
-            lines,
-            greeting: Reply::default(),
-            _proc: proc,
+            io: LineIo::new(proc)?,
+            flows,
+            first: Vec::new(),
+            rounds: 0,
         };
-        me.greeting = me.next()?;
+        if tcp {
+            me.first = me.next()?;
+        }
         Ok(me)
     }
 
-    fn next(&mut self) -> Result<Reply> {
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(10))
-            .context("no output from cip-client tcp-hold")?;
-        serde_json::from_str(&line).with_context(|| format!("tcp-hold printed {line:?}"))
+    fn next(&mut self) -> Result<Vec<Reply>> {
+        let Round { round } = self.io.recv(Duration::from_secs(60))?;
+        if round.len() != self.flows {
+            bail!("{} flows, {} replies: {round:?}", self.flows, round.len());
+        }
+        Ok(round)
+    }
+
+    /// One message on every flow; the replies in flow order, one per flow.
+    pub fn round(&mut self) -> Result<Vec<Reply>> {
+        self.rounds += 1;
+        self.io.send(&format!("round-{}", self.rounds))?;
+        self.next()
+    }
+}
+
+/// A client holding one TCP connection open to an echo backend.
+pub struct HoldClient {
+    io: LineIo,
+    /// The greeting: peer and backend.
+    pub greeting: Reply,
+}
+
+impl HoldClient {
+    fn new(proc: Proc) -> Result<Self> {
+        let mut io = LineIo::new(proc)?;
+        let greeting = io.recv(Duration::from_secs(10))?;
+        Ok(Self { io, greeting })
     }
 
     /// Sends `msg` over the held connection and returns what the client saw.
     pub fn ping(&mut self, msg: &str) -> Result<Reply> {
-        writeln!(self.stdin, "{msg}").context("writing to tcp-hold")?;
-        self.stdin.flush()?;
-        self.next()
+        self.io.send(msg)?;
+        self.io.recv(Duration::from_secs(10))
     }
 }
 
@@ -523,4 +522,32 @@ pub fn tally(replies: &[Reply]) -> std::collections::BTreeMap<String, usize> {
         *counts.entry(backend.to_owned()).or_insert(0) += 1;
     }
     counts
+}
+
+/// Asserts that all `n` replies succeeded and came from `backend`, and from no other.
+pub fn assert_all_from(replies: &[Reply], backend: &str, n: usize) {
+    assert_eq!(
+        tally(replies).into_iter().collect::<Vec<_>>(),
+        [(backend.to_owned(), n)],
+        "{n} replies from {backend} only: {replies:#?}"
+    );
+}
+
+/// Asserts that every reply succeeded with `peer` as its getpeername(), that each backend saw
+/// `client` as the source (no SNAT), and that exactly `backends` answered, each at least once.
+pub fn assert_spread_via(replies: &[Reply], peer: &str, client: &str, backends: &[&str]) {
+    let counts = tally(replies);
+    for r in replies {
+        assert_eq!(r.peer.as_deref(), Some(peer), "getpeername: {r:?}");
+        assert_eq!(
+            r.seen_client(),
+            Some(client),
+            "client address seen by the backend: {r:?}"
+        );
+    }
+    assert_eq!(
+        counts.keys().map(String::as_str).collect::<Vec<_>>(),
+        backends,
+        "{peer}: every backend answers: {counts:?}"
+    );
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use clusterip_tests::fixture::{Fixture, TCP_PORT, UDP_PORT};
 use clusterip_tests::manifests::{Service, tcp, udp};
 use clusterip_tests::netns::pod_ip;
-use clusterip_tests::process::tally;
+use clusterip_tests::process::{assert_spread_via, tally};
 use clusterip_tests::require_env;
 
 #[test]
@@ -28,15 +28,11 @@ fn ipv6_vip_tcp_and_udp() {
         .client()
         .tcp("[fd00:96::10]:80".parse().unwrap(), 60)
         .unwrap();
-    let counts = tally(&replies);
-    for r in &replies {
-        assert_eq!(r.peer.as_deref(), Some("[fd00:96::10]:80"), "{r:?}");
-        assert_eq!(r.seen_client(), Some("fd00:200::1"), "{r:?}");
-    }
-    assert_eq!(
-        counts.keys().collect::<Vec<_>>(),
-        ["be-0", "be-1", "be-2"],
-        "{counts:?}"
+    assert_spread_via(
+        &replies,
+        "[fd00:96::10]:80",
+        "fd00:200::1",
+        &["be-0", "be-1", "be-2"],
     );
 
     // UDP, connected and unconnected: VIP reported, one backend per socket, balanced over

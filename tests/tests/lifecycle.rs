@@ -7,11 +7,15 @@ use clusterip_tests::agent::DumpEntry;
 use clusterip_tests::fixture::{ECHO_PORT, Fixture, TCP_PORT, UDP_PORT, links};
 use clusterip_tests::manifests::{Service, tcp, udp};
 use clusterip_tests::netns::pod_ip;
-use clusterip_tests::process::tally;
+use clusterip_tests::process::{assert_all_from, tally};
 use clusterip_tests::require_env;
 
 fn v4(i: usize) -> std::net::IpAddr {
     pod_ip(i, false)
+}
+
+fn addr(s: &str) -> std::net::SocketAddr {
+    s.parse().unwrap()
 }
 
 /// Asserts that exactly one program is attached per hook (8 hooks) and that the cgroup has
@@ -194,32 +198,15 @@ fn agent_restart_reconciles_without_loss_or_duplicates() {
     );
     assert_eq!(counts.len(), 1, "a has affinity now: {counts:?}");
     assert!(!counts.contains_key("be-0"), "be-0 left a: {counts:?}");
-    let counts = tally(
-        &fx.client()
-            .tcp("10.96.0.11:80".parse().unwrap(), 10)
-            .unwrap(),
+    // b is unchanged and still works; c is new.
+    let client = fx.client();
+    assert_all_from(&client.tcp(addr("10.96.0.11:80"), 10).unwrap(), "be-2", 10);
+    assert_all_from(
+        &client.udp_connected(addr("10.96.0.11:53"), 3).unwrap(),
+        "be-2",
+        3,
     );
-    assert_eq!(
-        counts.into_iter().collect::<Vec<_>>(),
-        [("be-2".into(), 10)]
-    );
-    let replies = fx
-        .client()
-        .udp_connected("10.96.0.11:53".parse().unwrap(), 3)
-        .unwrap();
-    assert_eq!(
-        tally(&replies).into_iter().collect::<Vec<_>>(),
-        [("be-2".into(), 3)]
-    );
-    let counts = tally(
-        &fx.client()
-            .tcp("10.96.0.13:80".parse().unwrap(), 10)
-            .unwrap(),
-    );
-    assert_eq!(
-        counts.into_iter().collect::<Vec<_>>(),
-        [("be-0".into(), 10)]
-    );
+    assert_all_from(&client.tcp(addr("10.96.0.13:80"), 10).unwrap(), "be-0", 10);
 }
 
 /// `clusterip-agent cleanup` (after kill -9, so the agent cannot have done it): no program

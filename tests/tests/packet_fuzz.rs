@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use clusterip_tests::packet::*;
+use clusterip_tests::require_datapath;
 
 const PACKETS: usize = 100_000;
 const SEED: u64 = 0x005e_edc1;
@@ -29,11 +30,7 @@ fn original_dst(p: &[u8]) -> Option<IpAddr> {
 
 #[test]
 fn random_and_mutated_packets_never_change_non_vip_traffic() {
-    let Some(mut dp) =
-        Datapath::load("packet_fuzz::random_and_mutated_packets_never_change_non_vip_traffic")
-    else {
-        return;
-    };
+    let mut dp = require_datapath!();
     let vip4: IpAddr = "10.96.0.30".parse().unwrap();
     let vip6: IpAddr = "fd00:96::30".parse().unwrap();
     let be4: Vec<(IpAddr, u16)> = (1..=4)

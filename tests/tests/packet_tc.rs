@@ -9,23 +9,13 @@ use clusterip_common::{
     CT_DIR_FORWARD, CT_DIR_REPLY, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, ip4_to_net,
 };
 use clusterip_tests::packet::*;
+use clusterip_tests::require_datapath;
 
 fn v4(s: &str) -> IpAddr {
     IpAddr::V4(s.parse::<Ipv4Addr>().unwrap())
 }
 fn v6(s: &str) -> IpAddr {
     IpAddr::V6(s.parse::<Ipv6Addr>().unwrap())
-}
-
-macro_rules! datapath {
-    () => {{
-        fn here() {}
-        let name = std::any::type_name_of_val(&here);
-        match Datapath::load(name.strip_suffix("::here").unwrap_or(name)) {
-            Some(dp) => dp,
-            None => return,
-        }
-    }};
 }
 
 struct Fam {
@@ -88,7 +78,7 @@ fn later(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Vec<u8>
 
 /// Forward + later packet + reply for one family and protocol.
 fn forward_later_reply(f: Fam, proto: u8) {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     let svc = service(&f, 80, proto, 7, 8080);
     dp.add_service(&svc);
 
@@ -205,7 +195,7 @@ fn ipv6_udp_forward_later_reply() {
 
 #[test]
 fn ipv4_udp_without_checksum_stays_without() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     let f = fam4();
     dp.add_service(&service(&f, 53, PROTO_UDP, 3, 5353));
     let mut pkt = udp(f.client, 40000, f.vip, 53, b"no checksum");
@@ -219,7 +209,7 @@ fn ipv4_udp_without_checksum_stays_without() {
 }
 
 fn hairpin(f: Fam, proto: u8) {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     // The client is the service's only backend.
     let svc = Svc::new(f.vip, 80, proto, 9, &[(f.client, 8080)]);
     dp.add_service(&svc);
@@ -297,7 +287,7 @@ fn quote(pkt_out: &[u8], short: bool) -> Vec<u8> {
 }
 
 fn icmp_error_case(f: Fam, proto: u8, ty: u8, code: u8, rest: [u8; 4], from_backend: bool) {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     dp.add_service(&service(&f, 80, proto, 11, 8080));
     let fwd = dp.tc(&later(proto, f.client, 40002, f.vip, 80));
     assert_eq!(fwd.ret, TC_ACT_OK);
@@ -354,7 +344,7 @@ fn ipv6_tcp_packet_too_big_from_backend() {
 
 #[test]
 fn icmp_error_about_unknown_flow_passes() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     let f = fam4();
     dp.add_service(&service(&f, 80, PROTO_UDP, 12, 8080));
     let inner = udp(f.client, 40003, f.backends[0], 8080, b"x");
@@ -365,7 +355,7 @@ fn icmp_error_about_unknown_flow_passes() {
 }
 
 fn no_endpoints(f: Fam) {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     let empty = Svc::new(f.vip, 80, PROTO_TCP, 20, &[]);
     dp.add_service(&empty);
     dp.add_service(&Svc::new(f.vip, 53, PROTO_UDP, 21, &[]));
@@ -474,7 +464,7 @@ fn ipv6_no_endpoints_rst_and_port_unreachable() {
 
 #[test]
 fn drop_flag_drops_silently() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     for f in [fam4(), fam6()] {
         let mut svc = Svc::new(f.vip, 80, PROTO_TCP, 22, &[]);
         svc.flags = SVC_FLAG_DROP;
@@ -492,7 +482,7 @@ fn drop_flag_drops_silently() {
 
 #[test]
 fn conntrack_keeps_flow_until_closed_or_backend_gone() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     let f = fam4();
     let svc = service(&f, 80, PROTO_TCP, 30, 8080);
     let ids = dp.add_service(&svc);
@@ -535,7 +525,7 @@ fn conntrack_keeps_flow_until_closed_or_backend_gone() {
 
 #[test]
 fn client_ip_affinity_pins_all_flows_of_a_client() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     for (f, id) in [(fam4(), 40), (fam6(), 41)] {
         let mut svc = service(&f, 80, PROTO_TCP, id, 8080);
         svc.flags = SVC_FLAG_AFFINITY;
@@ -571,7 +561,7 @@ fn client_ip_affinity_pins_all_flows_of_a_client() {
 
 #[test]
 fn maglev_removing_a_backend_keeps_other_flows() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     let f = Fam {
         backends: (1..=5).map(|i| v4(&format!("10.244.1.{i}"))).collect(),
         ..fam4()
@@ -661,7 +651,7 @@ fn recompute_ip4_csum(p: &mut [u8]) {
 
 #[test]
 fn untouched_packets() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     let (f4, f6) = (fam4(), fam6());
     dp.add_service(&service(&f4, 80, PROTO_TCP, 60, 8080));
     dp.add_service(&service(&f6, 80, PROTO_TCP, 61, 8080));

@@ -6,17 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use clusterip_common::SVC_FLAG_DROP;
 use clusterip_tests::packet::*;
-
-macro_rules! datapath {
-    () => {{
-        fn here() {}
-        let name = std::any::type_name_of_val(&here);
-        match Datapath::load(name.strip_suffix("::here").unwrap_or(name)) {
-            Some(dp) => dp,
-            None => return,
-        }
-    }};
-}
+use clusterip_tests::require_datapath;
 
 fn addrs(v6: bool) -> (IpAddr, IpAddr, Vec<IpAddr>) {
     if v6 {
@@ -46,7 +36,7 @@ fn pkt(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, n: u32) -> V
 }
 
 fn xdp_forward(v6: bool, proto: u8) {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     let (vip, client, bes) = addrs(v6);
     let list: Vec<(IpAddr, u16)> = bes.iter().map(|b| (*b, 9090)).collect();
     dp.add_service(&Svc::new(vip, 443, proto, 5, &list));
@@ -107,7 +97,7 @@ fn ipv6_udp_forward() {
 
 #[test]
 fn hairpin_at_xdp() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     for v6 in [false, true] {
         let (vip, client, _) = addrs(v6);
         dp.add_service(&Svc::new(
@@ -125,7 +115,7 @@ fn hairpin_at_xdp() {
 
 #[test]
 fn ipv4_udp_zero_checksum_at_xdp() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     let (vip, client, bes) = addrs(false);
     dp.add_service(&Svc::new(vip, 53, PROTO_UDP, 6, &[(bes[0], 5353)]));
     let mut p0 = udp(client, 1000, vip, 53, b"q");
@@ -139,7 +129,7 @@ fn ipv4_udp_zero_checksum_at_xdp() {
 
 #[test]
 fn no_endpoints_left_to_tc_and_drop_flag_drops() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     for v6 in [false, true] {
         let (vip, client, _) = addrs(v6);
         dp.add_service(&Svc::new(vip, 80, PROTO_TCP, 1, &[]));
@@ -163,7 +153,7 @@ fn no_endpoints_left_to_tc_and_drop_flag_drops() {
 
 #[test]
 fn icmp_errors_left_to_tc() {
-    let mut dp = datapath!();
+    let mut dp = require_datapath!();
     let (vip, client, bes) = addrs(false);
     dp.add_service(&Svc::new(vip, 53, PROTO_UDP, 3, &[(bes[0], 5353)]));
     let fwd = dp.xdp(&udp(client, 1000, vip, 53, b"q"));
@@ -177,7 +167,7 @@ fn icmp_errors_left_to_tc() {
 
 #[test]
 fn verifier_accepts_both_programs() {
-    let dp = datapath!();
+    let dp = require_datapath!();
     for name in ["tc_ingress", "xdp_ingress"] {
         let info = dp.ebpf.program(name).unwrap().info().unwrap();
         let verified = info.verified_instruction_count().unwrap_or(0);

@@ -13,7 +13,9 @@ use clusterip_tests::node::{
     CLIENT_IFACE, DATA_PORT, ECHO_PORT, HTTP_PORT, NodeFixture, NodeTopology, TCP_PORT, UDP_PORT,
     client_ip, pod_iface, pod_ip,
 };
-use clusterip_tests::process::{Listen, NsClient, Reply, start_backend, tally};
+use clusterip_tests::process::{
+    Listen, NsClient, Reply, assert_all_from, assert_spread_via, start_backend, tally,
+};
 use clusterip_tests::{require_env, require_root};
 
 const VIP4: &str = "10.96.0.10";
@@ -69,6 +71,15 @@ fn assert_no_socket_programs(fx: &NodeFixture) {
         progs.is_empty(),
         "--socket-lb=false, yet programs on the cgroup: {progs:?}"
     );
+}
+
+/// TCP to `ip`:80 and connected UDP to `ip`:53 both fail with ECONNREFUSED at once.
+fn assert_refused_at_once(fx: &NodeFixture, ip: &str) {
+    for (mode, port) in [("tcp", 80), ("udp-connected", 53)] {
+        let r = fx.client().run_mode(mode, at(ip, port), 1, 3000).unwrap();
+        assert_eq!(r[0].errno, Some(libc::ECONNREFUSED), "{mode} {ip}: {r:?}");
+        assert!(r[0].elapsed_ms < IMMEDIATE_MS, "{mode} {ip}: slow: {r:?}");
+    }
 }
 
 fn assert_all_ok(replies: &[Reply]) {
@@ -133,20 +144,14 @@ fn http_through_vip_v4_and_v6() {
     for v6 in [false, true] {
         let addr = at(vip(v6), 80);
         let replies = fx.client().http(addr, 60).unwrap();
-        let counts = tally(&replies);
         for r in &replies {
             assert_eq!(r.status, Some(200), "{r:?}");
-            assert_eq!(r.peer, Some(addr.to_string()), "getpeername: {r:?}");
-            assert_eq!(
-                r.seen_client(),
-                Some(client_ip(v6).to_string().as_str()),
-                "client address seen by the backend: {r:?}"
-            );
         }
-        assert_eq!(
-            counts.keys().collect::<Vec<_>>(),
-            ["be-0", "be-1", "be-2"],
-            "{addr}: every backend answers: {counts:?}"
+        assert_spread_via(
+            &replies,
+            &addr.to_string(),
+            &client_ip(v6).to_string(),
+            &["be-0", "be-1", "be-2"],
         );
     }
 }
@@ -326,15 +331,7 @@ fn no_endpoints_refused_at_once() {
     fx.manifests.write("empty.yaml", &objects).unwrap();
     fx.start_agent(&[]).unwrap();
     for ip in ["10.96.0.20", "fd00:96::20"] {
-        let r = fx.client().run_mode("tcp", at(ip, 80), 1, 3000).unwrap();
-        assert_eq!(r[0].errno, Some(libc::ECONNREFUSED), "TCP {ip}: {r:?}");
-        assert!(r[0].elapsed_ms < IMMEDIATE_MS, "TCP {ip}: slow: {r:?}");
-        let r = fx
-            .client()
-            .run_mode("udp-connected", at(ip, 53), 1, 3000)
-            .unwrap();
-        assert_eq!(r[0].errno, Some(libc::ECONNREFUSED), "UDP {ip}: {r:?}");
-        assert!(r[0].elapsed_ms < IMMEDIATE_MS, "UDP {ip}: slow: {r:?}");
+        assert_refused_at_once(&fx, ip);
     }
 }
 
@@ -363,15 +360,7 @@ fn errors_from_backends_reach_the_client() {
     fx.manifests.write("closed.yaml", &objects).unwrap();
     fx.start_agent(&[]).unwrap();
     for ip in ["10.96.0.50", "fd00:96::50"] {
-        let r = fx.client().run_mode("tcp", at(ip, 80), 1, 3000).unwrap();
-        assert_eq!(r[0].errno, Some(libc::ECONNREFUSED), "TCP {ip}: {r:?}");
-        assert!(r[0].elapsed_ms < IMMEDIATE_MS, "TCP {ip}: slow: {r:?}");
-        let r = fx
-            .client()
-            .run_mode("udp-connected", at(ip, 53), 1, 3000)
-            .unwrap();
-        assert_eq!(r[0].errno, Some(libc::ECONNREFUSED), "UDP {ip}: {r:?}");
-        assert!(r[0].elapsed_ms < IMMEDIATE_MS, "UDP {ip}: slow: {r:?}");
+        assert_refused_at_once(&fx, ip);
     }
 }
 
@@ -438,11 +427,7 @@ fn hairpin_pod_reaches_itself_through_its_service() {
     for (ip, v6) in [("10.96.0.30", false), ("fd00:96::30", true)] {
         let addr = at(ip, 8080);
         let replies = fx.pod_client(0).tcp(addr, 5).unwrap();
-        assert_eq!(
-            tally(&replies).into_iter().collect::<Vec<_>>(),
-            [("be-0".into(), 5)],
-            "{replies:?}"
-        );
+        assert_all_from(&replies, "be-0", 5);
         for r in &replies {
             assert_eq!(r.peer, Some(addr.to_string()), "{r:?}");
             assert_ne!(r.seen_client(), Some(pod_ip(0, v6).to_string().as_str()));
@@ -452,7 +437,7 @@ fn hairpin_pod_reaches_itself_through_its_service() {
             .pod_client(0)
             .run_mode("udp-connected", at(ip, 53), 3, 1000)
             .unwrap();
-        assert_eq!(tally(&r).len(), 1, "{r:?}");
+        assert_all_from(&r, "be-0", 3);
         assert!(
             r.iter().all(|r| r.from == Some(at(ip, 53).to_string())),
             "{r:?}"
@@ -545,20 +530,14 @@ fn traffic_to_pod_ips_is_untouched() {
     for v6 in [false, true] {
         let addr = SocketAddr::new(pod_ip(1, v6), HTTP_PORT);
         let replies = fx.client().http(addr, 10).unwrap();
-        assert_eq!(
-            tally(&replies).into_iter().collect::<Vec<_>>(),
-            [("be-1".into(), 10)]
-        );
+        assert_all_from(&replies, "be-1", 10);
         for r in &replies {
             assert_eq!(r.peer, Some(addr.to_string()), "{r:?}");
             assert_eq!(r.seen_client(), Some(client_ip(v6).to_string().as_str()));
         }
         let addr = SocketAddr::new(pod_ip(2, v6), UDP_PORT);
         let replies = fx.client().udp_unconnected(addr, 5).unwrap();
-        assert_eq!(
-            tally(&replies).into_iter().collect::<Vec<_>>(),
-            [("be-2".into(), 5)]
-        );
+        assert_all_from(&replies, "be-2", 5);
         assert!(
             replies.iter().all(|r| r.from == Some(addr.to_string())),
             "{replies:?}"

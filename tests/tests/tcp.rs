@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use clusterip_tests::fixture::{Fixture, TCP_PORT, UDP_PORT};
 use clusterip_tests::manifests::{Service, tcp, udp};
 use clusterip_tests::netns::pod_ip;
-use clusterip_tests::process::tally;
+use clusterip_tests::process::{assert_all_from, assert_spread_via};
 use clusterip_tests::require_env;
 
 fn web(fx: &mut Fixture) {
@@ -32,23 +32,11 @@ fn tcp_through_vip_reaches_every_backend() {
         .client()
         .tcp("10.96.0.10:80".parse().unwrap(), 60)
         .unwrap();
-    let counts = tally(&replies);
-    for r in &replies {
-        assert_eq!(
-            r.peer.as_deref(),
-            Some("10.96.0.10:80"),
-            "getpeername: {r:?}"
-        );
-        assert_eq!(
-            r.seen_client(),
-            Some("10.200.0.1"),
-            "client address seen by the backend: {r:?}"
-        );
-    }
-    assert_eq!(
-        counts.keys().collect::<Vec<_>>(),
-        ["be-0", "be-1", "be-2"],
-        "every backend answers at least once: {counts:?}"
+    assert_spread_via(
+        &replies,
+        "10.96.0.10:80",
+        "10.200.0.1",
+        &["be-0", "be-1", "be-2"],
     );
 }
 
@@ -61,29 +49,20 @@ fn non_vip_destination_is_untouched() {
     web(&mut fx);
     let addr = SocketAddr::new(pod_ip(1, false), TCP_PORT);
     let replies = fx.client().tcp(addr, 10).unwrap();
-    assert_eq!(
-        tally(&replies).into_iter().collect::<Vec<_>>(),
-        [("be-1".into(), 10)]
-    );
+    assert_all_from(&replies, "be-1", 10);
     for r in &replies {
         assert_eq!(r.peer, Some(addr.to_string()), "{r:?}");
         assert_eq!(r.seen_client(), Some("10.200.0.1"));
     }
     let addr = SocketAddr::new(pod_ip(2, false), UDP_PORT);
     let replies = fx.client().udp_unconnected(addr, 5).unwrap();
-    assert_eq!(
-        tally(&replies).into_iter().collect::<Vec<_>>(),
-        [("be-2".into(), 5)]
-    );
+    assert_all_from(&replies, "be-2", 5);
     assert!(
         replies.iter().all(|r| r.from == Some(addr.to_string())),
         "{replies:?}"
     );
     let replies = fx.client().udp_connected(addr, 5).unwrap();
-    assert_eq!(
-        tally(&replies).into_iter().collect::<Vec<_>>(),
-        [("be-2".into(), 5)]
-    );
+    assert_all_from(&replies, "be-2", 5);
     assert!(
         replies.iter().all(|r| r.peer == Some(addr.to_string())),
         "{replies:?}"

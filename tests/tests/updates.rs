@@ -7,7 +7,7 @@ use clusterip_tests::agent::DumpEntry;
 use clusterip_tests::fixture::{Fixture, TCP_PORT};
 use clusterip_tests::manifests::{Service, tcp};
 use clusterip_tests::netns::pod_ip;
-use clusterip_tests::process::tally;
+use clusterip_tests::process::{assert_all_from, tally};
 use clusterip_tests::require_env;
 
 /// The endpoints of a running service are replaced by a single different backend: from the
@@ -59,11 +59,7 @@ fn yaml_edit_moves_traffic_within_a_second() {
         .wait_line_since(mark, &["synced"], Duration::from_secs(1))
         .unwrap();
 
-    let counts = tally(&fx.client().tcp(vip, 20).unwrap());
-    assert_eq!(
-        counts.into_iter().collect::<Vec<_>>(),
-        [("be-2".into(), 20)]
-    );
+    assert_all_from(&fx.client().tcp(vip, 20).unwrap(), "be-2", 20);
     assert_eq!(
         fx.dump().unwrap(),
         [DumpEntry::new(
@@ -173,14 +169,9 @@ fn bad_input_is_reported_and_keeps_last_good_state() {
 
 /// 5 connections to VIP:80 all answered by `be`.
 fn expect(fx: &Fixture, vip: &str, be: &str) {
-    let counts = tally(
-        &fx.client()
-            .tcp(format!("{vip}:80").parse().unwrap(), 5)
-            .unwrap(),
-    );
-    assert_eq!(
-        counts.into_iter().collect::<Vec<_>>(),
-        [(be.to_owned(), 5)],
-        "{vip}"
-    );
+    let replies = fx
+        .client()
+        .tcp(format!("{vip}:80").parse().unwrap(), 5)
+        .unwrap();
+    assert_all_from(&replies, be, 5);
 }

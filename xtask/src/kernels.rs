@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    proc::{command, output, probe, run},
+    proc::{command, output, probe, run, wait_timeout},
     tasks,
 };
 
@@ -904,19 +904,11 @@ fn boot(kernel: &Kernel, initrd: &Path, log: &Path, timeout: Duration) -> Result
         .stderr(file)
         .spawn()
         .context("cannot start qemu-system-x86_64")?;
-    let mut timed_out = false;
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if started.elapsed() > timeout {
-            timed_out = true;
-            // Our own child, by its handle.
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
-        }
-        thread::sleep(Duration::from_millis(200));
+    let timed_out = !wait_timeout(&mut child, timeout)?;
+    if timed_out {
+        // Our own child, by its handle.
+        let _ = child.kill();
+        let _ = child.wait();
     }
     let elapsed = started.elapsed();
     let text = String::from_utf8_lossy(&fs::read(log)?).into_owned();

@@ -4,9 +4,11 @@ use std::{
     env,
     ffi::{OsStr, OsString},
     fmt,
-    io::ErrorKind,
+    io::{self, ErrorKind},
     path::PathBuf,
-    process::{Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -156,6 +158,21 @@ pub fn output(cmd: &mut Command) -> Result<String> {
             status: out.status,
         })
         .with_context(|| stderr.trim().to_string())
+    }
+}
+
+/// Waits for the child to exit, up to `timeout`. `Ok(true)` if it exited, `Ok(false)` if it
+/// still runs.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
     process::{Child, Command},
     sync::atomic::{AtomicBool, Ordering},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -102,20 +102,6 @@ pub fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
     }
 }
 
-/// Waits for the child to exit, up to `timeout`. `Ok(true)` if it exited.
-pub fn wait_timeout(child: &mut Child, timeout: Duration) -> io::Result<bool> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if child.try_wait()?.is_some() {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// SIGTERM, then SIGKILL after `grace`.
 pub fn stop(child: &mut Child, grace: Duration) -> io::Result<()> {
     if child.try_wait()?.is_some() {
@@ -125,7 +111,7 @@ pub fn stop(child: &mut Child, grace: Duration) -> io::Result<()> {
         // SAFETY: plain kill(2) on our own, not yet reaped, child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
-    if !wait_timeout(child, grace)? {
+    if !crate::proc::wait_timeout(child, grace)? {
         child.kill()?;
         child.wait()?;
     }
