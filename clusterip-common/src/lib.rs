@@ -469,7 +469,7 @@ pub struct DatapathConfigValue {
     /// Idle timeout of an established TCP flow's conntrack entry.
     pub ct_tcp_timeout_s: u32,
     /// Idle timeout of a TCP flow after a FIN or RST (an unanswered SYN keeps the established
-    /// timeout: SYN tracking does not fit the TC program's stack yet).
+    /// timeout: SYN_SENT is not tracked).
     pub ct_tcp_closing_timeout_s: u32,
     pub ct_udp_timeout_s: u32,
     pub _pad: u32,

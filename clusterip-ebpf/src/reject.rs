@@ -10,6 +10,7 @@ use crate::pkt::{
     ETH_LEN, F_RECOMPUTE_CSUM, IP4_LEN, IP6_LEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Packet,
     TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcPkt, fold,
 };
+use core::mem::{MaybeUninit, size_of};
 
 const TCP_LEN: usize = 20;
 /// ICMP header + quoted IP header + 8 bytes of its payload.
@@ -22,6 +23,29 @@ const UNREACH4: usize = ETH_LEN + IP4_LEN + ICMP4_LEN;
 const UNREACH6: usize = ETH_LEN + IP6_LEN + ICMP6_LEN;
 
 /// One's complement sum of `b[from..to]` as big-endian 16-bit words (`to - from` even).
+/// An answer buffer, 8-byte aligned (so its size is a multiple of 8), zeroed word by word
+/// with volatile stores. A plain `[0u8; N]` makes LLVM call `memset`, a BPF subprogram of its
+/// own that adds a frame to the call chain, which kernels before 6.6 count (rounded up to 32
+/// bytes) against the 512-byte stack.
+#[repr(C, align(8))]
+struct Aligned<const N: usize>([u8; N]);
+
+impl<const N: usize> Aligned<N> {
+    #[inline(always)]
+    fn zero(buf: &mut MaybeUninit<Self>) -> &mut [u8; N] {
+        let words = size_of::<Self>() / 8;
+        let p = buf.as_mut_ptr().cast::<u64>();
+        let mut i = 0;
+        while i < words {
+            // SAFETY: i < size/8 words inside the 8-aligned buffer.
+            unsafe { p.add(i).write_volatile(0) };
+            i += 1;
+        }
+        // SAFETY: every byte was just written.
+        unsafe { &mut (*buf.as_mut_ptr()).0 }
+    }
+}
+
 #[inline(always)]
 fn sum(b: &[u8], from: usize, to: usize) -> u32 {
     let mut s = 0u32;
@@ -171,13 +195,14 @@ fn rst4(p: &TcPkt) -> Option<()> {
     let src: [u8; 4] = p.load(ETH_LEN + 12)?;
     let dst: [u8; 4] = p.load(ETH_LEN + 16)?;
     let ports: [u8; 4] = p.load(l4)?;
-    let mut b = [0u8; RST4];
-    eth(p, &mut b)?;
-    ip4(&mut b, PROTO_TCP, TCP_LEN, dst, src);
-    tcp(&mut b, l4, [ports[2], ports[3]], [ports[0], ports[1]], n);
-    let c = l4_csum(&b, false, PROTO_TCP, l4, TCP_LEN);
-    put16(&mut b, l4 + 16, c);
-    finish(p, &b)
+    let mut buf = MaybeUninit::<Aligned<RST4>>::uninit();
+    let b = Aligned::zero(&mut buf);
+    eth(p, b)?;
+    ip4(b, PROTO_TCP, TCP_LEN, dst, src);
+    tcp(b, l4, [ports[2], ports[3]], [ports[0], ports[1]], n);
+    let c = l4_csum(b, false, PROTO_TCP, l4, TCP_LEN);
+    put16(b, l4 + 16, c);
+    finish(p, b)
 }
 
 #[inline(always)]
@@ -188,47 +213,50 @@ fn rst6(p: &TcPkt) -> Option<()> {
     let src: [u8; 16] = p.load(ETH_LEN + 8)?;
     let dst: [u8; 16] = p.load(ETH_LEN + 24)?;
     let ports: [u8; 4] = p.load(l4)?;
-    let mut b = [0u8; RST6];
-    eth(p, &mut b)?;
-    ip6(&mut b, PROTO_TCP, TCP_LEN, dst, src);
-    tcp(&mut b, l4, [ports[2], ports[3]], [ports[0], ports[1]], n);
-    let c = l4_csum(&b, true, PROTO_TCP, l4, TCP_LEN);
-    put16(&mut b, l4 + 16, c);
-    finish(p, &b)
+    let mut buf = MaybeUninit::<Aligned<RST6>>::uninit();
+    let b = Aligned::zero(&mut buf);
+    eth(p, b)?;
+    ip6(b, PROTO_TCP, TCP_LEN, dst, src);
+    tcp(b, l4, [ports[2], ports[3]], [ports[0], ports[1]], n);
+    let c = l4_csum(b, true, PROTO_TCP, l4, TCP_LEN);
+    put16(b, l4 + 16, c);
+    finish(p, b)
 }
 
 #[inline(always)]
 fn unreach4(p: &TcPkt) -> Option<()> {
     let l4 = ETH_LEN + IP4_LEN;
     let quote: [u8; IP4_LEN + 8] = p.load(ETH_LEN)?;
-    let mut b = [0u8; UNREACH4];
-    eth(p, &mut b)?;
+    let mut buf = MaybeUninit::<Aligned<UNREACH4>>::uninit();
+    let b = Aligned::zero(&mut buf);
+    eth(p, b)?;
     let src = [quote[12], quote[13], quote[14], quote[15]];
     let dst = [quote[16], quote[17], quote[18], quote[19]];
-    ip4(&mut b, PROTO_ICMP, ICMP4_LEN, dst, src);
+    ip4(b, PROTO_ICMP, ICMP4_LEN, dst, src);
     b[l4] = 3; // destination unreachable
     b[l4 + 1] = 3; // port unreachable
     b[l4 + 8..l4 + ICMP4_LEN].copy_from_slice(&quote);
-    let c = !fold(sum(&b, l4, l4 + ICMP4_LEN));
-    put16(&mut b, l4 + 2, c);
-    finish(p, &b)
+    let c = !fold(sum(b, l4, l4 + ICMP4_LEN));
+    put16(b, l4 + 2, c);
+    finish(p, b)
 }
 
 #[inline(always)]
 fn unreach6(p: &TcPkt) -> Option<()> {
     let l4 = ETH_LEN + IP6_LEN;
     let quote: [u8; IP6_LEN + 8] = p.load(ETH_LEN)?;
-    let mut b = [0u8; UNREACH6];
-    eth(p, &mut b)?;
+    let mut buf = MaybeUninit::<Aligned<UNREACH6>>::uninit();
+    let b = Aligned::zero(&mut buf);
+    eth(p, b)?;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src.copy_from_slice(&quote[8..24]);
     dst.copy_from_slice(&quote[24..40]);
-    ip6(&mut b, PROTO_ICMPV6, ICMP6_LEN, dst, src);
+    ip6(b, PROTO_ICMPV6, ICMP6_LEN, dst, src);
     b[l4] = 1; // destination unreachable
     b[l4 + 1] = 4; // port unreachable
     b[l4 + 8..l4 + ICMP6_LEN].copy_from_slice(&quote);
-    let c = l4_csum(&b, true, PROTO_ICMPV6, l4, ICMP6_LEN);
-    put16(&mut b, l4 + 2, c);
-    finish(p, &b)
+    let c = l4_csum(b, true, PROTO_ICMPV6, l4, ICMP6_LEN);
+    put16(b, l4 + 2, c);
+    finish(p, b)
 }

@@ -27,26 +27,30 @@ pub struct Chosen {
     pub port: u16,
 }
 
+// Keys are built from a zeroed value and then filled in: a literal `_pad: [0; 3]` makes LLVM
+// emit a call to `memset`, a BPF subprogram of its own, and that third frame on the call
+// chain is what kernels before 6.6 (every frame rounded up to 32 bytes) refuse.
+
 #[inline(always)]
 fn svc_key4(addr: u32, port: u16, proto: u8, slot: u16) -> Service4Key {
-    Service4Key {
-        addr,
-        port,
-        slot,
-        proto,
-        _pad: [0; 3],
-    }
+    // SAFETY: plain integers and padding; all zeros is a valid key.
+    let mut k: Service4Key = unsafe { core::mem::zeroed() };
+    k.addr = addr;
+    k.port = port;
+    k.slot = slot;
+    k.proto = proto;
+    k
 }
 
 #[inline(always)]
 fn svc_key6(addr: Addr, port: u16, proto: u8, slot: u16) -> Service6Key {
-    Service6Key {
-        addr,
-        port,
-        slot,
-        proto,
-        _pad: [0; 3],
-    }
+    // SAFETY: as above.
+    let mut k: Service6Key = unsafe { core::mem::zeroed() };
+    k.addr = addr;
+    k.port = port;
+    k.slot = slot;
+    k.proto = proto;
+    k
 }
 
 /// The frontend (slot 0) of `addr:port/proto`, if it is a service.
@@ -123,16 +127,16 @@ pub fn flow_hash<const V6: bool>(t: &Tuple) -> u32 {
 
 #[inline(always)]
 fn affinity_key<const V6: bool>(client: &Addr, svc_id: u32) -> AffinityKey {
-    AffinityKey {
-        client: if V6 { *client } else { [client[0], 0, 0, 0] },
-        svc_id,
-        kind: if V6 {
-            AFFINITY_CLIENT_IPV6
-        } else {
-            AFFINITY_CLIENT_IPV4
-        },
-        _pad: [0; 3],
-    }
+    // SAFETY: plain integers and padding; all zeros is a valid key (see `svc_key4`).
+    let mut k: AffinityKey = unsafe { core::mem::zeroed() };
+    k.client = if V6 { *client } else { [client[0], 0, 0, 0] };
+    k.svc_id = svc_id;
+    k.kind = if V6 {
+        AFFINITY_CLIENT_IPV6
+    } else {
+        AFFINITY_CLIENT_IPV4
+    };
+    k
 }
 
 /// Records that `client` uses backend `id` of the service now.
