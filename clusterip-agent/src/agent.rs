@@ -53,6 +53,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Explain(args) => crate::explain::main(args),
+        Command::Probe(args) => crate::probe::main(args),
         Command::Cleanup(args) => {
             datapath::cleanup(&args.bpffs)
                 .with_context(|| format!("cleaning up {}", args.bpffs.display()))?;
@@ -73,7 +75,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(datapath::default_cgroup_root().context("finding the cgroup v2 root")?)
         }
     };
-    let node_name = match args.node_name {
+    let Some(manifests) = args.source.manifests.clone() else {
+        anyhow::bail!("the Kubernetes API source is not wired yet: pass --manifests");
+    };
+    let node_name = match args.source.node_name.clone() {
         Some(n) => n,
         None => hostname().context("reading the hostname (set --node-name or NODE_NAME)")?,
     };
@@ -103,12 +108,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup = %cgroup.as_deref().map(|c| c.display().to_string()).unwrap_or_else(|| "-".into()),
         bpffs = %args.bpffs.display(),
         node = %node_name,
-        manifests = %args.manifests.display(),
+        manifests = %manifests.display(),
         adopted_frontends = syncer.installed().frontends.len(),
         "datapath attached"
     );
 
-    let mut source = ManifestSource::new(args.manifests.clone(), node_name);
+    let mut source = ManifestSource::new(manifests, node_name);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut iface_tick = tokio::time::interval(IFACE_SCAN_INTERVAL);

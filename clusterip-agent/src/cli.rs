@@ -1,4 +1,4 @@
-//! Command line: `run`, `dump`, `cleanup`.
+//! Command line: `run`, `dump`, `explain`, `probe`, `cleanup`.
 
 use std::path::PathBuf;
 
@@ -24,26 +24,44 @@ pub enum Command {
     Run(RunArgs),
     /// Print what the datapath holds, read back from the pinned maps.
     Dump(DumpArgs),
+    /// Why a service is (not) load balanced the way it is: its endpoints, which are used and
+    /// why not, and what the maps hold for it now.
+    Explain(ExplainArgs),
+    /// What the running kernel offers the datapath, and what the agent does without what is
+    /// missing. Exits non-zero only when the datapath cannot run at all.
+    Probe(ProbeArgs),
     /// Detach the programs and remove every pin.
     Cleanup(CleanupArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
+/// Where Services and EndpointSlices come from: files, or the Kubernetes API.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
     /// A YAML file, or a directory of them, with v1 Services and discovery.k8s.io/v1
     /// EndpointSlices (multi-document, or `kind: List` as kubectl prints). Followed: a change is
-    /// in the maps within a second.
+    /// in the maps within a second. Without it the Kubernetes API is used.
+    #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig for the Kubernetes API [default: the in-cluster configuration, else
+    /// $KUBECONFIG / ~/.kube/config]
     #[arg(long, value_name = "PATH")]
-    pub manifests: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name: internalTrafficPolicy Local, its zone for topology
+    /// [default: $NODE_NAME, else the hostname]
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// The cgroup v2 whose processes get ClusterIP load balancing [default: the cgroup v2 root]
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     /// Directory in bpffs where maps and links are pinned.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
-    /// This node's name, for internalTrafficPolicy: Local [default: $NODE_NAME, else the hostname]
-    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
-    pub node_name: Option<String>,
     /// Attach the per-packet program `tc_ingress` to the ingress of this interface. Repeatable;
     /// a pattern such as 'veth*' (`*`, `?`) also covers matching interfaces that appear later
     /// (re-scanned every second). Only interfaces of the agent's network namespace.
@@ -77,6 +95,33 @@ pub struct RunArgs {
     /// Idle timeout of a UDP flow.
     #[arg(long, value_name = "SECS", default_value_t = DatapathConfigValue::DEFAULT.ct_udp_timeout_s)]
     pub ct_udp_timeout: u32,
+    /// Serve /metrics (Prometheus), /healthz and /readyz here. `--metrics-addr ''` serves
+    /// nothing.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: String,
+}
+
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9964";
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The frontend: VIP:PORT, [VIP6]:PORT, optionally /TCP or /UDP (default TCP).
+    #[arg(value_name = "VIP:PORT[/PROTOCOL]")]
+    pub frontend: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

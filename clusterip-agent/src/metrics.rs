@@ -1,0 +1,1 @@
+//! Prometheus metrics, /healthz and /readyz (being written).
