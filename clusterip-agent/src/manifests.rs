@@ -8,9 +8,16 @@
 //! file's content actually changed.
 //!
 //! Each file holds YAML documents (`---` separated; JSON is YAML too). A document is a `v1`
-//! `Service`, a `discovery.k8s.io/v1` `EndpointSlice`, or a `List` whose `items` are such
-//! objects (what `kubectl get svc,endpointslices -A -o yaml` prints). Other kinds are skipped
-//! (debug log), empty documents too. A missing namespace is "default".
+//! `Service`, a `discovery.k8s.io/v1` `EndpointSlice`, a `v1` `Node`, or a `List` whose
+//! `items` are such objects (what `kubectl get svc,endpointslices -A -o yaml` prints). Other
+//! kinds are skipped (debug log), empty documents too. A missing namespace is "default" (Nodes
+//! are cluster-scoped). Nodes only matter for this node's zone: the
+//! `topology.kubernetes.io/zone` label of the Node named like the agent's node (topology
+//! hints, see [`crate::model`]).
+//!
+//! Two ways to consume it: [`ManifestSource::poll`] (the table) or
+//! [`ManifestSource::poll_objects`] (the last good objects themselves, for the object store);
+//! [`read_objects`] reads PATH once (for `explain`).
 //!
 //! Bad input never disturbs the rest:
 //! * a file that cannot be read or parsed (YAML syntax error): error log naming the file and
@@ -38,12 +45,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 use tracing::{debug, error, warn};
 
-use crate::model::{self, DEFAULT_NAMESPACE, ObjectKind, ObjectRef, Severity};
+use crate::model::{
+    self, DEFAULT_NAMESPACE, LABEL_TOPOLOGY_ZONE, NodeInfo, ObjectKind, ObjectRef, Severity,
+};
 use crate::table::DesiredTable;
 
 /// A file whose mtime is younger than this is re-read on every poll even if its metadata looks
@@ -58,7 +67,91 @@ pub struct ManifestProblem {
     pub message: String,
 }
 
-/// Polls a manifest file or directory and turns it into a [`DesiredTable`].
+/// Objects read from the manifests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Objects {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+    /// The `topology.kubernetes.io/zone` label of the Node named like this node, if any.
+    pub node_zone: Option<String>,
+}
+
+/// Why the manifests could not be read at all ([`read_objects`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifests: {0}")]
+    Path(String),
+    #[error("manifests: {}", .0.join("; "))]
+    Files(Vec<String>),
+}
+
+/// Reads PATH (file or directory, as [`ManifestSource`]) once: every object that
+/// deserializes, as written (not checked by the model: a rejected Service is there too, so
+/// `explain` can tell why), the first of each kind/namespace/name; and the zone of the Node
+/// named `node_name`. Err if PATH cannot be listed or a file cannot be read or parsed.
+pub fn read_objects(path: &Path, node_name: &str) -> Result<Objects, ManifestError> {
+    let mut src = ManifestSource::new(path.to_owned(), node_name.to_owned());
+    src.scan();
+    if let Some(e) = &src.path_error {
+        return Err(ManifestError::Path(e.clone()));
+    }
+    let errors: Vec<String> = src
+        .files
+        .iter()
+        .filter_map(|(p, s)| s.error.as_ref().map(|e| format!("{}: {e}", p.display())))
+        .collect();
+    if !errors.is_empty() {
+        return Err(ManifestError::Files(errors));
+    }
+    let mut seen: HashSet<&ObjectRef> = HashSet::new();
+    let mut objects: Vec<&Object> = Vec::new();
+    for (path, state) in &src.files {
+        for doc in &state.docs {
+            match (&doc.key, &doc.parsed) {
+                (Some(key), Ok(object)) => {
+                    if seen.insert(key) {
+                        objects.push(object);
+                    } else {
+                        warn!(
+                            "{} ({}): {key} is defined twice; ignored",
+                            path.display(),
+                            doc.location
+                        );
+                    }
+                }
+                (_, Err(e)) => warn!("{} ({}): {e}; ignored", path.display(), doc.location),
+                (None, Ok(_)) => {}
+            }
+        }
+    }
+    Ok(objects_of(objects, node_name))
+}
+
+/// Splits objects by kind; the zone is the one of the Node called `node_name`.
+fn objects_of<'a>(objects: impl IntoIterator<Item = &'a Object>, node_name: &str) -> Objects {
+    let mut out = Objects::default();
+    for object in objects {
+        match object {
+            Object::Service(s) => out.services.push((**s).clone()),
+            Object::EndpointSlice(s) => out.slices.push((**s).clone()),
+            Object::Node(n) => {
+                if !node_name.is_empty() && n.metadata.name.as_deref() == Some(node_name) {
+                    out.node_zone = n
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
+                        .filter(|z| !z.is_empty())
+                        .cloned();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Polls a manifest file or directory and turns it into a [`DesiredTable`] (or hands out the
+/// objects).
 #[derive(Debug)]
 pub struct ManifestSource {
     path: PathBuf,
@@ -71,7 +164,12 @@ pub struct ManifestSource {
     accepted: HashMap<ObjectRef, Object>,
     /// The problems of the last build.
     problems: Vec<ManifestProblem>,
+    /// The result of the last build: table and the objects it was built from.
+    built: Option<(DesiredTable, Objects)>,
+    /// What [`Self::poll`] returned last.
     last_table: Option<DesiredTable>,
+    /// What [`Self::poll_objects`] returned last.
+    last_objects: Option<Objects>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +207,7 @@ struct FileState {
 enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    Node(Box<Node>),
 }
 
 /// One object (or an unusable document) in a file.
@@ -130,7 +229,9 @@ impl ManifestSource {
             path_error: None,
             accepted: HashMap::new(),
             problems: Vec::new(),
+            built: None,
             last_table: None,
+            last_objects: None,
         }
     }
 
@@ -142,16 +243,38 @@ impl ManifestSource {
     /// Re-reads PATH. Returns the table if it differs from the last one returned (the first
     /// call always returns one, possibly empty); None when nothing changed.
     pub fn poll(&mut self) -> Option<DesiredTable> {
-        let changed = self.scan();
-        if !changed && self.last_table.is_some() {
+        self.refresh();
+        let (table, _) = self.built.as_ref()?;
+        if self.last_table.as_ref() == Some(table) {
             return None;
         }
-        let table = self.rebuild();
-        if self.last_table.as_ref() == Some(&table) {
-            return None;
-        }
+        let table = table.clone();
         self.last_table = Some(table.clone());
         Some(table)
+    }
+
+    /// Re-reads PATH. Returns the objects the last good table is built from (see the module
+    /// doc: each bad object replaced by its last good version, or absent) if they differ from
+    /// the last ones returned (the first call always returns them); None when nothing changed.
+    /// Services come established ones first (they win duplicate frontends).
+    pub fn poll_objects(&mut self) -> Option<Objects> {
+        self.refresh();
+        let (_, objects) = self.built.as_ref()?;
+        if self.last_objects.as_ref() == Some(objects) {
+            return None;
+        }
+        let objects = objects.clone();
+        self.last_objects = Some(objects.clone());
+        Some(objects)
+    }
+
+    /// Rescans, rebuilding if anything changed (or nothing was built yet).
+    fn refresh(&mut self) {
+        let changed = self.scan();
+        if changed || self.built.is_none() {
+            let built = self.rebuild();
+            self.built = Some(built);
+        }
     }
 
     /// The files PATH designates, in order.
@@ -252,7 +375,7 @@ impl ManifestSource {
     }
 
     /// Builds the table from the current files, logging the problems.
-    fn rebuild(&mut self) -> DesiredTable {
+    fn rebuild(&mut self) -> (DesiredTable, Objects) {
         let mut log = ProblemLog::default();
         if let Some(e) = &self.path_error {
             log.push(
@@ -337,16 +460,10 @@ impl ManifestSource {
         };
         candidates.sort_by_key(|c| rank(c));
 
-        let table = loop {
-            let mut services = Vec::new();
-            let mut slices = Vec::new();
-            for c in &candidates {
-                match &c.object {
-                    Object::Service(s) => services.push((**s).clone()),
-                    Object::EndpointSlice(s) => slices.push((**s).clone()),
-                }
-            }
-            let out = model::build_table(&services, &slices, &self.node_name);
+        let (table, objects) = loop {
+            let objects = objects_of(candidates.iter().map(|c| &c.object), &self.node_name);
+            let node = NodeInfo::new(self.node_name.clone(), objects.node_zone.clone());
+            let out = model::build_table(&objects.services, &objects.slices, &node);
             let file_of = |key: &ObjectRef| {
                 candidates
                     .iter()
@@ -372,7 +489,7 @@ impl ManifestSource {
                 }
             }
             if bad.is_empty() {
-                break out.table;
+                break (out.table, objects);
             }
             let before = candidates.len();
             let mut substituted = false;
@@ -392,7 +509,7 @@ impl ManifestSource {
             });
             if !substituted && candidates.len() == before {
                 // Cannot happen (every problem names a candidate); never loop forever.
-                break out.table;
+                break (out.table, objects);
             }
         };
 
@@ -403,7 +520,7 @@ impl ManifestSource {
             self.accepted.len(),
             table.services.len()
         );
-        table
+        (table, objects)
     }
 }
 
@@ -500,6 +617,7 @@ fn collect(value: serde_yaml::Value, location: &str, docs: &mut Vec<Doc>) {
             return;
         }
         ("v1", "Service") => ObjectKind::Service,
+        ("v1", "Node") => ObjectKind::Node,
         ("discovery.k8s.io/v1", "EndpointSlice") => ObjectKind::EndpointSlice,
         _ => {
             debug!("manifests: {location}: skipping {api_version:?} {kind:?}");
@@ -517,10 +635,13 @@ fn collect(value: serde_yaml::Value, location: &str, docs: &mut Vec<Doc>) {
         });
         return;
     }
-    let namespace = metadata
-        .and_then(|m| str_field(m, "namespace"))
-        .filter(|ns| !ns.is_empty())
-        .unwrap_or(DEFAULT_NAMESPACE);
+    let namespace = match object_kind {
+        ObjectKind::Node => "",
+        _ => metadata
+            .and_then(|m| str_field(m, "namespace"))
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE),
+    };
     let key = ObjectRef::new(object_kind, namespace, name);
     let parsed = match object_kind {
         ObjectKind::Service => serde_yaml::from_value::<Service>(value).map(|mut s| {
@@ -531,6 +652,9 @@ fn collect(value: serde_yaml::Value, location: &str, docs: &mut Vec<Doc>) {
             s.metadata.namespace = Some(key.namespace.clone());
             Object::EndpointSlice(Box::new(s))
         }),
+        ObjectKind::Node => {
+            serde_yaml::from_value::<Node>(value).map(|n| Object::Node(Box::new(n)))
+        }
     }
     .map_err(|e| e.to_string());
     docs.push(Doc {
@@ -1094,5 +1218,156 @@ metadata: {resourceVersion: ""}
             ]))
         );
         assert_eq!(src.problems(), &[]);
+    }
+
+    fn node(name: &str, zone: Option<&str>) -> String {
+        let labels = match zone {
+            Some(z) => format!(", labels: {{topology.kubernetes.io/zone: {z}}}"),
+            None => String::new(),
+        };
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}{labels}}}\n")
+    }
+
+    /// Service t/h with two endpoints hinted for zones a and b.
+    fn hinted() -> String {
+        format!(
+            "{}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: h-1, namespace: t, labels: {{kubernetes.io/service-name: h}}}}\n\
+             addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n\
+             - {{addresses: [10.0.0.1], hints: {{forZones: [{{name: a}}]}}}}\n\
+             - {{addresses: [10.0.0.2], hints: {{forZones: [{{name: b}}]}}}}\n",
+            svc("h", "10.96.30.1")
+        )
+    }
+
+    fn backends(table: &DesiredTable) -> Vec<String> {
+        table.services[&fe("10.96.30.1", 80, Protocol::Tcp)]
+            .backends
+            .iter()
+            .map(|b| b.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn node_objects_give_this_nodes_zone() {
+        let dir = TempDir::new();
+        dir.write("svc.yaml", &hinted());
+        dir.write(
+            "nodes.yaml",
+            &format!(
+                "{}---\n{}",
+                node("node-a", Some("b")),
+                node("node-x", Some("a"))
+            ),
+        );
+        let mut src = source(&dir.0);
+        let table = src.poll().unwrap();
+        assert_eq!(src.problems(), &[]);
+        assert_eq!(backends(&table), vec!["10.0.0.2:8080"]);
+        let objects = src.poll_objects().unwrap();
+        assert_eq!(objects.node_zone.as_deref(), Some("b"));
+        assert_eq!(objects.services.len(), 1);
+        assert_eq!(objects.slices.len(), 1);
+        assert_eq!(src.poll_objects(), None);
+
+        // The node moves to zone a.
+        dir.write(
+            "nodes.yaml",
+            &format!(
+                "{}---\n{}",
+                node("node-a", Some("a")),
+                node("node-x", Some("a"))
+            ),
+        );
+        assert_eq!(backends(&src.poll().unwrap()), vec!["10.0.0.1:8080"]);
+        assert_eq!(src.poll_objects().unwrap().node_zone.as_deref(), Some("a"));
+        // This node's Node object gone: zone unknown, hints unused.
+        dir.remove("nodes.yaml");
+        assert_eq!(
+            backends(&src.poll().unwrap()),
+            vec!["10.0.0.1:8080", "10.0.0.2:8080"]
+        );
+        assert_eq!(src.poll_objects().unwrap().node_zone, None);
+        assert_eq!(src.poll(), None);
+        assert_eq!(src.poll_objects(), None);
+    }
+
+    #[test]
+    fn poll_objects_keeps_last_good_objects() {
+        let dir = TempDir::new();
+        dir.write(
+            "a.yaml",
+            &format!(
+                "{}---\n{}",
+                svc("a", "10.96.31.1"),
+                slice("a-1", "a", &["10.0.0.1"])
+            ),
+        );
+        let mut src = source(&dir.0);
+        let first = src.poll_objects().unwrap();
+        assert_eq!(first.services.len(), 1);
+        assert_eq!(first.slices.len(), 1);
+        // A syntax error: the file keeps its last good objects.
+        dir.write("a.yaml", "kind: [unclosed\n");
+        assert_eq!(src.poll_objects(), None);
+        // A service the model rejects keeps its last good version; a new valid one is added.
+        dir.write(
+            "a.yaml",
+            &format!(
+                "{}---\n{}---\n{}",
+                svc("a", "10.96.31.999"),
+                slice("a-1", "a", &["10.0.0.1"]),
+                svc("b", "10.96.31.2")
+            ),
+        );
+        let objects = src.poll_objects().unwrap();
+        let ips: Vec<Option<String>> = objects
+            .services
+            .iter()
+            .map(|s| s.spec.as_ref().and_then(|s| s.cluster_ip.clone()))
+            .collect();
+        assert_eq!(
+            ips,
+            vec![Some("10.96.31.1".to_owned()), Some("10.96.31.2".to_owned())]
+        );
+        // poll() still works alongside, on the same state.
+        assert_eq!(src.poll().unwrap().services.len(), 2);
+    }
+
+    #[test]
+    fn read_objects_once() {
+        let dir = TempDir::new();
+        dir.write(
+            "a.yaml",
+            &format!(
+                "{}---\n{}---\n{}---\n{}",
+                svc("a", "10.96.32.999"),
+                slice("a-1", "a", &["10.0.0.1"]),
+                node("node-a", Some("z1")),
+                node("node-b", Some("z2"))
+            ),
+        );
+        dir.write("b.yaml", &svc("a", "10.96.32.2"));
+        // As written, rejected service included (explain tells why); first definition wins.
+        let objects = read_objects(&dir.0, "node-b").unwrap();
+        assert_eq!(objects.services.len(), 1);
+        assert_eq!(
+            objects.services[0]
+                .spec
+                .as_ref()
+                .and_then(|s| s.cluster_ip.as_deref()),
+            Some("10.96.32.999")
+        );
+        assert_eq!(objects.slices.len(), 1);
+        assert_eq!(objects.node_zone.as_deref(), Some("z2"));
+        assert_eq!(read_objects(&dir.0, "node-c").unwrap().node_zone, None);
+
+        dir.write("c.yaml", "kind: [unclosed\n");
+        let err = read_objects(&dir.0, "node-a").unwrap_err().to_string();
+        assert!(err.contains("c.yaml"), "{err}");
+        let err = read_objects(&dir.0.join("missing"), "node-a")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing"), "{err}");
     }
 }

@@ -4,7 +4,7 @@
 //! datapath really holds) go through [`PinnedMaps::read_installed`]: the maps are the truth,
 //! never the agent's memory.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -59,8 +59,8 @@ pub struct InstalledFrontend {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Installed {
     pub frontends: BTreeMap<Frontend, InstalledFrontend>,
-    /// VIPs with a wildcard entry.
-    pub wildcards: BTreeSet<IpAddr>,
+    /// VIPs with a wildcard entry, and its flags.
+    pub wildcards: BTreeMap<IpAddr, u16>,
     pub backends: BTreeMap<u32, BackendAddr>,
     /// Slot entries (slot >= 1) that belong to no frontend or lie beyond its count.
     pub stray_slots: Vec<(Frontend, u16)>,
@@ -328,7 +328,7 @@ impl PinnedMaps {
         let mut slots: BTreeMap<(Frontend, u16), u32> = BTreeMap::new();
         let mut visit = |vip: IpAddr, port: u16, proto: u8, slot: u16, v: ServiceValue| {
             if slot == 0 && v.flags & SVC_FLAG_WILDCARD != 0 {
-                out.wildcards.insert(vip);
+                out.wildcards.insert(vip, v.flags);
                 return;
             }
             let Some(protocol) = Protocol::from_number(proto) else {

@@ -1,17 +1,22 @@
 //! The model: Kubernetes Services and EndpointSlices in, the [`DesiredTable`] out.
 //!
-//! Pure: no I/O, no clock, no logging. The caller (the manifest source today, a kube-rs watcher
-//! later) logs the [`Problem`]s. The semantics are kube-proxy's (kubernetes `pkg/proxy`:
+//! Pure: no I/O, no clock, no logging. The caller (the manifest source, the object store) logs
+//! the [`Problem`]s. The semantics are kube-proxy's (kubernetes `pkg/proxy`:
 //! `servicechangetracker.go`/`serviceport.go`, `endpointslicecache.go`, `topology.go` and the
-//! iptables proxier's REJECT/DROP choice):
+//! iptables proxier's REJECT/DROP choice), as of Kubernetes 1.37:
 //!
-//! * **Frontends**: one per (cluster IP, ServicePort). The cluster IPs are `spec.clusterIPs`
-//!   (both families; falls back to `spec.clusterIP`). Types ClusterIP, NodePort and LoadBalancer
-//!   all get their cluster IP frontends (node ports and load balancer IPs are not handled here).
-//!   Protocols TCP and UDP (absent = TCP); SCTP ports are skipped with a warning.
+//! * **Frontends**: one per (cluster IP, ServicePort) and one per (external IP, ServicePort).
+//!   The cluster IPs are `spec.clusterIPs` (both families; falls back to `spec.clusterIP`); the
+//!   external IPs are `spec.externalIPs` (any number, either family; an invalid one is a
+//!   warning and is skipped, the rest of the service is unaffected). Types ClusterIP, NodePort
+//!   and LoadBalancer all get these frontends (node ports and load balancer IPs are not
+//!   handled here). Protocols TCP and UDP (absent = TCP); SCTP ports are skipped with a
+//!   warning.
 //! * **Ignored silently**: type ExternalName, headless services (`clusterIP: None`), services
 //!   without a cluster IP, and services labelled `service.kubernetes.io/service-proxy-name`
-//!   (they belong to another proxy).
+//!   (they belong to another proxy) or `service.kubernetes.io/headless` (kube-proxy's label
+//!   selector excludes both). EndpointSlices carrying one of these two labels are ignored too
+//!   (kube-proxy applies the same selector to them).
 //! * **Endpoints**: the EndpointSlices labelled `kubernetes.io/service-name: <service>` in the
 //!   service's namespace, IPv4 slices for IPv4 VIPs and IPv6 slices for IPv6 VIPs (FQDN slices
 //!   are ignored). Several slices are merged; only `addresses[0]` of an endpoint is used; an
@@ -19,35 +24,63 @@
 //!   copy on this node (as kube-proxy does). See [`build_table`] for how the backend port is
 //!   found.
 //! * **Conditions** (nil ready = true, nil serving = true, nil terminating = false, as the API
-//!   documents and kube-proxy implements): ready endpoints are used; if there is none, the
-//!   endpoints that are serving *and* terminating; never the others.
-//! * **internalTrafficPolicy: Local**: the same rule applied to the endpoints on `node_name`
-//!   (ready local ones, else serving-and-terminating local ones). No local endpoint while the
-//!   service has usable endpoints elsewhere → no backends and [`NoEndpoints::Drop`]; no usable
-//!   endpoint anywhere → [`NoEndpoints::Reject`] (the iptables proxier's "has no endpoints"
-//!   REJECT wins over its "has no local endpoints" DROP).
+//!   documents and kube-proxy implements). The *Cluster* endpoints are the ready ones (subject
+//!   to topology, below); if there is none, every endpoint that is serving *and* terminating
+//!   (topology ignored). The *Local* endpoints are computed separately over this node's
+//!   endpoints only: the ready local ones, else the serving-and-terminating local ones.
+//! * **Topology** (`CategorizeEndpoints`/`topologyModeFromHints`): kube-proxy looks only at the
+//!   EndpointSlice hints, never at the Service's `trafficDistribution` or
+//!   `service.kubernetes.io/topology-mode` (legacy `topology-aware-hints`): those tell the
+//!   EndpointSlice controller to write the hints (PreferClose / PreferSameZone / the annotation
+//!   `Auto`: `hints.forZones`; PreferSameNode: `hints.forNodes` *and* `hints.forZones`). Over the
+//!   ready endpoints of a frontend: if every one has a node hint and at least one is hinted for
+//!   this node, only the ready endpoints hinted for this node are used (PreferSameNode); else,
+//!   if every one has a zone hint and at least one is hinted for this node's zone (which must be
+//!   known), only those hinted for this zone (PreferSameZone); else all ready endpoints.
+//!   Topology applies to the Cluster endpoints only.
+//! * **Traffic policy**: a cluster IP frontend of an `internalTrafficPolicy: Local` service uses
+//!   the Local endpoints. No local endpoint while the service has usable endpoints elsewhere →
+//!   no backends and [`NoEndpoints::Drop`]; no usable endpoint anywhere →
+//!   [`NoEndpoints::Reject`] (the iptables proxier's "has no endpoints" REJECT wins over its
+//!   "has no local endpoints" DROP). External IP frontends always use the Cluster endpoints:
+//!   the agent only sees traffic that originates on this node, and kube-proxy sends locally
+//!   originated traffic to an external IP to the Cluster endpoints whatever the traffic
+//!   policies ("subject to neither form of traffic policy").
 //! * **Session affinity** ClientIP: `sessionAffinityConfig.clientIP.timeoutSeconds`, default
 //!   10800 s (valid: 1..=86400).
 //! * **Validation**: an invalid object yields a [`Problem`] and contributes nothing; everything
 //!   else is unaffected. Two services claiming the same frontend: the one that comes first in
 //!   the input keeps it, the later one is rejected as a whole.
-//! * Not implemented (no effect): topology hints / trafficDistribution (the agent does not know
-//!   its zone), externalIPs, node ports, load balancer IPs, externalTrafficPolicy.
+//! * Everything is a pure function of the current objects: a changed Service (affinity, type,
+//!   labels, ports, IP families) is simply rebuilt ([`build_service`]).
+//! * Not implemented (no effect): node ports, load balancer IPs, externalTrafficPolicy (no
+//!   effect on locally originated traffic, see above), SCTP.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
 
 use crate::table::{DesiredTable, Frontend, NoEndpoints, Protocol, ServiceEntry, ServiceRef};
 
 /// Label joining an EndpointSlice to its Service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
-/// Services with this label (any value) are handled by another proxy and ignored.
+/// Services (and slices) with this label (any value) are handled by another proxy and ignored.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Services (and slices) with this label (any value) are headless and ignored, as kube-proxy's
+/// label selector does.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// The Node label naming its zone.
+pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+/// Service annotation asking the EndpointSlice controller for zone hints (informational here).
+pub const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
+/// Deprecated name of [`ANNOTATION_TOPOLOGY_MODE`] (informational here).
+pub const ANNOTATION_TOPOLOGY_AWARE_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
 /// ClientIP affinity timeout when the service does not set one (kube-proxy's default).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10800;
 /// Largest valid ClientIP affinity timeout (API validation).
@@ -55,11 +88,31 @@ pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86400;
 /// Namespace of an object without one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// The kinds of object the model reads.
+/// This node, as the model needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct NodeInfo {
+    /// Selects the endpoints of `internalTrafficPolicy: Local` services and `forNodes` hints.
+    pub name: String,
+    /// The node's `topology.kubernetes.io/zone` label; selects `forZones` hints.
+    pub zone: Option<String>,
+}
+
+impl NodeInfo {
+    pub fn new(name: impl Into<String>, zone: Option<String>) -> Self {
+        NodeInfo {
+            name: name.into(),
+            zone: zone.filter(|z| !z.is_empty()),
+        }
+    }
+}
+
+/// The kinds of object the model (and its sources) read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ObjectKind {
     Service,
     EndpointSlice,
+    /// Only for this node's zone label (manifest source); cluster-scoped (namespace "").
+    Node,
 }
 
 impl fmt::Display for ObjectKind {
@@ -67,11 +120,13 @@ impl fmt::Display for ObjectKind {
         f.write_str(match self {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Node => "Node",
         })
     }
 }
 
-/// Names one object: kind, namespace, name. Displays as `Service demo/web`.
+/// Names one object: kind, namespace, name. Displays as `Service demo/web` (a cluster-scoped
+/// object, with an empty namespace, as `Node n1`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
     pub kind: ObjectKind,
@@ -103,7 +158,11 @@ impl ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
     }
 }
 
@@ -125,6 +184,8 @@ pub enum ProblemKind {
     InvalidClusterIp(String),
     #[error("clusterIPs {0:?}: at most one IPv4 and one IPv6 address are allowed")]
     TooManyClusterIps(Vec<String>),
+    #[error("invalid external IP {0:?}: skipped")]
+    InvalidExternalIp(String),
     #[error("unknown service type {0:?}")]
     UnknownServiceType(String),
     #[error("port {port_name:?}: port {port} is outside 1..=65535")]
@@ -165,9 +226,9 @@ pub enum ProblemKind {
 impl ProblemKind {
     pub fn severity(&self) -> Severity {
         match self {
-            ProblemKind::UnsupportedSctp { .. } | ProblemKind::UnknownService { .. } => {
-                Severity::Warning
-            }
+            ProblemKind::UnsupportedSctp { .. }
+            | ProblemKind::UnknownService { .. }
+            | ProblemKind::InvalidExternalIp(_) => Severity::Warning,
             _ => Severity::Error,
         }
     }
@@ -194,11 +255,114 @@ pub struct ModelOutput {
     pub problems: Vec<Problem>,
 }
 
+/// What one Service contributes, on its own (see [`build_service`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceBuild {
+    /// Its frontends, in cluster IP order then external IP order, each in port order. Empty
+    /// when the service is ignored or rejected.
+    pub entries: Vec<(Frontend, ServiceEntry)>,
+    /// What is wrong with it (warnings and errors). With an [`Severity::Error`] the service is
+    /// rejected and `entries` is empty.
+    pub problems: Vec<ProblemKind>,
+    /// Not for this proxy: ExternalName, headless (`clusterIP: None` or the
+    /// `service.kubernetes.io/headless` label), no cluster IP, or another proxy's
+    /// (`service.kubernetes.io/service-proxy-name`).
+    pub ignored: bool,
+}
+
+impl ServiceBuild {
+    /// True if the service contributes its frontends (not ignored, no error).
+    pub fn accepted(&self) -> bool {
+        !self.ignored
+            && !self
+                .problems
+                .iter()
+                .any(|p| p.severity() == Severity::Error)
+    }
+}
+
+/// The (namespace, service name) an EndpointSlice belongs to, from its
+/// `kubernetes.io/service-name` label. None when unlabelled, or when the slice is not this
+/// proxy's (labelled `service.kubernetes.io/service-proxy-name` or
+/// `service.kubernetes.io/headless`, which kube-proxy's selector excludes).
+pub fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
+    let labels = slice.metadata.labels.as_ref()?;
+    if not_ours(&slice.metadata) {
+        return None;
+    }
+    let service = labels.get(LABEL_SERVICE_NAME).filter(|s| !s.is_empty())?;
+    let (ns, _) = ns_name(&slice.metadata);
+    Some((ns.to_owned(), service.clone()))
+}
+
+/// What is wrong with an EndpointSlice on its own (a slice with an error contributes nothing).
+/// Empty for a slice that is not this proxy's. Does not check that its Service exists.
+pub fn slice_problems(slice: &EndpointSlice) -> Vec<ProblemKind> {
+    if not_ours(&slice.metadata) {
+        return Vec::new();
+    }
+    match validate_slice(slice) {
+        Ok(_) => Vec::new(),
+        Err(kinds) => kinds,
+    }
+}
+
+/// Computes what one Service contributes: its frontends with their backends from `slices`, and
+/// its problems. `slices` should be the service's (see [`slice_service`]); others, invalid ones
+/// and ones that are not this proxy's are skipped (their problems are [`slice_problems`]'s).
+/// No check against other services (duplicate frontends: [`build_table`] or the caller).
+pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) -> ServiceBuild {
+    let (valid, problems) = validate_service(svc);
+    let Some(valid) = valid else {
+        return ServiceBuild {
+            entries: Vec::new(),
+            problems,
+            ignored: true,
+        };
+    };
+    if problems.iter().any(|p| p.severity() == Severity::Error) {
+        return ServiceBuild {
+            entries: Vec::new(),
+            problems,
+            ignored: false,
+        };
+    }
+    let group = service_slices(&valid, slices);
+    let entries = valid
+        .frontends()
+        .map(|(frontend, port, kind)| {
+            let analysis = analyze(&valid, port, kind, frontend.vip, &group, node);
+            let mut entry = analysis.entry(&valid, port);
+            entry.external = kind == FrontendKind::ExternalIp;
+            (frontend, entry)
+        })
+        .collect();
+    ServiceBuild {
+        entries,
+        problems,
+        ignored: false,
+    }
+}
+
+/// The valid slices of `svc` among `slices`, sorted by name (a deterministic merge order
+/// whatever the input order; stable: equal names keep their order).
+fn service_slices<'a>(svc: &ValidService<'_>, slices: &[&'a EndpointSlice]) -> Vec<ValidSlice<'a>> {
+    let mut group: Vec<ValidSlice<'a>> = slices
+        .iter()
+        .filter(|s| !not_ours(&s.metadata))
+        .filter_map(|s| validate_slice(s).ok().flatten())
+        .filter(|s| s.namespace == svc.namespace && s.service == svc.name)
+        .collect();
+    group.sort_by(|a, b| a.name.cmp(b.name));
+    group
+}
+
 /// Computes the desired table for this node from all Services and EndpointSlices.
 ///
 /// `services` order matters only for duplicate frontends: the service that comes first keeps a
 /// frontend, later ones claiming it are rejected (callers put established services first).
-/// `node_name` selects the endpoints of `internalTrafficPolicy: Local` services.
+/// `node` selects the endpoints of `internalTrafficPolicy: Local` services and the topology
+/// hints.
 ///
 /// # Backend port
 /// As kube-proxy: for a ServicePort, the backend port in a slice is the port of the slice's
@@ -212,7 +376,7 @@ pub struct ModelOutput {
 /// endpoint of every slice, even of a slice that lists no ports.
 ///
 /// A slice port with no port number contributes no backends.
-pub fn build_table(services: &[Service], slices: &[EndpointSlice], node_name: &str) -> ModelOutput {
+pub fn build_table(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) -> ModelOutput {
     let mut problems = Vec::new();
 
     // Every named service, accepted or not: a slice for one of them is not "unknown".
@@ -222,30 +386,64 @@ pub fn build_table(services: &[Service], slices: &[EndpointSlice], node_name: &s
         .filter(|(_, name)| !name.is_empty())
         .collect();
 
-    // Services: validate, then claim frontends in input order.
+    // Slices: validate, group by service.
+    let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+    let mut slice_problem_list = Vec::new();
+    for slice in slices {
+        let object = ObjectRef::of_slice(slice);
+        let kinds = slice_problems(slice);
+        if !kinds.is_empty() {
+            slice_problem_list.extend(kinds.into_iter().map(|kind| Problem {
+                object: object.clone(),
+                kind,
+            }));
+            continue;
+        }
+        let Some(key) = slice_service(slice) else {
+            continue;
+        };
+        if slice.address_type == "FQDN" {
+            continue;
+        }
+        if !known_services.contains(&(key.0.as_str(), key.1.as_str())) {
+            slice_problem_list.push(Problem {
+                object,
+                kind: ProblemKind::UnknownService {
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                },
+            });
+        }
+        by_service.entry(key).or_default().push(slice);
+    }
+
+    // Services: build each, then claim frontends in input order.
     let mut claimed: HashMap<Frontend, String> = HashMap::new();
-    let mut accepted: Vec<ValidService<'_>> = Vec::new();
+    let mut table = DesiredTable::default();
     for svc in services {
         let object = ObjectRef::of_service(svc);
-        let (valid, kinds) = validate_service(svc);
-        let rejected = kinds.iter().any(|k| k.severity() == Severity::Error);
-        problems.extend(kinds.into_iter().map(|kind| Problem {
+        let (ns, name) = ns_name(&svc.metadata);
+        let group = by_service
+            .get(&(ns.to_owned(), name.to_owned()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let built = build_service(svc, group, node);
+        let accepted = built.accepted();
+        problems.extend(built.problems.into_iter().map(|kind| Problem {
             object: object.clone(),
             kind,
         }));
-        let Some(valid) = valid else { continue };
-        if rejected {
+        if !accepted {
             continue;
         }
-        let conflicts: Vec<ProblemKind> = valid
-            .frontends()
+        let conflicts: Vec<ProblemKind> = built
+            .entries
+            .iter()
             .filter_map(|(fe, _)| {
-                claimed
-                    .get(&fe)
-                    .map(|owner| ProblemKind::DuplicateFrontend {
-                        frontend: fe,
-                        owner: owner.clone(),
-                    })
+                claimed.get(fe).map(|owner| ProblemKind::DuplicateFrontend {
+                    frontend: *fe,
+                    owner: owner.clone(),
+                })
             })
             .collect();
         if !conflicts.is_empty() {
@@ -255,66 +453,32 @@ pub fn build_table(services: &[Service], slices: &[EndpointSlice], node_name: &s
             }));
             continue;
         }
-        let owner = format!("{}/{}", valid.namespace, valid.name);
-        for (fe, _) in valid.frontends() {
+        let owner = format!("{ns}/{name}");
+        for (fe, entry) in built.entries {
             claimed.insert(fe, owner.clone());
-        }
-        accepted.push(valid);
-    }
-
-    // Slices: validate, group by service.
-    let mut by_service: HashMap<(&str, &str), Vec<ValidSlice<'_>>> = HashMap::new();
-    for slice in slices {
-        let object = ObjectRef::of_slice(slice);
-        match validate_slice(slice) {
-            Err(kinds) => problems.extend(kinds.into_iter().map(|kind| Problem {
-                object: object.clone(),
-                kind,
-            })),
-            Ok(None) => {}
-            Ok(Some(valid)) => {
-                let key = (valid.namespace, valid.service);
-                if !known_services.contains(&key) {
-                    problems.push(Problem {
-                        object,
-                        kind: ProblemKind::UnknownService {
-                            namespace: key.0.to_owned(),
-                            name: key.1.to_owned(),
-                        },
-                    });
-                }
-                by_service.entry(key).or_default().push(valid);
-            }
+            table.services.insert(fe, entry);
         }
     }
-    for group in by_service.values_mut() {
-        // Deterministic merge order whatever the input order (stable: equal names keep order).
-        group.sort_by(|a, b| a.name.cmp(b.name));
-    }
-
-    let mut table = DesiredTable::default();
-    for svc in &accepted {
-        let group = by_service
-            .get(&(svc.namespace, svc.name))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        for (frontend, port) in svc.frontends() {
-            let entry = service_entry(svc, port, frontend.vip, group, node_name);
-            table.services.insert(frontend, entry);
-        }
-    }
+    problems.extend(slice_problem_list);
 
     ModelOutput { table, problems }
 }
 
 /// The metadata namespace (default "default") and name (default "").
-fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
+fn ns_name(meta: &ObjectMeta) -> (&str, &str) {
     let ns = meta
         .namespace
         .as_deref()
         .filter(|n| !n.is_empty())
         .unwrap_or(DEFAULT_NAMESPACE);
     (ns, meta.name.as_deref().unwrap_or(""))
+}
+
+/// Labelled for another proxy, or headless: excluded by kube-proxy's label selector.
+fn not_ours(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,19 +495,49 @@ struct ValidPort<'a> {
     target: TargetPort<'a>,
 }
 
+/// Where a frontend's VIP comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontendKind {
+    /// `spec.clusterIP(s)`.
+    ClusterIp,
+    /// `spec.externalIPs`.
+    ExternalIp,
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrontendKind::ClusterIp => "cluster IP",
+            FrontendKind::ExternalIp => "external IP",
+        })
+    }
+}
+
 #[derive(Debug)]
 struct ValidService<'a> {
     namespace: &'a str,
     name: &'a str,
     vips: Vec<IpAddr>,
+    /// Valid, deduplicated, none equal to a cluster IP.
+    external_ips: Vec<IpAddr>,
     ports: Vec<ValidPort<'a>>,
     affinity_timeout_s: Option<u32>,
     local: bool,
 }
 
 impl<'a> ValidService<'a> {
-    fn frontends(&self) -> impl Iterator<Item = (Frontend, &ValidPort<'a>)> + '_ {
-        self.vips.iter().flat_map(move |&vip| {
+    fn frontends(&self) -> impl Iterator<Item = (Frontend, &ValidPort<'a>, FrontendKind)> + '_ {
+        let vips = self
+            .vips
+            .iter()
+            .map(|&v| (v, FrontendKind::ClusterIp))
+            .chain(
+                self.external_ips
+                    .iter()
+                    .map(|&v| (v, FrontendKind::ExternalIp)),
+            );
+        vips.flat_map(move |(vip, kind)| {
             self.ports.iter().map(move |p| {
                 (
                     Frontend {
@@ -352,6 +546,7 @@ impl<'a> ValidService<'a> {
                         protocol: p.protocol,
                     },
                     p,
+                    kind,
                 )
             })
         })
@@ -377,20 +572,15 @@ fn port_number(n: i32) -> Option<u16> {
     u16::try_from(n).ok().filter(|&p| p != 0)
 }
 
-/// Returns the service if the model uses it (None: ignored or invalid) and its problems; the
-/// service must not be used if any problem is an error.
+/// Returns the service if the model uses it (None: ignored) and its problems; the service must
+/// not be used if any problem is an error.
 fn validate_service(svc: &Service) -> (Option<ValidService<'_>>, Vec<ProblemKind>) {
     let mut problems = Vec::new();
     let (namespace, name) = ns_name(&svc.metadata);
-    let proxied_elsewhere = svc
-        .metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME));
     let Some(spec) = svc.spec.as_ref() else {
         return (None, problems);
     };
-    if proxied_elsewhere {
+    if not_ours(&svc.metadata) {
         return (None, problems);
     }
     match spec.type_.as_deref() {
@@ -421,6 +611,18 @@ fn validate_service(svc: &Service) -> (Option<ValidService<'_>>, Vec<ProblemKind
         problems.push(ProblemKind::TooManyClusterIps(
             ips.iter().map(|s| (*s).to_owned()).collect(),
         ));
+    }
+
+    let mut external_ips: Vec<IpAddr> = Vec::new();
+    for ip in spec.external_ips.iter().flatten() {
+        match ip.parse::<IpAddr>() {
+            Ok(addr) => {
+                if !vips.contains(&addr) && !external_ips.contains(&addr) {
+                    external_ips.push(addr);
+                }
+            }
+            Err(_) => problems.push(ProblemKind::InvalidExternalIp(ip.clone())),
+        }
     }
 
     let mut ports: Vec<ValidPort<'_>> = Vec::new();
@@ -518,6 +720,7 @@ fn validate_service(svc: &Service) -> (Option<ValidService<'_>>, Vec<ProblemKind
             namespace,
             name,
             vips,
+            external_ips,
             ports,
             affinity_timeout_s,
             local,
@@ -541,6 +744,19 @@ struct ValidEndpoint<'a> {
     serving: bool,
     terminating: bool,
     node_name: Option<&'a str>,
+    zone: Option<&'a str>,
+    zone_hints: BTreeSet<&'a str>,
+    node_hints: BTreeSet<&'a str>,
+}
+
+impl ValidEndpoint<'_> {
+    fn serving_terminating(&self) -> bool {
+        self.serving && self.terminating
+    }
+
+    fn is_local(&self, node: &NodeInfo) -> bool {
+        !node.name.is_empty() && self.node_name == Some(node.name.as_str())
+    }
 }
 
 #[derive(Debug)]
@@ -624,12 +840,26 @@ fn validate_slice(slice: &EndpointSlice) -> Result<Option<ValidSlice<'_>>, Vec<P
         // Only addresses[0] is used; an endpoint without addresses is ignored (kube-proxy).
         let Some(ip) = first else { continue };
         let cond = ep.conditions.as_ref();
+        let hints = ep.hints.as_ref();
         endpoints.push(ValidEndpoint {
             ip,
             ready: cond.and_then(|c| c.ready).unwrap_or(true),
             serving: cond.and_then(|c| c.serving).unwrap_or(true),
             terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
             node_name: ep.node_name.as_deref(),
+            zone: ep.zone.as_deref(),
+            zone_hints: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.as_str())
+                .collect(),
+            node_hints: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.as_str())
+                .collect(),
         });
     }
 
@@ -646,37 +876,212 @@ fn validate_slice(slice: &EndpointSlice) -> Result<Option<ValidSlice<'_>>, Vec<P
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct EndpointState {
-    ready: bool,
-    serving: bool,
-    terminating: bool,
-    local: bool,
+/// Which endpoints a frontend uses (kube-proxy's Cluster and Local endpoint sets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TrafficPolicy {
+    Cluster,
+    Local,
 }
 
-impl EndpointState {
-    fn serving_terminating(&self) -> bool {
-        self.serving && self.terminating
+/// The topology rule kube-proxy applies to a frontend's Cluster endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Topology {
+    /// No topology: every ready endpoint.
+    Off,
+    /// Only the ready endpoints whose `hints.forZones` name this node's zone.
+    PreferSameZone,
+    /// Only the ready endpoints whose `hints.forNodes` name this node.
+    PreferSameNode,
+}
+
+/// Why an endpoint is not a backend of a frontend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotUsed {
+    /// Not ready, and not (serving and terminating).
+    NotReady,
+    /// Terminating: not serving, or serving but not needed because ready endpoints exist.
+    Terminating,
+    /// internalTrafficPolicy Local and the endpoint is on another node (or on none).
+    OtherNode,
+    /// Topology: its hints do not name this node / zone while others' do.
+    HintMismatch,
+    /// Its slice has no port for this service port.
+    PortNameNotFound,
+    /// Its slice is of the other address family than the VIP.
+    WrongFamily,
+    /// The same address and port is already an endpoint, from this slice.
+    DuplicateOf { slice: String },
+}
+
+impl fmt::Display for NotUsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotUsed::NotReady => f.write_str("not ready"),
+            NotUsed::Terminating => {
+                f.write_str("terminating (not serving, or ready endpoints exist)")
+            }
+            NotUsed::OtherNode => f.write_str("not on this node (internalTrafficPolicy Local)"),
+            NotUsed::HintMismatch => f.write_str("topology hints are for another zone/node"),
+            NotUsed::PortNameNotFound => f.write_str("its slice has no port for this service port"),
+            NotUsed::WrongFamily => f.write_str("other address family than the VIP"),
+            NotUsed::DuplicateOf { slice } => write!(f, "duplicate of the copy in slice {slice}"),
+        }
     }
 }
 
-/// The entry for one frontend of an accepted service.
-fn service_entry(
+/// One endpoint as seen by one frontend.
+#[derive(Debug)]
+struct Record<'s, 'a> {
+    slice: &'s str,
+    ep: &'s ValidEndpoint<'a>,
+    /// The backend port; None when the slice has none for this service port.
+    port: Option<u16>,
+    used: bool,
+    reason: Option<NotUsed>,
+}
+
+/// Every endpoint of a frontend, which ones are used and why.
+#[derive(Debug)]
+struct Analysis<'s, 'a> {
+    records: Vec<Record<'s, 'a>>,
+    policy: TrafficPolicy,
+    topology: Topology,
+    topology_reason: String,
+    /// The backends are serving-and-terminating endpoints (no ready one was usable).
+    fallback: bool,
+    backends: Vec<SocketAddr>,
+    no_endpoints: NoEndpoints,
+}
+
+impl Analysis<'_, '_> {
+    fn entry(&self, svc: &ValidService<'_>, port: &ValidPort<'_>) -> ServiceEntry {
+        ServiceEntry {
+            service: ServiceRef {
+                namespace: svc.namespace.to_owned(),
+                name: svc.name.to_owned(),
+                port_name: port.name.to_owned(),
+            },
+            backends: self.backends.clone(),
+            affinity_timeout_s: svc.affinity_timeout_s,
+            no_endpoints: self.no_endpoints,
+            external: false,
+        }
+    }
+}
+
+/// kube-proxy's `topologyModeFromHints`, over a frontend's (deduplicated) endpoints.
+fn topology_mode<'e, 'a: 'e>(
+    endpoints: impl Iterator<Item = &'e ValidEndpoint<'a>>,
+    node: &NodeInfo,
+) -> (Topology, String) {
+    let ready: Vec<&ValidEndpoint<'_>> = endpoints.filter(|e| e.ready).collect();
+    if ready.is_empty() {
+        return (
+            Topology::Off,
+            "no ready endpoint: no hints to consider".into(),
+        );
+    }
+    let all_node_hints = ready.iter().all(|e| !e.node_hints.is_empty());
+    let for_node = !node.name.is_empty()
+        && ready
+            .iter()
+            .any(|e| e.node_hints.contains(node.name.as_str()));
+    if all_node_hints && for_node {
+        return (
+            Topology::PreferSameNode,
+            format!(
+                "every ready endpoint has a node hint and some are for node {:?}",
+                node.name
+            ),
+        );
+    }
+    let node_note = if all_node_hints {
+        format!("no node hint is for node {:?}; ", node.name)
+    } else if ready.iter().any(|e| !e.node_hints.is_empty()) {
+        "not every ready endpoint has a node hint; ".to_owned()
+    } else {
+        String::new()
+    };
+    let all_zone_hints = ready.iter().all(|e| !e.zone_hints.is_empty());
+    if !all_zone_hints {
+        let what = if ready.iter().any(|e| !e.zone_hints.is_empty()) {
+            "not every ready endpoint has a zone hint"
+        } else {
+            "no topology hints"
+        };
+        return (
+            Topology::Off,
+            format!("{node_note}{what}: all ready endpoints"),
+        );
+    }
+    match node.zone.as_deref() {
+        None => (
+            Topology::Off,
+            format!(
+                "{node_note}zone hints present but this node's zone is unknown (no \
+                 {LABEL_TOPOLOGY_ZONE} label): all ready endpoints"
+            ),
+        ),
+        Some(zone) if ready.iter().any(|e| e.zone_hints.contains(zone)) => (
+            Topology::PreferSameZone,
+            format!(
+                "{node_note}every ready endpoint has a zone hint and some are for zone {zone:?}"
+            ),
+        ),
+        Some(zone) => (
+            Topology::Off,
+            format!("{node_note}no zone hint is for zone {zone:?}: all ready endpoints"),
+        ),
+    }
+}
+
+fn available_for_topology(ep: &ValidEndpoint<'_>, topology: Topology, node: &NodeInfo) -> bool {
+    match topology {
+        Topology::Off => true,
+        Topology::PreferSameNode => ep.node_hints.contains(node.name.as_str()),
+        Topology::PreferSameZone => node
+            .zone
+            .as_deref()
+            .is_some_and(|z| ep.zone_hints.contains(z)),
+    }
+}
+
+/// Every endpoint of one frontend of an accepted service, and the choice among them
+/// (kube-proxy's `endpointslicecache.go` merge and `CategorizeEndpoints`).
+fn analyze<'s, 'a>(
     svc: &ValidService<'_>,
     port: &ValidPort<'_>,
+    kind: FrontendKind,
     vip: IpAddr,
-    group: &[ValidSlice<'_>],
-    node_name: &str,
-) -> ServiceEntry {
+    group: &'s [ValidSlice<'a>],
+    node: &NodeInfo,
+) -> Analysis<'s, 'a> {
     let matches =
         |p: &ValidSlicePort<'_>, name: &str| p.name == name && p.protocol == Some(port.protocol);
     let by_name = group
         .iter()
         .any(|s| s.ports.iter().any(|p| matches(p, port.name)));
 
-    // (IP, port) -> state; BTreeMap: sorted and deduplicated.
-    let mut endpoints: BTreeMap<SocketAddr, EndpointState> = BTreeMap::new();
-    for slice in group.iter().filter(|s| s.ipv6 == vip.is_ipv6()) {
+    let mut records: Vec<Record<'s, 'a>> = Vec::new();
+    let mut winner: HashMap<SocketAddr, usize> = HashMap::new();
+    let excluded = |slice: &'s str, ep: &'s ValidEndpoint<'a>, reason: NotUsed| Record {
+        slice,
+        ep,
+        port: None,
+        used: false,
+        reason: Some(reason),
+    };
+    for slice in group {
+        if slice.ipv6 != vip.is_ipv6() {
+            records.extend(
+                slice
+                    .endpoints
+                    .iter()
+                    .map(|ep| excluded(slice.name, ep, NotUsed::WrongFamily)),
+            );
+            continue;
+        }
         let backend_port = if by_name {
             slice
                 .ports
@@ -694,64 +1099,343 @@ fn service_entry(
             }
         };
         let Some(backend_port) = backend_port else {
+            records.extend(
+                slice
+                    .endpoints
+                    .iter()
+                    .map(|ep| excluded(slice.name, ep, NotUsed::PortNameNotFound)),
+            );
             continue;
         };
         for ep in &slice.endpoints {
-            let local = !node_name.is_empty() && ep.node_name == Some(node_name);
-            let state = EndpointState {
-                ready: ep.ready,
-                serving: ep.serving,
-                terminating: ep.terminating,
-                local,
-            };
             let addr = SocketAddr::new(ep.ip, backend_port);
+            let index = records.len();
+            let mut reason = None;
             // kube-proxy: the first copy wins, unless a later one is local.
-            if local || !endpoints.contains_key(&addr) {
-                endpoints.insert(addr, state);
+            match winner.get(&addr).copied() {
+                None => {
+                    winner.insert(addr, index);
+                }
+                Some(prev) if ep.is_local(node) => {
+                    records[prev].reason = Some(NotUsed::DuplicateOf {
+                        slice: slice.name.to_owned(),
+                    });
+                    winner.insert(addr, index);
+                }
+                Some(prev) => {
+                    reason = Some(NotUsed::DuplicateOf {
+                        slice: records[prev].slice.to_owned(),
+                    });
+                }
+            }
+            records.push(Record {
+                slice: slice.name,
+                ep,
+                port: Some(backend_port),
+                used: false,
+                reason,
+            });
+        }
+    }
+
+    // The candidates: deduplicated endpoints with a backend port.
+    let candidates: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].reason.is_none())
+        .collect();
+    let has_any = candidates
+        .iter()
+        .any(|&i| records[i].ep.ready || records[i].ep.serving_terminating());
+    let policy = if kind == FrontendKind::ClusterIp && svc.local {
+        TrafficPolicy::Local
+    } else {
+        TrafficPolicy::Cluster
+    };
+
+    let (topology, topology_reason, fallback);
+    match policy {
+        TrafficPolicy::Cluster => {
+            let (mode, why) = topology_mode(candidates.iter().map(|&i| records[i].ep), node);
+            topology = mode;
+            topology_reason = why;
+            let mut any = false;
+            for &i in &candidates {
+                let ep = records[i].ep;
+                if ep.ready && available_for_topology(ep, mode, node) {
+                    records[i].used = true;
+                    any = true;
+                }
+            }
+            // No ready endpoint anywhere (topology would have been off otherwise): the
+            // serving-and-terminating ones, topology ignored.
+            let mut used_fallback = false;
+            if !any {
+                for &i in &candidates {
+                    if records[i].ep.serving_terminating() {
+                        records[i].used = true;
+                        used_fallback = true;
+                    }
+                }
+            }
+            fallback = used_fallback;
+            for &i in &candidates {
+                let r = &mut records[i];
+                if !r.used {
+                    r.reason = Some(if r.ep.ready {
+                        NotUsed::HintMismatch
+                    } else if r.ep.terminating {
+                        NotUsed::Terminating
+                    } else {
+                        NotUsed::NotReady
+                    });
+                }
             }
         }
+        TrafficPolicy::Local => {
+            topology = Topology::Off;
+            topology_reason = "not used with internalTrafficPolicy Local".to_owned();
+            let local_ready = candidates
+                .iter()
+                .any(|&i| records[i].ep.is_local(node) && records[i].ep.ready);
+            let mut used_fallback = false;
+            for &i in &candidates {
+                let r = &mut records[i];
+                if !r.ep.is_local(node) {
+                    r.reason = Some(NotUsed::OtherNode);
+                } else if local_ready && r.ep.ready {
+                    r.used = true;
+                } else if !local_ready && r.ep.serving_terminating() {
+                    r.used = true;
+                    used_fallback = true;
+                } else if r.ep.terminating {
+                    r.reason = Some(NotUsed::Terminating);
+                } else {
+                    r.reason = Some(NotUsed::NotReady);
+                }
+            }
+            fallback = used_fallback;
+        }
     }
 
-    let pick = |only_local: bool| -> Vec<SocketAddr> {
-        let candidates = || {
-            endpoints
-                .iter()
-                .filter(move |(_, s)| !only_local || s.local)
-        };
-        let ready: Vec<SocketAddr> = candidates()
-            .filter(|(_, s)| s.ready)
-            .map(|(a, _)| *a)
-            .collect();
-        if !ready.is_empty() {
-            return ready;
-        }
-        candidates()
-            .filter(|(_, s)| s.serving_terminating())
-            .map(|(a, _)| *a)
-            .collect()
-    };
-    let usable_anywhere = pick(false);
-    let (backends, no_endpoints) = if !svc.local {
-        (usable_anywhere, NoEndpoints::Reject)
+    let mut backends: Vec<SocketAddr> = records
+        .iter()
+        .filter(|r| r.used)
+        .filter_map(|r| r.port.map(|p| SocketAddr::new(r.ep.ip, p)))
+        .collect();
+    backends.sort();
+    let no_endpoints = if policy == TrafficPolicy::Local && backends.is_empty() && has_any {
+        NoEndpoints::Drop
     } else {
-        let local = pick(true);
-        if local.is_empty() && !usable_anywhere.is_empty() {
-            (local, NoEndpoints::Drop)
-        } else {
-            (local, NoEndpoints::Reject)
-        }
+        NoEndpoints::Reject
     };
-
-    ServiceEntry {
-        service: ServiceRef {
-            namespace: svc.namespace.to_owned(),
-            name: svc.name.to_owned(),
-            port_name: port.name.to_owned(),
-        },
+    Analysis {
+        records,
+        policy,
+        topology,
+        topology_reason,
+        fallback,
         backends,
-        affinity_timeout_s: svc.affinity_timeout_s,
         no_endpoints,
     }
+}
+
+/// Whether the explained frontend is in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontendStatus {
+    /// The service has this frontend (unless another service owns it first).
+    Active,
+    /// The service is not this proxy's (ExternalName, headless, no cluster IP, other proxy).
+    ServiceIgnored,
+    /// The service has an error and contributes nothing.
+    ServiceRejected,
+    /// The service is accepted but has no such frontend (IP, port or protocol).
+    NoSuchFrontend,
+}
+
+/// One endpoint in an [`Explanation`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExplainedEndpoint {
+    pub slice: String,
+    pub address: IpAddr,
+    /// The backend port; None when its slice has none for this service port.
+    pub port: Option<u16>,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub zone_hints: Vec<String>,
+    pub node_hints: Vec<String>,
+    pub used: bool,
+    /// Why not, when not used.
+    pub reason: Option<NotUsed>,
+}
+
+/// Why a frontend has the backends it has (`clusterip-agent explain`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub frontend: Frontend,
+    /// `namespace/name`.
+    pub service: String,
+    pub status: FrontendStatus,
+    /// The ServicePort's name, when the frontend exists.
+    pub port_name: Option<String>,
+    pub kind: Option<FrontendKind>,
+    pub node: NodeInfo,
+    pub policy: Option<TrafficPolicy>,
+    pub topology: Option<Topology>,
+    pub topology_reason: Option<String>,
+    /// The backends are serving-and-terminating endpoints because no ready one was usable.
+    pub terminating_fallback: bool,
+    /// The rule that decided, in words.
+    pub rule: String,
+    /// `spec.trafficDistribution` (kube-proxy does not read it: it asks the EndpointSlice
+    /// controller for the hints).
+    pub traffic_distribution: Option<String>,
+    /// The `service.kubernetes.io/topology-mode` (or legacy `topology-aware-hints`)
+    /// annotation (same remark).
+    pub topology_annotation: Option<String>,
+    pub endpoints: Vec<ExplainedEndpoint>,
+    pub backends: Vec<SocketAddr>,
+    pub no_endpoints: Option<NoEndpoints>,
+    pub affinity_timeout_s: Option<u32>,
+    /// Problems of the service and of its slices.
+    pub problems: Vec<String>,
+}
+
+/// Explains one frontend of `svc`: every endpoint of its `slices` (those of other services are
+/// skipped), used or not and why, and the rule that applied. Does not know about other
+/// services (a duplicate frontend owned by another service is not detected here).
+pub fn explain(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node: &NodeInfo,
+    frontend: &Frontend,
+) -> Explanation {
+    let (ns, name) = ns_name(&svc.metadata);
+    let spec = svc.spec.as_ref();
+    let annotations = svc.metadata.annotations.as_ref();
+    let mut ex = Explanation {
+        frontend: *frontend,
+        service: format!("{ns}/{name}"),
+        status: FrontendStatus::NoSuchFrontend,
+        port_name: None,
+        kind: None,
+        node: node.clone(),
+        policy: None,
+        topology: None,
+        topology_reason: None,
+        terminating_fallback: false,
+        rule: String::new(),
+        traffic_distribution: spec.and_then(|s| s.traffic_distribution.clone()),
+        topology_annotation: annotations.and_then(|a| {
+            a.get(ANNOTATION_TOPOLOGY_MODE)
+                .or_else(|| a.get(ANNOTATION_TOPOLOGY_AWARE_HINTS))
+                .cloned()
+        }),
+        endpoints: Vec::new(),
+        backends: Vec::new(),
+        no_endpoints: None,
+        affinity_timeout_s: None,
+        problems: Vec::new(),
+    };
+    let (valid, problems) = validate_service(svc);
+    ex.problems = problems
+        .iter()
+        .map(|p| format!("{}: {p}", ObjectRef::of_service(svc)))
+        .collect();
+    for slice in slices {
+        if slice_service(slice).is_some_and(|(n, s)| n == ns && s == name) {
+            ex.problems.extend(
+                slice_problems(slice)
+                    .iter()
+                    .map(|p| format!("{}: {p}; slice unused", ObjectRef::of_slice(slice))),
+            );
+        }
+    }
+    let Some(valid) = valid else {
+        ex.status = FrontendStatus::ServiceIgnored;
+        ex.rule = "the service is not for this proxy (ExternalName, headless, no cluster IP, or \
+                   labelled for another proxy)"
+            .into();
+        return ex;
+    };
+    if problems.iter().any(|p| p.severity() == Severity::Error) {
+        ex.status = FrontendStatus::ServiceRejected;
+        ex.rule = "the service has an error and contributes nothing".into();
+        return ex;
+    }
+    let Some((_, port, kind)) = valid.frontends().find(|(fe, _, _)| fe == frontend) else {
+        ex.rule = "the service has no such frontend".into();
+        return ex;
+    };
+    let group = service_slices(&valid, slices);
+    let a = analyze(&valid, port, kind, frontend.vip, &group, node);
+
+    ex.status = FrontendStatus::Active;
+    ex.port_name = Some(port.name.to_owned());
+    ex.kind = Some(kind);
+    ex.policy = Some(a.policy);
+    ex.topology = Some(a.topology);
+    ex.topology_reason = Some(a.topology_reason.clone());
+    ex.terminating_fallback = a.fallback;
+    ex.affinity_timeout_s = valid.affinity_timeout_s;
+    ex.no_endpoints = Some(a.no_endpoints);
+    ex.backends = a.backends.clone();
+    ex.rule = rule_text(&a, kind, node);
+    ex.endpoints = a
+        .records
+        .iter()
+        .map(|r| ExplainedEndpoint {
+            slice: r.slice.to_owned(),
+            address: r.ep.ip,
+            port: r.port,
+            node: r.ep.node_name.map(str::to_owned),
+            zone: r.ep.zone.map(str::to_owned),
+            ready: r.ep.ready,
+            serving: r.ep.serving,
+            terminating: r.ep.terminating,
+            zone_hints: r.ep.zone_hints.iter().map(|s| (*s).to_owned()).collect(),
+            node_hints: r.ep.node_hints.iter().map(|s| (*s).to_owned()).collect(),
+            used: r.used,
+            reason: r.reason.clone(),
+        })
+        .collect();
+    ex
+}
+
+fn rule_text(a: &Analysis<'_, '_>, kind: FrontendKind, node: &NodeInfo) -> String {
+    let mut rule = match (kind, a.policy) {
+        (FrontendKind::ExternalIp, _) => "external IP: traffic from this node uses the Cluster \
+                                          endpoints whatever the traffic policies"
+            .to_owned(),
+        (_, TrafficPolicy::Cluster) => "internalTrafficPolicy Cluster".to_owned(),
+        (_, TrafficPolicy::Local) => format!("internalTrafficPolicy Local (node {:?})", node.name),
+    };
+    let choice = match (a.policy, a.fallback, a.topology) {
+        (_, true, _) => "no ready endpoint: the serving and terminating ones".to_owned(),
+        (TrafficPolicy::Cluster, false, Topology::Off) => "every ready endpoint".to_owned(),
+        (TrafficPolicy::Cluster, false, Topology::PreferSameZone) => format!(
+            "the ready endpoints hinted for zone {:?} (PreferSameZone)",
+            node.zone.as_deref().unwrap_or("")
+        ),
+        (TrafficPolicy::Cluster, false, Topology::PreferSameNode) => format!(
+            "the ready endpoints hinted for node {:?} (PreferSameNode)",
+            node.name
+        ),
+        (TrafficPolicy::Local, false, _) => "the ready endpoints on this node".to_owned(),
+    };
+    rule.push_str(": ");
+    rule.push_str(&choice);
+    if a.backends.is_empty() {
+        rule.push_str(match a.no_endpoints {
+            NoEndpoints::Drop => {
+                "; none on this node while other nodes have some: traffic is dropped"
+            }
+            NoEndpoints::Reject => "; no usable endpoint: connections are refused",
+        });
+    }
+    rule
 }
 
 #[cfg(test)]
@@ -779,8 +1463,16 @@ mod tests {
     }
 
     fn build_node(yaml: &str, node: &str) -> ModelOutput {
+        build_at(yaml, node, None)
+    }
+
+    fn build_at(yaml: &str, node: &str, zone: Option<&str>) -> ModelOutput {
         let (services, slices) = parse_objects(yaml);
-        build_table(&services, &slices, node)
+        build_table(
+            &services,
+            &slices,
+            &NodeInfo::new(node, zone.map(str::to_owned)),
+        )
     }
 
     use crate::table::test_support::{entry, fe, table};
@@ -1822,5 +2514,710 @@ endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}]
         assert_eq!(one, two);
         // c-a sorts first: its (not ready) copy of 10.0.0.1 wins.
         assert_eq!(backends_of(&one, "10.96.0.90", 80), vec!["10.0.0.2:80"]);
+    }
+
+    #[test]
+    fn headless_label_is_ignored_for_services_and_slices() {
+        let out = build(
+            r#"
+kind: Service
+apiVersion: v1
+metadata: {name: h, labels: {service.kubernetes.io/headless: ""}}
+spec: {clusterIP: 10.96.5.1, ports: [{port: 80}]}
+---
+kind: Service
+apiVersion: v1
+metadata: {name: s}
+spec: {clusterIP: 10.96.5.2, ports: [{port: 80}]}
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [10.0.0.1]}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata:
+  name: s-2
+  labels: {kubernetes.io/service-name: s, service.kubernetes.io/headless: ""}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [10.0.0.2]}]
+"#,
+        );
+        assert_eq!(out.problems, vec![]);
+        assert_eq!(
+            out.table,
+            table(vec![(
+                fe("10.96.5.2", 80, Protocol::Tcp),
+                entry("default", "s", "", &["10.0.0.1:8080"])
+            )])
+        );
+    }
+
+    /// A service and one slice whose endpoints are given as YAML flow mappings.
+    fn topo(spec_extra: &str, endpoints: &str) -> String {
+        format!(
+            r#"
+kind: Service
+apiVersion: v1
+metadata: {{name: t, annotations: {{service.kubernetes.io/topology-mode: Auto}}}}
+spec: {{clusterIP: 10.96.6.1, ports: [{{port: 80}}]{spec_extra}}}
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {{name: t-1, labels: {{kubernetes.io/service-name: t}}}}
+addressType: IPv4
+ports: [{{port: 80}}]
+endpoints:
+{endpoints}
+"#
+        )
+    }
+
+    fn topo_backends(yaml: &str, node: &str, zone: Option<&str>) -> Vec<String> {
+        let out = build_at(yaml, node, zone);
+        assert_eq!(out.problems, vec![]);
+        backends_of(&out, "10.96.6.1", 80)
+    }
+
+    const ZONE_HINTED: &str = r#"
+- {addresses: [10.0.0.1], zone: a, hints: {forZones: [{name: a}]}}
+- {addresses: [10.0.0.2], zone: b, hints: {forZones: [{name: b}]}}
+- {addresses: [10.0.0.3], zone: b, hints: {forZones: [{name: a}, {name: b}]}}
+- {addresses: [10.0.0.4], conditions: {ready: false}}
+"#;
+
+    #[test]
+    fn zone_hints_select_this_zone_when_every_ready_endpoint_has_one() {
+        // PreferClose (and PreferSameZone, and the annotation) make the controller write zone
+        // hints; kube-proxy then uses the ready endpoints hinted for its zone. The not-ready
+        // endpoint without a hint does not matter.
+        for extra in [
+            ", trafficDistribution: PreferClose",
+            ", trafficDistribution: PreferSameZone",
+            "",
+        ] {
+            let yaml = topo(extra, ZONE_HINTED);
+            assert_eq!(
+                topo_backends(&yaml, "n1", Some("a")),
+                vec!["10.0.0.1:80", "10.0.0.3:80"],
+                "{extra}"
+            );
+            assert_eq!(
+                topo_backends(&yaml, "n1", Some("b")),
+                vec!["10.0.0.2:80", "10.0.0.3:80"]
+            );
+        }
+    }
+
+    #[test]
+    fn zone_hints_ignored_unless_complete_matching_and_zone_known() {
+        let all = vec!["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        // Zone unknown (node without the label).
+        assert_eq!(topo_backends(&topo("", ZONE_HINTED), "n1", None), all);
+        // No endpoint hinted for this zone.
+        assert_eq!(topo_backends(&topo("", ZONE_HINTED), "n1", Some("c")), all);
+        // One ready endpoint without a hint.
+        let partial = r#"
+- {addresses: [10.0.0.1], hints: {forZones: [{name: a}]}}
+- {addresses: [10.0.0.2], hints: {forZones: [{name: b}]}}
+- {addresses: [10.0.0.3]}
+"#;
+        assert_eq!(topo_backends(&topo("", partial), "n1", Some("a")), all);
+        // An empty hints object is no hint.
+        let empty = r#"
+- {addresses: [10.0.0.1], hints: {forZones: [{name: a}]}}
+- {addresses: [10.0.0.2], hints: {forZones: [{name: b}]}}
+- {addresses: [10.0.0.3], hints: {}}
+"#;
+        assert_eq!(topo_backends(&topo("", empty), "n1", Some("a")), all);
+    }
+
+    const NODE_HINTED: &str = r#"
+- {addresses: [10.0.0.1], nodeName: n1, hints: {forNodes: [{name: n1}], forZones: [{name: a}]}}
+- {addresses: [10.0.0.2], nodeName: n2, hints: {forNodes: [{name: n2}], forZones: [{name: a}]}}
+- {addresses: [10.0.0.3], nodeName: n3, hints: {forNodes: [{name: n3}], forZones: [{name: b}]}}
+"#;
+
+    #[test]
+    fn node_hints_select_this_node_then_fall_back_to_zone_hints() {
+        let yaml = topo(", trafficDistribution: PreferSameNode", NODE_HINTED);
+        assert_eq!(topo_backends(&yaml, "n1", Some("a")), vec!["10.0.0.1:80"]);
+        assert_eq!(topo_backends(&yaml, "n3", None), vec!["10.0.0.3:80"]);
+        // No endpoint for node n4: zone hints decide.
+        assert_eq!(
+            topo_backends(&yaml, "n4", Some("a")),
+            vec!["10.0.0.1:80", "10.0.0.2:80"]
+        );
+        // ... and without a known zone, everything.
+        assert_eq!(
+            topo_backends(&yaml, "n4", None),
+            vec!["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+        );
+        // One ready endpoint without a node hint: node hints are off, zone hints apply.
+        let partial = r#"
+- {addresses: [10.0.0.1], nodeName: n1, hints: {forNodes: [{name: n1}], forZones: [{name: a}]}}
+- {addresses: [10.0.0.2], nodeName: n2, hints: {forZones: [{name: b}]}}
+"#;
+        assert_eq!(
+            topo_backends(&topo("", partial), "n1", Some("b")),
+            vec!["10.0.0.2:80"]
+        );
+    }
+
+    #[test]
+    fn topology_not_applied_to_local_policy_nor_to_terminating_fallback() {
+        // internalTrafficPolicy Local: the node's endpoints, hints or not.
+        let yaml = topo(", internalTrafficPolicy: Local", NODE_HINTED);
+        assert_eq!(topo_backends(&yaml, "n3", Some("a")), vec!["10.0.0.3:80"]);
+        // No ready endpoint: every serving-and-terminating one, whatever its hints.
+        let terminating = r#"
+- {addresses: [10.0.0.1], hints: {forZones: [{name: a}]}, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.0.0.2], hints: {forZones: [{name: b}]}, conditions: {ready: false, serving: true, terminating: true}}
+"#;
+        assert_eq!(
+            topo_backends(&topo("", terminating), "n1", Some("a")),
+            vec!["10.0.0.1:80", "10.0.0.2:80"]
+        );
+    }
+
+    #[test]
+    fn terminating_fallback_is_separate_for_cluster_and_local() {
+        // Ready endpoint on node-b, only a serving-terminating one on node-a (this node).
+        let endpoints = r#"
+- {addresses: [10.0.0.1], nodeName: node-b}
+- {addresses: [10.0.0.2], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.0.0.3], nodeName: node-a, conditions: {ready: false, serving: false, terminating: true}}
+"#;
+        // Cluster: a ready endpoint exists, the terminating ones are not used.
+        let out = build(&with(&[COND_SVC, &cond_slice(endpoints)]));
+        assert_eq!(backends_of(&out, "10.96.0.90", 80), vec!["10.0.0.1:80"]);
+        // Local: no ready local endpoint, so the serving-terminating local one.
+        let out = build(&with(&[LOCAL_SVC, &cond_slice(endpoints)]));
+        assert_eq!(backends_of(&out, "10.96.0.90", 80), vec!["10.0.0.2:80"]);
+        // Seen from node-b: its ready endpoint.
+        let out = build_node(&with(&[LOCAL_SVC, &cond_slice(endpoints)]), "node-b");
+        assert_eq!(backends_of(&out, "10.96.0.90", 80), vec!["10.0.0.1:80"]);
+    }
+
+    /// `e` as the entry of an external IP frontend.
+    fn external(mut e: ServiceEntry) -> ServiceEntry {
+        e.external = true;
+        e
+    }
+
+    #[test]
+    fn external_ips_get_frontends_per_family() {
+        let out = build(
+            r#"
+kind: Service
+apiVersion: v1
+metadata: {name: e, namespace: n}
+spec:
+  clusterIP: 10.96.7.1
+  externalIPs: [192.0.2.10, "2001:db8::10", not-an-ip, 192.0.2.10, 10.96.7.1]
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: e-4, namespace: n, labels: {kubernetes.io/service-name: e}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.0.1]}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: e-6, namespace: n, labels: {kubernetes.io/service-name: e}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: ["fd00::1"]}]
+"#,
+        );
+        // The invalid one is a warning naming it; the rest of the service is unaffected.
+        assert_eq!(
+            out.problems,
+            vec![problem(
+                ObjectKind::Service,
+                "n",
+                "e",
+                ProblemKind::InvalidExternalIp("not-an-ip".into())
+            )]
+        );
+        assert_eq!(out.problems[0].severity(), Severity::Warning);
+        assert_eq!(
+            out.table,
+            table(vec![
+                (
+                    fe("10.96.7.1", 80, Protocol::Tcp),
+                    entry("n", "e", "http", &["10.0.0.1:8080"])
+                ),
+                (
+                    fe("192.0.2.10", 80, Protocol::Tcp),
+                    external(entry("n", "e", "http", &["10.0.0.1:8080"]))
+                ),
+                (
+                    fe("2001:db8::10", 80, Protocol::Tcp),
+                    external(entry("n", "e", "http", &["[fd00::1]:8080"]))
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn external_ip_frontends_use_cluster_endpoints_even_with_local_policy() {
+        let out = build(
+            r#"
+kind: Service
+apiVersion: v1
+metadata: {name: c}
+spec:
+  clusterIP: 10.96.0.90
+  externalIPs: [192.0.2.90]
+  internalTrafficPolicy: Local
+  ports: [{port: 80}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: c-1, labels: {kubernetes.io/service-name: c}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints: [{addresses: [10.0.0.2], nodeName: node-b}]
+"#,
+        );
+        assert_eq!(out.problems, vec![]);
+        let mut local = entry("default", "c", "", &[]);
+        local.no_endpoints = NoEndpoints::Drop;
+        assert_eq!(
+            out.table,
+            table(vec![
+                (fe("10.96.0.90", 80, Protocol::Tcp), local),
+                (
+                    fe("192.0.2.90", 80, Protocol::Tcp),
+                    external(entry("default", "c", "", &["10.0.0.2:80"]))
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn external_ip_claimed_by_two_services_first_wins() {
+        let out = build(
+            r#"
+kind: Service
+apiVersion: v1
+metadata: {name: a}
+spec: {clusterIP: 10.96.8.1, externalIPs: [192.0.2.1], ports: [{port: 80}]}
+---
+kind: Service
+apiVersion: v1
+metadata: {name: b}
+spec: {clusterIP: 10.96.8.2, externalIPs: [192.0.2.1], ports: [{port: 80}]}
+"#,
+        );
+        assert_eq!(
+            out.problems,
+            vec![problem(
+                ObjectKind::Service,
+                "default",
+                "b",
+                ProblemKind::DuplicateFrontend {
+                    frontend: fe("192.0.2.1", 80, Protocol::Tcp),
+                    owner: "default/a".into()
+                }
+            )]
+        );
+        assert_eq!(out.table.services.len(), 2);
+    }
+
+    #[test]
+    fn live_changes_are_pure_functions_of_the_new_object() {
+        let slices = r#"
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: l-4, labels: {kubernetes.io/service-name: l}}
+addressType: IPv4
+ports: [{name: a, port: 8080}, {name: b, port: 9090}]
+endpoints: [{addresses: [10.0.0.1]}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: l-6, labels: {kubernetes.io/service-name: l}}
+addressType: IPv6
+ports: [{name: a, port: 8080}, {name: b, port: 9090}]
+endpoints: [{addresses: ["fd00::1"]}]
+"#;
+        let svc = |spec: &str, labels: &str| {
+            format!("kind: Service\napiVersion: v1\nmetadata: {{name: l{labels}}}\nspec: {spec}\n")
+        };
+        let a = "{name: a, port: 80}";
+        let b = "{name: b, port: 81}";
+        let v4 = |ports: &str, extra: &str| {
+            format!("{{clusterIP: 10.96.9.1, clusterIPs: [10.96.9.1], ports: [{ports}]{extra}}}")
+        };
+        let affinity = |s: u32| {
+            let mut e = entry("default", "l", "a", &["10.0.0.1:8080"]);
+            e.affinity_timeout_s = Some(s);
+            e
+        };
+        let steps: Vec<(String, DesiredTable)> = vec![
+            (
+                svc(&v4(a, ""), ""),
+                table(vec![(
+                    fe("10.96.9.1", 80, Protocol::Tcp),
+                    entry("default", "l", "a", &["10.0.0.1:8080"]),
+                )]),
+            ),
+            // sessionAffinity None -> ClientIP -> None.
+            (
+                svc(&v4(a, ", sessionAffinity: ClientIP"), ""),
+                table(vec![(fe("10.96.9.1", 80, Protocol::Tcp), affinity(10800))]),
+            ),
+            (
+                svc(&v4(a, ", sessionAffinity: None"), ""),
+                table(vec![(
+                    fe("10.96.9.1", 80, Protocol::Tcp),
+                    entry("default", "l", "a", &["10.0.0.1:8080"]),
+                )]),
+            ),
+            // A port added, then the first removed.
+            (
+                svc(&v4(&format!("{a}, {b}"), ""), ""),
+                table(vec![
+                    (
+                        fe("10.96.9.1", 80, Protocol::Tcp),
+                        entry("default", "l", "a", &["10.0.0.1:8080"]),
+                    ),
+                    (
+                        fe("10.96.9.1", 81, Protocol::Tcp),
+                        entry("default", "l", "b", &["10.0.0.1:9090"]),
+                    ),
+                ]),
+            ),
+            (
+                svc(&v4(b, ""), ""),
+                table(vec![(
+                    fe("10.96.9.1", 81, Protocol::Tcp),
+                    entry("default", "l", "b", &["10.0.0.1:9090"]),
+                )]),
+            ),
+            // Labelled for another proxy, then the label removed.
+            (
+                svc(
+                    &v4(b, ""),
+                    ", labels: {service.kubernetes.io/service-proxy-name: other}",
+                ),
+                DesiredTable::default(),
+            ),
+            (
+                svc(&v4(b, ""), ", labels: {app: l}"),
+                table(vec![(
+                    fe("10.96.9.1", 81, Protocol::Tcp),
+                    entry("default", "l", "b", &["10.0.0.1:9090"]),
+                )]),
+            ),
+            // Families: dual-stack, then IPv6 only.
+            (
+                svc(
+                    &format!(
+                        "{{clusterIP: 10.96.9.1, clusterIPs: [10.96.9.1, \"fd00::9:1\"], ports: [{b}]}}"
+                    ),
+                    "",
+                ),
+                table(vec![
+                    (
+                        fe("10.96.9.1", 81, Protocol::Tcp),
+                        entry("default", "l", "b", &["10.0.0.1:9090"]),
+                    ),
+                    (
+                        fe("fd00::9:1", 81, Protocol::Tcp),
+                        entry("default", "l", "b", &["[fd00::1]:9090"]),
+                    ),
+                ]),
+            ),
+            (
+                svc(
+                    &format!(
+                        "{{clusterIP: \"fd00::9:1\", clusterIPs: [\"fd00::9:1\"], ports: [{b}]}}"
+                    ),
+                    "",
+                ),
+                table(vec![(
+                    fe("fd00::9:1", 81, Protocol::Tcp),
+                    entry("default", "l", "b", &["[fd00::1]:9090"]),
+                )]),
+            ),
+            // ClusterIP -> ExternalName -> ClusterIP.
+            (
+                svc(
+                    "{type: ExternalName, externalName: example.com, ports: [{port: 81}]}",
+                    "",
+                ),
+                DesiredTable::default(),
+            ),
+            (
+                svc(&v4(a, ""), ""),
+                table(vec![(
+                    fe("10.96.9.1", 80, Protocol::Tcp),
+                    entry("default", "l", "a", &["10.0.0.1:8080"]),
+                )]),
+            ),
+        ];
+        for (service, want) in steps {
+            let out = build(&with(&[&service, slices]));
+            assert_eq!(out.problems, vec![], "{service}");
+            assert_eq!(out.table, want, "{service}");
+        }
+    }
+
+    fn one<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn incremental_api() {
+        let node = NodeInfo::new("node-a", None);
+        let svc: Service = one(WEB);
+        let slice: EndpointSlice = one(WEB_SLICE);
+        let other: EndpointSlice = one(r#"
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: x-1, namespace: demo, labels: {kubernetes.io/service-name: x}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.9.9.9]}]
+"#);
+        assert_eq!(
+            slice_service(&slice),
+            Some(("demo".to_owned(), "web".to_owned()))
+        );
+        assert_eq!(slice_problems(&slice), vec![]);
+        // Slices of other services passed by mistake are skipped.
+        let built = build_service(&svc, &[&slice, &other], &node);
+        assert!(built.accepted());
+        assert_eq!(
+            built,
+            ServiceBuild {
+                entries: vec![(
+                    fe("10.96.0.10", 80, Protocol::Tcp),
+                    entry("demo", "web", "http", &["10.0.0.1:8080", "10.0.0.2:8080"])
+                )],
+                problems: vec![],
+                ignored: false,
+            }
+        );
+
+        let ignored: Service = one(
+            "kind: Service\napiVersion: v1\nmetadata: {name: i}\nspec: {type: ExternalName, externalName: x.example}\n",
+        );
+        let b = build_service(&ignored, &[], &node);
+        assert!(b.ignored && b.entries.is_empty() && b.problems.is_empty());
+
+        let rejected: Service = one(
+            "kind: Service\napiVersion: v1\nmetadata: {name: r}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n",
+        );
+        let b = build_service(&rejected, &[], &node);
+        assert!(!b.ignored && !b.accepted() && b.entries.is_empty());
+        assert_eq!(
+            b.problems,
+            vec![ProblemKind::InvalidClusterIp("10.96.0.300".into())]
+        );
+
+        let unlabelled: EndpointSlice = one(
+            "kind: EndpointSlice\napiVersion: discovery.k8s.io/v1\nmetadata: {name: u}\naddressType: IPv4\n",
+        );
+        assert_eq!(slice_service(&unlabelled), None);
+        assert_eq!(
+            slice_problems(&unlabelled),
+            vec![ProblemKind::MissingServiceNameLabel]
+        );
+        let other_proxy: EndpointSlice = one(
+            "kind: EndpointSlice\napiVersion: discovery.k8s.io/v1\nmetadata: {name: o, labels: {kubernetes.io/service-name: web, service.kubernetes.io/service-proxy-name: x}}\naddressType: IPX\n",
+        );
+        assert_eq!(slice_service(&other_proxy), None);
+        assert_eq!(slice_problems(&other_proxy), vec![]);
+    }
+
+    fn reasons(ex: &Explanation) -> Vec<(String, Option<u16>, bool, Option<NotUsed>)> {
+        ex.endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.port, e.used, e.reason.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn explain_lists_every_endpoint_with_the_reason() {
+        let (services, slices) = parse_objects(
+            r#"
+kind: Service
+apiVersion: v1
+metadata: {name: x, namespace: n}
+spec:
+  clusterIP: 10.96.10.1
+  clusterIPs: [10.96.10.1]
+  trafficDistribution: PreferClose
+  ports: [{name: http, port: 80}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: x-a, namespace: n, labels: {kubernetes.io/service-name: x}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.0.0.1], zone: a, hints: {forZones: [{name: a}]}}
+- {addresses: [10.0.0.2], zone: b, hints: {forZones: [{name: b}]}}
+- {addresses: [10.0.0.3], conditions: {ready: false}}
+- {addresses: [10.0.0.4], conditions: {ready: false, serving: true, terminating: true}}
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: x-b, namespace: n, labels: {kubernetes.io/service-name: x}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.0.0.1], zone: a, hints: {forZones: [{name: a}]}}
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: x-c, namespace: n, labels: {kubernetes.io/service-name: x}}
+addressType: IPv4
+ports: [{name: other, port: 9999}]
+endpoints: [{addresses: [10.0.0.5]}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: x-d, namespace: n, labels: {kubernetes.io/service-name: x}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: ["fd00::6"]}]
+"#,
+        );
+        let refs: Vec<&EndpointSlice> = slices.iter().collect();
+        let node = NodeInfo::new("node-a", Some("a".into()));
+        let frontend = fe("10.96.10.1", 80, Protocol::Tcp);
+        let ex = explain(&services[0], &refs, &node, &frontend);
+        assert_eq!(ex.status, FrontendStatus::Active);
+        assert_eq!(ex.policy, Some(TrafficPolicy::Cluster));
+        assert_eq!(ex.topology, Some(Topology::PreferSameZone));
+        assert_eq!(ex.traffic_distribution.as_deref(), Some("PreferClose"));
+        assert!(!ex.terminating_fallback);
+        assert_eq!(ex.backends, vec!["10.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(
+            reasons(&ex),
+            vec![
+                ("10.0.0.1".into(), Some(8080), true, None),
+                (
+                    "10.0.0.2".into(),
+                    Some(8080),
+                    false,
+                    Some(NotUsed::HintMismatch)
+                ),
+                (
+                    "10.0.0.3".into(),
+                    Some(8080),
+                    false,
+                    Some(NotUsed::NotReady)
+                ),
+                (
+                    "10.0.0.4".into(),
+                    Some(8080),
+                    false,
+                    Some(NotUsed::Terminating)
+                ),
+                (
+                    "10.0.0.1".into(),
+                    Some(8080),
+                    false,
+                    Some(NotUsed::DuplicateOf {
+                        slice: "x-a".into()
+                    })
+                ),
+                (
+                    "10.0.0.5".into(),
+                    None,
+                    false,
+                    Some(NotUsed::PortNameNotFound)
+                ),
+                ("fd00::6".into(), None, false, Some(NotUsed::WrongFamily)),
+            ]
+        );
+        assert!(ex.rule.contains("PreferSameZone"), "{}", ex.rule);
+        // The explanation agrees with the table.
+        let built = build_service(&services[0], &refs, &node);
+        assert_eq!(built.entries[0].1.backends, ex.backends);
+
+        // Not a frontend of the service, and ignored / rejected services.
+        let ex = explain(
+            &services[0],
+            &refs,
+            &node,
+            &fe("10.96.10.1", 81, Protocol::Tcp),
+        );
+        assert_eq!(ex.status, FrontendStatus::NoSuchFrontend);
+        assert!(ex.endpoints.is_empty());
+        let ignored: Service = one(
+            "kind: Service\napiVersion: v1\nmetadata: {name: x, namespace: n}\nspec: {clusterIP: None}\n",
+        );
+        assert_eq!(
+            explain(&ignored, &refs, &node, &frontend).status,
+            FrontendStatus::ServiceIgnored
+        );
+        let rejected: Service = one(
+            "kind: Service\napiVersion: v1\nmetadata: {name: x, namespace: n}\nspec: {clusterIP: 10.96.10.1, sessionAffinity: Sticky, ports: [{name: http, port: 80}]}\n",
+        );
+        let ex = explain(&rejected, &refs, &node, &frontend);
+        assert_eq!(ex.status, FrontendStatus::ServiceRejected);
+        assert_eq!(
+            ex.problems,
+            vec!["Service n/x: invalid sessionAffinity \"Sticky\" (expected None or ClientIP)"]
+        );
+    }
+
+    #[test]
+    fn explain_local_policy_and_fallbacks() {
+        let (services, slices) = parse_objects(&with(&[
+            LOCAL_SVC,
+            &cond_slice(
+                r#"
+- {addresses: [10.0.0.1], nodeName: node-b}
+- {addresses: [10.0.0.2], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.0.0.3], nodeName: node-a, conditions: {ready: false, serving: false, terminating: true}}
+"#,
+            ),
+        ]));
+        let refs: Vec<&EndpointSlice> = slices.iter().collect();
+        let node = NodeInfo::new("node-a", None);
+        let ex = explain(
+            &services[0],
+            &refs,
+            &node,
+            &fe("10.96.0.90", 80, Protocol::Tcp),
+        );
+        assert_eq!(ex.policy, Some(TrafficPolicy::Local));
+        assert!(ex.terminating_fallback);
+        assert_eq!(
+            reasons(&ex),
+            vec![
+                ("10.0.0.1".into(), Some(80), false, Some(NotUsed::OtherNode)),
+                ("10.0.0.2".into(), Some(80), true, None),
+                (
+                    "10.0.0.3".into(),
+                    Some(80),
+                    false,
+                    Some(NotUsed::Terminating)
+                ),
+            ]
+        );
+        // From a node without endpoints: dropped.
+        let ex = explain(
+            &services[0],
+            &refs,
+            &NodeInfo::new("node-c", None),
+            &fe("10.96.0.90", 80, Protocol::Tcp),
+        );
+        assert_eq!(ex.no_endpoints, Some(NoEndpoints::Drop));
+        assert!(ex.rule.contains("dropped"), "{}", ex.rule);
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use clusterip_common::{SVC_FLAG_OPEN, SVC_FLAG_WILDCARD};
 use serde::Serialize;
 
 /// L4 protocol of a service port. SCTP ports are skipped by the model (not supported yet).
@@ -101,6 +102,9 @@ pub struct ServiceEntry {
     pub affinity_timeout_s: Option<u32>,
     /// Only meaningful when `backends` is empty.
     pub no_endpoints: NoEndpoints,
+    /// The frontend is an external IP (`spec.externalIPs`), not a cluster IP: other ports on
+    /// it are not refused (it is often a real address of a node).
+    pub external: bool,
 }
 
 /// The whole desired table. BTreeMap: deterministic order for diffs, dumps and tests.
@@ -110,10 +114,41 @@ pub struct DesiredTable {
 }
 
 impl DesiredTable {
-    /// Every VIP that has at least one frontend (each gets a wildcard entry in the maps, so
-    /// other ports on it are refused).
-    pub fn vips(&self) -> std::collections::BTreeSet<IpAddr> {
-        self.services.keys().map(|f| f.vip).collect()
+    /// The wildcard entry each address with a frontend needs: `SVC_FLAG_WILDCARD`, plus
+    /// `SVC_FLAG_OPEN` when the address is only an external IP (other ports on a cluster IP
+    /// are refused; on an external IP they pass).
+    pub fn wildcards(&self) -> BTreeMap<IpAddr, u16> {
+        let mut out: BTreeMap<IpAddr, u16> = BTreeMap::new();
+        for (fe, e) in &self.services {
+            let flags = out
+                .entry(fe.vip)
+                .or_insert(SVC_FLAG_WILDCARD | SVC_FLAG_OPEN);
+            if !e.external {
+                *flags &= !SVC_FLAG_OPEN;
+            }
+        }
+        out
+    }
+
+    /// [`DesiredTable::wildcards`] for one address; None when it has no frontend.
+    pub fn wildcard(&self, vip: IpAddr) -> Option<u16> {
+        let from = Frontend {
+            vip,
+            port: 0,
+            protocol: Protocol::Tcp,
+        };
+        let mut flags = None;
+        for (_, e) in self
+            .services
+            .range(from..)
+            .take_while(|(fe, _)| fe.vip == vip)
+        {
+            let f = flags.get_or_insert(SVC_FLAG_WILDCARD | SVC_FLAG_OPEN);
+            if !e.external {
+                *f &= !SVC_FLAG_OPEN;
+            }
+        }
+        flags
     }
 }
 
@@ -141,6 +176,7 @@ pub(crate) mod test_support {
             backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
             affinity_timeout_s: None,
             no_endpoints: NoEndpoints::Reject,
+            external: false,
         }
     }
 

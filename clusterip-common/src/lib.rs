@@ -37,6 +37,9 @@ pub const SVC_FLAG_AFFINITY: u16 = 1 << 0;
 pub const SVC_FLAG_DROP: u16 = 1 << 1;
 /// The (addr, port 0, proto 0, slot 0) entry that marks an address as a service VIP.
 pub const SVC_FLAG_WILDCARD: u16 = 1 << 2;
+/// On a wildcard entry: the address is only an external IP (`spec.externalIPs`), often a real
+/// address of a node, so a port without a frontend passes untouched instead of being refused.
+pub const SVC_FLAG_OPEN: u16 = 1 << 3;
 
 /// Kinds of client identity in [`AffinityKey`].
 pub const AFFINITY_CLIENT_NETNS: u8 = 0;
@@ -78,9 +81,11 @@ pub mod map_names {
     ];
 }
 
-/// Map capacities.
-pub const MAX_SERVICE_ENTRIES: u32 = 65_536;
-pub const MAX_BACKENDS: u32 = 65_536;
+/// Map capacities. The service and backend maps are not preallocated, so their memory follows
+/// what is in them: 10,000 services of 10 endpoints take about 120,000 service entries
+/// (wildcard, frontend and slots) and 100,000 backends.
+pub const MAX_SERVICE_ENTRIES: u32 = 524_288;
+pub const MAX_BACKENDS: u32 = 262_144;
 pub const MAX_SOCK_REVNAT: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;
 pub const MAX_SOCK_FLOWS: u32 = 65_536;

@@ -11,9 +11,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use clusterip_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, Service4Key,
-    Service6Key, ServiceValue, SockFlowKey, SockFlowValue, SockRevNat4Key, SockRevNat4Value,
-    SockRevNat6Key, SockRevNat6Value, ip4_from_net, ip6_from_net, port_from_net,
+    AffinityKey, AffinityValue, Backend4, Backend6, SVC_FLAG_AFFINITY, SVC_FLAG_DROP,
+    SVC_FLAG_OPEN, Service4Key, Service6Key, ServiceValue, SockFlowKey, SockFlowValue,
+    SockRevNat4Key, SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, ip4_from_net, ip6_from_net,
+    port_from_net,
 };
 
 use crate::ctx;
@@ -132,10 +133,14 @@ pub fn select<F: Family>(
 ) -> Decision<F::Backend> {
     // Most connections are not to a VIP: one lookup (the VIP's wildcard entry) says so. The
     // agent writes a VIP's wildcard before its frontends and removes it after them.
-    if F::service(&F::wildcard(key)).is_none() {
+    let Some(wildcard) = F::service(&F::wildcard(key)) else {
         return Decision::Pass;
-    }
+    };
     let Some(fe) = F::service(key) else {
+        if wildcard.flags & SVC_FLAG_OPEN != 0 {
+            // Only an external IP: other ports are the address's own.
+            return Decision::Pass;
+        }
         debug!(ctx, "clusterip: port not defined on VIP: refused");
         return Decision::Refuse(ECONNREFUSED);
     };

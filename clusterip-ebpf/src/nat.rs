@@ -17,7 +17,7 @@
 use aya_log_ebpf::debug;
 use clusterip_common::{
     CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, MAX_SVC_ID, SVC_FLAG_AFFINITY,
-    SVC_FLAG_DROP, ServiceValue,
+    SVC_FLAG_DROP, SVC_FLAG_OPEN, ServiceValue,
 };
 
 use crate::ct::{self, Addr, Ct, Tuple};
@@ -168,11 +168,13 @@ fn process_ip<P: Packet, const V6: bool, const XDP: bool>(p: &P) -> Option<Verdi
     }
     // Most packets are not for a VIP: one lookup (the VIP's wildcard entry) says so. The
     // agent writes a VIP's wildcard before its frontends and removes it after them.
-    if !select::is_vip::<V6>(&t.daddr) {
-        return None;
-    }
+    let vip = select::vip_flags::<V6>(&t.daddr)?;
     if let Some(fe) = select::frontend::<V6>(&t.daddr, t.dport, t.proto) {
         return Some(forward::<P, V6>(p, &t, flags, &fe));
+    }
+    if vip & SVC_FLAG_OPEN != 0 {
+        // Only an external IP: other ports are the address's own.
+        return None;
     }
     debug!(
         p,

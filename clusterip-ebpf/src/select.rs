@@ -63,10 +63,10 @@ pub fn frontend<const V6: bool>(addr: &Addr, port: u16, proto: u8) -> Option<Ser
     }
 }
 
-/// Whether `addr` is a VIP (has the wildcard entry).
+/// The flags of `addr`'s wildcard entry; None when it is not a VIP.
 #[inline(always)]
-pub fn is_vip<const V6: bool>(addr: &Addr) -> bool {
-    frontend::<V6>(addr, 0, 0).is_some()
+pub fn vip_flags<const V6: bool>(addr: &Addr) -> Option<u16> {
+    frontend::<V6>(addr, 0, 0).map(|w| w.flags)
 }
 
 /// The backend with id `id`, if it (still) exists.
