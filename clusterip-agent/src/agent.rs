@@ -1,17 +1,24 @@
-//! The agent's commands: `run` (load, attach, follow the manifests), `dump`, `cleanup`.
+//! The agent's commands: `run` (load, attach, follow the source), `dump`, `explain`,
+//! `probe`, `cleanup`.
 
 use std::io::Write;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::cli::{Cli, Command, RunArgs};
 use crate::datapath::{Datapath, DatapathConfig};
 use crate::interfaces::Pattern;
 use crate::manifests::ManifestSource;
+use crate::metrics::{self, Metrics};
+use crate::model::NodeInfo;
+use crate::store::{SourceEvent, Store};
 use crate::syncer::Syncer;
-use crate::{datapath, dump, sockdiag, syncer, telemetry};
+use crate::{datapath, dump, kube_source, sockdiag, syncer, telemetry};
 use clusterip_common::DatapathConfigValue;
 
 /// How often the manifests are re-read: a change is in the maps well within a second.
@@ -64,10 +71,17 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `clusterip-agent run`: load or adopt the datapath, then follow the manifests until SIGINT or
-/// SIGTERM. On exit the datapath stays attached (pinned), like the kernel side does when the
-/// agent is killed: connections keep working; `cleanup` removes it.
+/// `clusterip-agent run`: load or adopt the datapath, then follow the source (manifest files
+/// or the Kubernetes API) until SIGINT or SIGTERM. On exit the datapath stays attached
+/// (pinned), like the kernel side does when the agent is killed: connections keep working;
+/// `cleanup` removes it.
+///
+/// Events from the source go into the [`Store`]; every batch of events that arrived together
+/// is computed and written at once (bursts coalesce without waiting for a timer). The first
+/// sync, and any sync after a failed one, applies the whole table (removing what an earlier
+/// agent left that is no longer wanted); the others write only the touched frontends.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let metrics_addr = metrics::parse_addr(&args.metrics_addr)?;
     let cgroup = match (args.socket_lb, args.cgroup) {
         (false, _) => None,
         (true, Some(c)) => Some(c),
@@ -75,14 +89,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(datapath::default_cgroup_root().context("finding the cgroup v2 root")?)
         }
     };
-    let Some(manifests) = args.source.manifests.clone() else {
-        anyhow::bail!("the Kubernetes API source is not wired yet: pass --manifests");
+    let node_name = node_name(&args.source)?;
+    // The source is set up before anything is attached: a bad kubeconfig changes nothing.
+    let kube_client = match &args.source.manifests {
+        Some(_) => None,
+        None => Some(
+            kube_source::client(&args.source)
+                .await
+                .context("connecting to the Kubernetes API")?,
+        ),
     };
-    let node_name = match args.source.node_name.clone() {
-        Some(n) => n,
-        None => hostname().context("reading the hostname (set --node-name or NODE_NAME)")?,
-    };
+    let metrics = Arc::new(Metrics::default());
+    metrics.set_not_ready("waiting for the initial lists of Services and EndpointSlices");
+    if let Some(addr) = metrics_addr {
+        metrics::serve(addr, Arc::clone(&metrics)).await?;
+    }
+
     let debug_logs = telemetry::ebpf_debug_enabled();
+    let per_packet = !args.tc_ifaces.is_empty() || !args.xdp_ifaces.is_empty();
     let cfg = DatapathConfig {
         bpffs: args.bpffs.clone(),
         cgroup: cgroup.clone(),
@@ -104,47 +128,61 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("forwarding eBPF logs")?;
     }
     let mut syncer = Syncer::open(&args.bpffs).context("opening the pinned maps")?;
+    // Only the per-packet programs read Maglev tables (10,000 services: 40 MiB, 10,000 writes).
+    syncer.set_maglev(per_packet);
+    let source_name = match &args.source.manifests {
+        Some(m) => m.display().to_string(),
+        None => "kubernetes".to_string(),
+    };
     info!(
         cgroup = %cgroup.as_deref().map(|c| c.display().to_string()).unwrap_or_else(|| "-".into()),
         bpffs = %args.bpffs.display(),
         node = %node_name,
-        manifests = %manifests.display(),
+        source = %source_name,
         adopted_frontends = syncer.installed().frontends.len(),
         "datapath attached"
     );
 
-    let mut source = ManifestSource::new(manifests, node_name);
-    let mut tick = tokio::time::interval(POLL_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (tx, mut rx) = mpsc::channel::<(Instant, SourceEvent)>(EVENT_QUEUE);
+    let _source_task = match (&args.source.manifests, kube_client) {
+        (Some(path), _) => spawn_manifest_source(path.clone(), node_name.clone(), tx)?,
+        (None, Some(client)) => kube_source::spawn(client, node_name.clone(), tx),
+        (None, None) => anyhow::bail!("no source of Services"),
+    };
+
+    let mut store = Store::new(NodeInfo::new(node_name, None));
+    let mut state = SyncState {
+        full_needed: true,
+        cgroup,
+        bpffs: args.bpffs.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    let mut retry = tokio::time::interval(RETRY_INTERVAL);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut iface_tick = tokio::time::interval(IFACE_SCAN_INTERVAL);
     iface_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    // After a failed apply the next table is applied even if the manifests did not change.
-    let mut pending = None;
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                if let Some(table) = source.poll() {
-                    pending = Some(table);
-                }
-                if let Some(table) = pending.take() {
-                    let udp_before = sockdiag::udp_members(syncer.installed());
-                    match syncer.apply(&table) {
-                        Ok(stats) => {
-                            syncer::log_stats(&stats);
-                            if let Some(cg) = &cgroup {
-                                let after = sockdiag::udp_members(syncer.installed());
-                                let removed = udp_before.difference(&after).copied().collect();
-                                destroy_stale_udp_sockets(&args.bpffs, cg, removed).await;
-                            }
-                        }
-                        Err(e) => {
-                            syncer::recover(&mut syncer, &e);
-                            pending = Some(table);
-                        }
+            ev = rx.recv() => {
+                let Some((at, ev)) = ev else {
+                    anyhow::bail!("the source of Services stopped");
+                };
+                take_event(&mut store, &metrics, at, ev);
+                // Everything already queued joins this batch.
+                for _ in 0..MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok((at, ev)) => take_event(&mut store, &metrics, at, ev),
+                        Err(_) => break,
                     }
                 }
+                if store.initialized() {
+                    state.sync(&mut store, &mut syncer).await;
+                }
+            }
+            _ = retry.tick(), if state.full_needed && store.initialized() => {
+                state.sync(&mut store, &mut syncer).await;
             }
             _ = iface_tick.tick(), if datapath.watches_interfaces() => {
                 datapath.sync_interfaces();
@@ -156,6 +194,134 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!("stopping; the datapath stays attached (`clusterip-agent cleanup` removes it)");
     drop(datapath);
     Ok(())
+}
+
+/// Events queued between the sources and the store.
+const EVENT_QUEUE: usize = 4096;
+/// Events taken into one batch at most before it is synced.
+const MAX_BATCH: usize = 20_000;
+/// How soon a failed sync is retried (as a full apply).
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+fn take_event(store: &mut Store, metrics: &Metrics, at: Instant, ev: SourceEvent) {
+    if let SourceEvent::WatchRestarted(resource) = &ev {
+        metrics.inc_watch_restarts(resource);
+    }
+    store.handle(at, ev);
+}
+
+struct SyncState {
+    /// The next sync applies the whole table (first sync; after a failure).
+    full_needed: bool,
+    cgroup: Option<PathBuf>,
+    bpffs: PathBuf,
+    metrics: Arc<Metrics>,
+}
+
+impl SyncState {
+    async fn sync(&mut self, store: &mut Store, syncer: &mut Syncer) {
+        let started = Instant::now();
+        let changes = store.compute();
+        if !self.full_needed && changes.touched.is_empty() {
+            return;
+        }
+        let full = self.full_needed;
+        let udp_before = self.cgroup.as_ref().map(|_| {
+            if full {
+                sockdiag::udp_members(syncer.installed())
+            } else {
+                sockdiag::udp_members_of(syncer.installed(), &changes.touched)
+            }
+        });
+        let write_start = Instant::now();
+        let result = if full {
+            syncer.apply(store.table())
+        } else {
+            syncer.apply_partial(store.table(), &changes.touched)
+        };
+        let written = Instant::now();
+        match result {
+            Ok(stats) => {
+                self.full_needed = false;
+                let latency = changes.since.map(|t| written.saturating_duration_since(t));
+                syncer::log_stats(&stats, full, written - write_start, latency);
+                self.metrics
+                    .observe_sync(written.duration_since(started).as_secs_f64());
+                if let Some(l) = latency {
+                    self.metrics.observe_programming_latency(l.as_secs_f64());
+                }
+                self.report(store, syncer);
+                self.metrics.set_ready(true);
+                if let (Some(cg), Some(before)) = (&self.cgroup, udp_before) {
+                    let after = if full {
+                        sockdiag::udp_members(syncer.installed())
+                    } else {
+                        sockdiag::udp_members_of(syncer.installed(), &changes.touched)
+                    };
+                    let removed = before.difference(&after).copied().collect();
+                    destroy_stale_udp_sockets(&self.bpffs, cg, removed).await;
+                }
+            }
+            Err(e) => {
+                self.metrics.inc_sync_errors();
+                syncer::recover(syncer, &e);
+                self.full_needed = true;
+            }
+        }
+    }
+
+    /// Gauges: what is programmed and how full the maps are.
+    fn report(&self, store: &Store, syncer: &Syncer) {
+        let table = store.table();
+        let endpoints: usize = table.services.values().map(|e| e.backends.len()).sum();
+        self.metrics.set_programmed(
+            store.programmed_services() as u64,
+            table.services.len() as u64,
+            endpoints as u64,
+        );
+        for (map, used, capacity) in syncer.map_usage() {
+            self.metrics.set_map_usage(map, used, capacity);
+        }
+    }
+}
+
+/// Follows the manifest files on a thread of its own (a large file takes a while to parse):
+/// every change is sent as the complete set of objects, which the store diffs.
+fn spawn_manifest_source(
+    path: PathBuf,
+    node_name: String,
+    tx: mpsc::Sender<(Instant, SourceEvent)>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut source = ManifestSource::new(path, node_name);
+        loop {
+            if let Some(objects) = source.poll_objects() {
+                let at = Instant::now();
+                let events = [
+                    SourceEvent::NodeZone(objects.node_zone),
+                    SourceEvent::ServicesReplaced(objects.services),
+                    SourceEvent::SlicesReplaced(objects.slices),
+                ];
+                for ev in events {
+                    if tx.blocking_send((at, ev)).is_err() {
+                        return;
+                    }
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    });
+    Ok(handle)
+}
+
+fn node_name(source: &crate::cli::SourceArgs) -> anyhow::Result<String> {
+    match &source.node_name {
+        Some(n) => Ok(n.clone()),
+        None => hostname().context("reading the hostname (set --node-name or NODE_NAME)"),
+    }
 }
 
 /// Connected UDP sockets of removed backends are destroyed so their owners reconnect through

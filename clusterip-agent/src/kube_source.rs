@@ -1,1 +1,302 @@
-//! The Kubernetes API source (being written).
+//! The Kubernetes API source: watches v1 Services, discovery.k8s.io/v1 EndpointSlices and this
+//! node's v1 Node, and turns what it sees into [`SourceEvent`]s for the store.
+//!
+//! Selectors are kube-proxy's (`cmd/kube-proxy/app/server.go`):
+//! - Services: label selector `!service.kubernetes.io/service-proxy-name` (services another
+//!   proxy implements) and field selector `spec.clusterIP!=None` (headless services are served
+//!   by DNS, not by a proxy);
+//! - EndpointSlices: label selector `!service.kubernetes.io/headless` (the label the
+//!   EndpointSlice controller puts on the slices of headless services). kube-proxy does not
+//!   filter slices by service-proxy-name: a slice whose Service is not watched is inert, and
+//!   keeping it avoids a window without endpoints when that label is removed from a Service
+//!   (the controller relabels its slices only afterwards);
+//! - Node: field selector `metadata.name=<node>`, for its `topology.kubernetes.io/zone` label.
+//!
+//! Each kind is a kube-runtime `watcher` (list + watch with bookmarks, the strategy every API
+//! server supports; streaming lists need `WatchList`, beta since 1.32 only) behind kube's
+//! default exponential backoff (0.8 s doubling to 30 s, with jitter). A relist (`Init` ..
+//! `InitDone`) is collected and sent as one `*Replaced` event, so the store never sees an
+//! empty intermediate state; every watcher error (list failure, disconnect, 410 Expired, ...)
+//! is logged and reported as [`SourceEvent::WatchRestarted`].
+
+use std::fmt::{self, Debug};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch};
+use kube::{Client, Config, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::Sender;
+use tracing::{debug, info, warn};
+
+use crate::cli::SourceArgs;
+use crate::store::SourceEvent;
+
+/// kube-proxy's label selector for Services.
+pub const SERVICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
+/// kube-proxy's field selector for Services: no headless services.
+pub const SERVICE_FIELD_SELECTOR: &str = "spec.clusterIP!=None";
+/// kube-proxy's label selector for EndpointSlices: no slices of headless services.
+pub const SLICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/headless";
+/// The Node label holding the node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A client for the Kubernetes API: `--kubeconfig PATH` when given; else the in-cluster
+/// configuration when running in a pod (`KUBERNETES_SERVICE_HOST` set); else `$KUBECONFIG` /
+/// `~/.kube/config`.
+pub async fn client(source: &SourceArgs) -> anyhow::Result<Client> {
+    let config = match &source.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Config::incluster()
+            .context(
+                "in-cluster Kubernetes configuration (KUBERNETES_SERVICE_HOST is set; the \
+                 service account token and CA are read from \
+                 /var/run/secrets/kubernetes.io/serviceaccount)",
+            )?,
+        None => Config::from_kubeconfig(&KubeConfigOptions::default())
+            .await
+            .context(
+                "no Kubernetes API configuration: not in a pod (KUBERNETES_SERVICE_HOST unset) \
+                 and no usable kubeconfig ($KUBECONFIG or ~/.kube/config); use --kubeconfig \
+                 or --manifests",
+            )?,
+    };
+    let url = config.cluster_url.clone();
+    Client::try_from(config).with_context(|| format!("Kubernetes API client for {url}"))
+}
+
+/// Starts the three watchers; events go to `tx`, each stamped with the instant it was
+/// received. The task ends only when `tx`'s receiver is gone.
+pub fn spawn(
+    client: Client,
+    node_name: String,
+    tx: Sender<(Instant, SourceEvent)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let services = watch_kind(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default()
+                .labels(SERVICE_LABEL_SELECTOR)
+                .fields(SERVICE_FIELD_SELECTOR),
+            tx.clone(),
+        );
+        let slices = watch_kind(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default().labels(SLICE_LABEL_SELECTOR),
+            tx.clone(),
+        );
+        let node = watch_kind(
+            Api::<Node>::all(client),
+            watcher::Config::default().fields(&node_field_selector(&node_name)),
+            tx,
+        );
+        tokio::join!(services, slices, node);
+    })
+}
+
+/// One list of each kind, with the same selectors as the watchers (for `explain`).
+pub async fn list_once(
+    source: &SourceArgs,
+    node_name: &str,
+) -> anyhow::Result<crate::manifests::Objects> {
+    let client = client(source).await?;
+    let services = list_all(
+        &Api::<Service>::all(client.clone()),
+        ListParams::default()
+            .labels(SERVICE_LABEL_SELECTOR)
+            .fields(SERVICE_FIELD_SELECTOR),
+    )
+    .await?;
+    let slices = list_all(
+        &Api::<EndpointSlice>::all(client.clone()),
+        ListParams::default().labels(SLICE_LABEL_SELECTOR),
+    )
+    .await?;
+    let nodes = list_all(
+        &Api::<Node>::all(client),
+        ListParams::default().fields(&node_field_selector(node_name)),
+    )
+    .await?;
+    if nodes.is_empty() {
+        warn!(
+            node = node_name,
+            "node not found in the Kubernetes API: no zone"
+        );
+    }
+    Ok(crate::manifests::Objects {
+        services,
+        slices,
+        node_zone: nodes.first().and_then(node_zone),
+    })
+}
+
+fn node_field_selector(node_name: &str) -> String {
+    format!("metadata.name={node_name}")
+}
+
+/// The `topology.kubernetes.io/zone` label of a node.
+pub fn node_zone(node: &Node) -> Option<String> {
+    node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()
+}
+
+async fn list_all<K>(api: &Api<K>, params: ListParams) -> anyhow::Result<Vec<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let mut params = params.limit(500);
+    let mut items = Vec::new();
+    loop {
+        let page = api
+            .list(&params)
+            .await
+            .with_context(|| format!("listing {}", K::plural(&())))?;
+        items.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(items),
+        }
+    }
+}
+
+/// A kind the source watches, and how its watcher events become [`SourceEvent`]s.
+trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static {
+    /// The name in logs and in [`SourceEvent::WatchRestarted`].
+    const RESOURCE: &'static str;
+    fn applied(self) -> SourceEvent;
+    fn deleted(self) -> SourceEvent;
+    fn replaced(all: Vec<Self>) -> SourceEvent;
+}
+
+impl Watched for Service {
+    const RESOURCE: &'static str = "services";
+    fn applied(self) -> SourceEvent {
+        SourceEvent::ServiceApplied(self)
+    }
+    fn deleted(self) -> SourceEvent {
+        SourceEvent::ServiceDeleted(self)
+    }
+    fn replaced(all: Vec<Self>) -> SourceEvent {
+        SourceEvent::ServicesReplaced(all)
+    }
+}
+
+impl Watched for EndpointSlice {
+    const RESOURCE: &'static str = "endpointslices";
+    fn applied(self) -> SourceEvent {
+        SourceEvent::SliceApplied(self)
+    }
+    fn deleted(self) -> SourceEvent {
+        SourceEvent::SliceDeleted(self)
+    }
+    fn replaced(all: Vec<Self>) -> SourceEvent {
+        SourceEvent::SlicesReplaced(all)
+    }
+}
+
+impl Watched for Node {
+    const RESOURCE: &'static str = "nodes";
+    fn applied(self) -> SourceEvent {
+        SourceEvent::NodeZone(node_zone(&self))
+    }
+    fn deleted(self) -> SourceEvent {
+        SourceEvent::NodeZone(None)
+    }
+    fn replaced(all: Vec<Self>) -> SourceEvent {
+        SourceEvent::NodeZone(all.first().and_then(node_zone))
+    }
+}
+
+/// Runs one watcher until the receiver is gone.
+async fn watch_kind<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    tx: Sender<(Instant, SourceEvent)>,
+) {
+    let stream = watch(api, config).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    // Objects of a relist in progress (between Init and InitDone).
+    let mut relist: Option<Vec<K>> = None;
+    let mut listed_once = false;
+    while let Some(item) = next(&mut stream).await {
+        let received = Instant::now();
+        let event = match item {
+            Ok(Event::Init) => {
+                debug!(resource = K::RESOURCE, "listing");
+                relist = Some(Vec::new());
+                continue;
+            }
+            Ok(Event::InitApply(object)) => {
+                relist.get_or_insert_with(Vec::new).push(object);
+                continue;
+            }
+            Ok(Event::InitDone) => {
+                let all = relist.take().unwrap_or_default();
+                if listed_once {
+                    info!(resource = K::RESOURCE, count = all.len(), "relisted");
+                } else {
+                    info!(resource = K::RESOURCE, count = all.len(), "listed");
+                    listed_once = true;
+                }
+                K::replaced(all)
+            }
+            Ok(Event::Apply(object)) => object.applied(),
+            Ok(Event::Delete(object)) => object.deleted(),
+            Err(error) => {
+                warn!(
+                    resource = K::RESOURCE,
+                    error = %Chain(&error),
+                    "Kubernetes API watch failed; resuming with backoff"
+                );
+                SourceEvent::WatchRestarted(K::RESOURCE)
+            }
+        };
+        if tx.send((received, event)).await.is_err() {
+            debug!(resource = K::RESOURCE, "event receiver gone; watcher stops");
+            return;
+        }
+    }
+}
+
+/// The next item of a stream (kube's streams, without a direct `futures` dependency: the bound
+/// `WatchStreamExt` brings its supertrait `Stream` along).
+fn next<S>(stream: &mut Pin<&mut S>) -> impl Future<Output = Option<S::Item>>
+where
+    S: WatchStreamExt + ?Sized,
+{
+    std::future::poll_fn(move |cx: &mut TaskContext<'_>| -> Poll<Option<S::Item>> {
+        stream.as_mut().poll_next(cx)
+    })
+}
+
+/// An error and its sources, `: `-separated.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // kube's errors often repeat their source in their own message: skip what is known.
+        let mut text = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            let more = error.to_string();
+            if !text.contains(&more) {
+                text = format!("{text}: {more}");
+            }
+            source = error.source();
+        }
+        f.write_str(&text)
+    }
+}

@@ -2,6 +2,7 @@
 //! EndpointSlices. `main.rs` only wires; everything lives here.
 
 pub mod agent;
+pub mod batch;
 pub mod cli;
 pub mod datapath;
 pub mod dump;

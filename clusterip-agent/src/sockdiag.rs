@@ -90,6 +90,24 @@ impl SockId {
 /// (service id, backend) pairs: a UDP backend of one frontend.
 pub type UdpMembers = BTreeSet<(u32, SocketAddr)>;
 
+/// The UDP backends of the installed frontends among `frontends`.
+pub fn udp_members_of(
+    installed: &Installed,
+    frontends: &std::collections::BTreeSet<crate::table::Frontend>,
+) -> UdpMembers {
+    frontends
+        .iter()
+        .filter(|fe| fe.protocol == Protocol::Udp)
+        .filter_map(|fe| installed.frontends.get(fe))
+        .flat_map(|f| {
+            f.slots
+                .iter()
+                .filter_map(|id| installed.backends.get(id))
+                .map(|b| (f.svc_id, b.addr))
+        })
+        .collect()
+}
+
 /// The UDP backends of every installed frontend.
 pub fn udp_members(installed: &Installed) -> UdpMembers {
     installed

@@ -1,7 +1,30 @@
-//! The object store between sources and the syncer (being written).
+//! The object store between the sources and the syncer.
+//!
+//! Sources (the manifest files, the Kubernetes API) report [`SourceEvent`]s. The store keeps
+//! the current Services, EndpointSlices and this node's zone, and the [`DesiredTable`] built
+//! from them. An event marks the services it concerns as dirty; [`Store::compute`] rebuilds
+//! only those (through [`model::build_service`]) and returns the frontends whose entries
+//! changed, which is what [`crate::syncer::Syncer::apply_partial`] writes. One endpoint
+//! change therefore costs one service's rebuild and its map writes, however many services
+//! there are.
+//!
+//! A relist ([`SourceEvent::ServicesReplaced`], [`SourceEvent::SlicesReplaced`]) is diffed
+//! against what the store holds: objects that did not change stay clean, so a watch that
+//! reconnects and relists rewrites nothing and the maps never pass through an empty state.
+//!
+//! Two services claiming the same frontend (which the API server's allocator prevents): the
+//! one that holds it keeps it; the other is rejected as a whole, reported, and retried when
+//! a frontend is released.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tracing::{debug, warn};
+
+use crate::model::{self, NodeInfo, ObjectKind, ObjectRef, ProblemKind, Severity};
+use crate::table::{DesiredTable, Frontend};
 
 /// What a source reports. Each is stamped with the `Instant` it was received.
 #[derive(Clone, Debug)]
@@ -19,4 +42,608 @@ pub enum SourceEvent {
     NodeZone(Option<String>),
     /// A watch was (re)started after an error or its end: "services", "endpointslices", "nodes".
     WatchRestarted(&'static str),
+}
+
+/// (namespace, name) of an object.
+pub type Key = (String, String);
+
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
+    let ns = meta
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(model::DEFAULT_NAMESPACE);
+    (ns.to_owned(), meta.name.clone().unwrap_or_default())
+}
+
+/// What [`Store::compute`] changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Frontends whose entry in the table was added, changed or removed.
+    pub touched: BTreeSet<Frontend>,
+    /// Services rebuilt.
+    pub services_rebuilt: usize,
+    /// When the oldest event behind these changes was received (None: nothing dirty).
+    pub since: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct Store {
+    node: NodeInfo,
+    services: HashMap<Key, Service>,
+    slices: HashMap<Key, EndpointSlice>,
+    /// slice key -> the service key it belongs to.
+    slice_owner: HashMap<Key, Key>,
+    /// service key -> its slices' keys (sorted: deterministic merge order).
+    slices_of: HashMap<Key, BTreeSet<Key>>,
+    dirty: BTreeSet<Key>,
+    /// When the oldest event not yet computed was received.
+    dirty_since: Option<Instant>,
+    /// Frontends each service holds in `table`.
+    held: HashMap<Key, Vec<Frontend>>,
+    owner: HashMap<Frontend, Key>,
+    /// Services rejected because another holds one of their frontends.
+    conflicted: BTreeSet<Key>,
+    /// Last problems logged per object, so a problem is logged when it appears or changes.
+    logged: HashMap<ObjectRef, Vec<String>>,
+    table: DesiredTable,
+    services_seen: bool,
+    slices_seen: bool,
+}
+
+impl Store {
+    pub fn new(node: NodeInfo) -> Self {
+        Self {
+            node,
+            ..Default::default()
+        }
+    }
+
+    pub fn table(&self) -> &DesiredTable {
+        &self.table
+    }
+
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    /// Whether both kinds have been listed once: only then is the table the cluster's (an
+    /// agent must not remove what an earlier one programmed before it knows the state).
+    pub fn initialized(&self) -> bool {
+        self.services_seen && self.slices_seen
+    }
+
+    /// Services (ours or not) and slices held.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.services.len(), self.slices.len())
+    }
+
+    /// Number of distinct services that have at least one frontend in the table.
+    pub fn programmed_services(&self) -> usize {
+        self.held.values().filter(|f| !f.is_empty()).count()
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    fn mark(&mut self, key: Key, at: Instant) {
+        self.dirty.insert(key);
+        self.dirty_since = Some(self.dirty_since.map_or(at, |t| t.min(at)));
+    }
+
+    /// Takes one event in. Cheap: the work is done by [`Store::compute`].
+    pub fn handle(&mut self, at: Instant, ev: SourceEvent) {
+        match ev {
+            SourceEvent::ServiceApplied(svc) => self.apply_service(at, svc),
+            SourceEvent::ServiceDeleted(svc) => {
+                let key = key_of(&svc.metadata);
+                if self.services.remove(&key).is_some() {
+                    self.mark(key, at);
+                }
+            }
+            SourceEvent::SliceApplied(slice) => self.apply_slice(at, slice),
+            SourceEvent::SliceDeleted(slice) => {
+                let key = key_of(&slice.metadata);
+                self.delete_slice(at, &key);
+            }
+            SourceEvent::ServicesReplaced(all) => {
+                self.services_seen = true;
+                let new_keys: BTreeSet<Key> = all.iter().map(|s| key_of(&s.metadata)).collect();
+                let gone: Vec<Key> = self
+                    .services
+                    .keys()
+                    .filter(|k| !new_keys.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.services.remove(&key);
+                    self.mark(key, at);
+                }
+                for svc in all {
+                    self.apply_service(at, svc);
+                }
+            }
+            SourceEvent::SlicesReplaced(all) => {
+                self.slices_seen = true;
+                let new_keys: BTreeSet<Key> = all.iter().map(|s| key_of(&s.metadata)).collect();
+                let gone: Vec<Key> = self
+                    .slices
+                    .keys()
+                    .filter(|k| !new_keys.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.delete_slice(at, &key);
+                }
+                for slice in all {
+                    self.apply_slice(at, slice);
+                }
+            }
+            SourceEvent::NodeZone(zone) => {
+                if zone != self.node.zone {
+                    debug!(zone = ?zone, "node zone changed; rebuilding every service");
+                    self.node.zone = zone;
+                    let all: Vec<Key> = self.services.keys().cloned().collect();
+                    for key in all {
+                        self.mark(key, at);
+                    }
+                }
+            }
+            SourceEvent::WatchRestarted(_) => {}
+        }
+    }
+
+    fn apply_service(&mut self, at: Instant, svc: Service) {
+        let key = key_of(&svc.metadata);
+        if key.1.is_empty() {
+            warn!(namespace = %key.0, "a Service without a name was ignored");
+            return;
+        }
+        if self.services.get(&key) == Some(&svc) {
+            return;
+        }
+        self.services.insert(key.clone(), svc);
+        self.mark(key, at);
+    }
+
+    fn apply_slice(&mut self, at: Instant, slice: EndpointSlice) {
+        let key = key_of(&slice.metadata);
+        if key.1.is_empty() {
+            warn!(namespace = %key.0, "an EndpointSlice without a name was ignored");
+            return;
+        }
+        if self.slices.get(&key) == Some(&slice) {
+            return;
+        }
+        let object = ObjectRef::new(ObjectKind::EndpointSlice, &key.0, &key.1);
+        let problems = model::slice_problems(&slice);
+        self.log_problems(object, &problems);
+        let new_owner = model::slice_service(&slice);
+        self.unlink_slice(at, &key);
+        if let Some(owner) = new_owner {
+            self.slices_of
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.clone());
+            self.slice_owner.insert(key.clone(), owner.clone());
+            self.mark(owner, at);
+        }
+        self.slices.insert(key, slice);
+    }
+
+    fn delete_slice(&mut self, at: Instant, key: &Key) {
+        if self.slices.remove(key).is_some() {
+            self.unlink_slice(at, key);
+            self.logged
+                .remove(&ObjectRef::new(ObjectKind::EndpointSlice, &key.0, &key.1));
+        }
+    }
+
+    fn unlink_slice(&mut self, at: Instant, key: &Key) {
+        if let Some(old) = self.slice_owner.remove(key) {
+            if let Some(set) = self.slices_of.get_mut(&old) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slices_of.remove(&old);
+                }
+            }
+            self.mark(old, at);
+        }
+    }
+
+    /// Rebuilds the dirty services and updates the table; returns what changed.
+    pub fn compute(&mut self) -> Changes {
+        let mut changes = Changes {
+            since: self.dirty_since.take(),
+            ..Default::default()
+        };
+        // Releasing a frontend may let a conflicted service in: a few rounds at most.
+        for _ in 0..4 {
+            let dirty = std::mem::take(&mut self.dirty);
+            if dirty.is_empty() {
+                break;
+            }
+            let mut released = false;
+            for key in &dirty {
+                released |= self.rebuild(key, &mut changes);
+                changes.services_rebuilt += 1;
+            }
+            if released && !self.conflicted.is_empty() {
+                let retry: Vec<Key> = self
+                    .conflicted
+                    .iter()
+                    .filter(|k| !dirty.contains(*k))
+                    .cloned()
+                    .collect();
+                self.dirty.extend(retry);
+            }
+        }
+        changes
+    }
+
+    /// Rebuilds one service; returns whether it released a frontend.
+    fn rebuild(&mut self, key: &Key, changes: &mut Changes) -> bool {
+        let old: Vec<Frontend> = self.held.remove(key).unwrap_or_default();
+        self.conflicted.remove(key);
+        let object = ObjectRef::new(ObjectKind::Service, &key.0, &key.1);
+        let mut new_entries = Vec::new();
+        match self.services.get(key) {
+            None => {
+                self.logged.remove(&object);
+            }
+            Some(svc) => {
+                let slices: Vec<&EndpointSlice> = self
+                    .slices_of
+                    .get(key)
+                    .map(|set| set.iter().filter_map(|k| self.slices.get(k)).collect())
+                    .unwrap_or_default();
+                let built = model::build_service(svc, &slices, &self.node);
+                let mut problems = built.problems;
+                let conflicts: Vec<ProblemKind> = built
+                    .entries
+                    .iter()
+                    .filter_map(|(fe, _)| match self.owner.get(fe) {
+                        Some(o) if o != key => Some(ProblemKind::DuplicateFrontend {
+                            frontend: *fe,
+                            owner: format!("{}/{}", o.0, o.1),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                if conflicts.is_empty() {
+                    new_entries = built.entries;
+                } else {
+                    problems.extend(conflicts);
+                    self.conflicted.insert(key.clone());
+                }
+                self.log_problems(object, &problems);
+            }
+        }
+
+        let new_fes: BTreeSet<Frontend> = new_entries.iter().map(|(fe, _)| *fe).collect();
+        let mut released = false;
+        for fe in &old {
+            if !new_fes.contains(fe) {
+                self.table.services.remove(fe);
+                self.owner.remove(fe);
+                changes.touched.insert(*fe);
+                released = true;
+            }
+        }
+        let mut held = Vec::with_capacity(new_entries.len());
+        for (fe, entry) in new_entries {
+            held.push(fe);
+            self.owner.insert(fe, key.clone());
+            if self.table.services.get(&fe) != Some(&entry) {
+                self.table.services.insert(fe, entry);
+                changes.touched.insert(fe);
+            }
+        }
+        if !held.is_empty() {
+            self.held.insert(key.clone(), held);
+        }
+        released
+    }
+
+    /// Logs an object's problems when they differ from what was last logged for it.
+    fn log_problems(&mut self, object: ObjectRef, problems: &[ProblemKind]) {
+        let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        if self.logged.get(&object).map(Vec::as_slice).unwrap_or(&[]) == texts.as_slice() {
+            return;
+        }
+        for p in problems {
+            match p.severity() {
+                Severity::Error => warn!(object = %object, problem = %p, "rejected"),
+                Severity::Warning => warn!(object = %object, problem = %p, "partly ignored"),
+            }
+        }
+        if texts.is_empty() {
+            self.logged.remove(&object);
+        } else {
+            self.logged.insert(object, texts);
+        }
+    }
+
+    /// Problems currently logged, for tests and `explain`.
+    pub fn problems(&self) -> BTreeMap<String, Vec<String>> {
+        self.logged
+            .iter()
+            .map(|(o, p)| (o.to_string(), p.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Protocol;
+
+    fn svc(ns: &str, name: &str, ip: &str, port: u16) -> Service {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: http, port: {port}, targetPort: 8080}}]}}"
+        ))
+        .unwrap()
+    }
+
+    fn slice(ns: &str, name: &str, service: &str, ips: &[&str]) -> EndpointSlice {
+        let eps: Vec<String> = ips
+            .iter()
+            .map(|ip| format!("{{addresses: [{ip}], conditions: {{ready: true}}}}"))
+            .collect();
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+             addressType: IPv4\n\
+             ports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+             endpoints: [{}]",
+            eps.join(", ")
+        ))
+        .unwrap()
+    }
+
+    fn fe(ip: &str, port: u16) -> Frontend {
+        Frontend {
+            vip: ip.parse().unwrap(),
+            port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn backends(store: &Store, f: Frontend) -> Vec<String> {
+        store.table().services[&f]
+            .backends
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    fn node() -> NodeInfo {
+        NodeInfo::new("node-a", None)
+    }
+
+    #[test]
+    fn only_changed_services_are_rebuilt_and_touched() {
+        let now = Instant::now();
+        let mut s = Store::new(node());
+        let services: Vec<Service> = (1..=50)
+            .map(|i| svc("ns", &format!("s{i}"), &format!("10.96.0.{i}"), 80))
+            .collect();
+        let slices: Vec<EndpointSlice> = (1..=50)
+            .map(|i| {
+                slice(
+                    "ns",
+                    &format!("s{i}-a"),
+                    &format!("s{i}"),
+                    &[&format!("10.1.0.{i}")],
+                )
+            })
+            .collect();
+        s.handle(now, SourceEvent::ServicesReplaced(services.clone()));
+        assert!(!s.initialized());
+        s.handle(now, SourceEvent::SlicesReplaced(slices.clone()));
+        assert!(s.initialized());
+        let c = s.compute();
+        assert_eq!(c.touched.len(), 50);
+        assert_eq!(c.since, Some(now));
+
+        // One endpoint change: one service rebuilt, one frontend touched.
+        let later = now + std::time::Duration::from_millis(5);
+        s.handle(
+            later,
+            SourceEvent::SliceApplied(slice("ns", "s7-a", "s7", &["10.1.0.7", "10.1.1.7"])),
+        );
+        let c = s.compute();
+        assert_eq!(c.services_rebuilt, 1);
+        assert_eq!(
+            c.touched.into_iter().collect::<Vec<_>>(),
+            vec![fe("10.96.0.7", 80)]
+        );
+        assert_eq!(c.since, Some(later));
+        assert_eq!(
+            backends(&s, fe("10.96.0.7", 80)),
+            ["10.1.0.7:8080", "10.1.1.7:8080"]
+        );
+
+        // A relist with the same objects changes nothing: nothing is rewritten.
+        s.handle(later, SourceEvent::ServicesReplaced(services.clone()));
+        let c = s.compute();
+        assert!(c.touched.is_empty());
+        assert_eq!(s.table().services.len(), 50);
+
+        // Nothing dirty: compute is a no-op.
+        let c = s.compute();
+        assert_eq!((c.services_rebuilt, c.since), (0, None));
+    }
+
+    #[test]
+    fn relist_removes_only_what_is_gone() {
+        let now = Instant::now();
+        let mut s = Store::new(node());
+        s.handle(
+            now,
+            SourceEvent::ServicesReplaced(vec![
+                svc("ns", "a", "10.96.0.1", 80),
+                svc("ns", "b", "10.96.0.2", 80),
+            ]),
+        );
+        s.handle(
+            now,
+            SourceEvent::SlicesReplaced(vec![
+                slice("ns", "a-1", "a", &["10.1.0.1"]),
+                slice("ns", "b-1", "b", &["10.1.0.2"]),
+            ]),
+        );
+        s.compute();
+        // The relist after a watch outage: b and its slice are gone, a's slice changed.
+        s.handle(
+            now,
+            SourceEvent::ServicesReplaced(vec![svc("ns", "a", "10.96.0.1", 80)]),
+        );
+        s.handle(
+            now,
+            SourceEvent::SlicesReplaced(vec![slice("ns", "a-1", "a", &["10.1.0.9"])]),
+        );
+        let c = s.compute();
+        assert_eq!(
+            c.touched.into_iter().collect::<Vec<_>>(),
+            vec![fe("10.96.0.1", 80), fe("10.96.0.2", 80)]
+        );
+        assert_eq!(backends(&s, fe("10.96.0.1", 80)), ["10.1.0.9:8080"]);
+        assert!(!s.table().services.contains_key(&fe("10.96.0.2", 80)));
+    }
+
+    #[test]
+    fn slice_moving_between_services_rebuilds_both() {
+        let now = Instant::now();
+        let mut s = Store::new(node());
+        s.handle(
+            now,
+            SourceEvent::ServicesReplaced(vec![
+                svc("ns", "a", "10.96.0.1", 80),
+                svc("ns", "b", "10.96.0.2", 80),
+            ]),
+        );
+        s.handle(
+            now,
+            SourceEvent::SlicesReplaced(vec![slice("ns", "x", "a", &["10.1.0.1"])]),
+        );
+        s.compute();
+        s.handle(
+            now,
+            SourceEvent::SliceApplied(slice("ns", "x", "b", &["10.1.0.1"])),
+        );
+        s.compute();
+        assert!(backends(&s, fe("10.96.0.1", 80)).is_empty());
+        assert_eq!(backends(&s, fe("10.96.0.2", 80)), ["10.1.0.1:8080"]);
+        s.handle(now, SourceEvent::SliceDeleted(slice("ns", "x", "b", &[])));
+        s.compute();
+        assert!(backends(&s, fe("10.96.0.2", 80)).is_empty());
+    }
+
+    #[test]
+    fn a_conflicting_service_gets_the_frontend_when_the_holder_goes() {
+        let now = Instant::now();
+        let mut s = Store::new(node());
+        s.handle(
+            now,
+            SourceEvent::ServicesReplaced(vec![svc("ns", "a", "10.96.0.1", 80)]),
+        );
+        s.handle(now, SourceEvent::SlicesReplaced(vec![]));
+        s.compute();
+        s.handle(
+            now,
+            SourceEvent::ServiceApplied(svc("ns", "b", "10.96.0.1", 80)),
+        );
+        s.compute();
+        assert_eq!(s.table().services[&fe("10.96.0.1", 80)].service.name, "a");
+        assert_eq!(s.problems().len(), 1, "{:?}", s.problems());
+        s.handle(
+            now,
+            SourceEvent::ServiceDeleted(svc("ns", "a", "10.96.0.1", 80)),
+        );
+        let c = s.compute();
+        assert_eq!(s.table().services[&fe("10.96.0.1", 80)].service.name, "b");
+        assert!(c.touched.contains(&fe("10.96.0.1", 80)));
+        assert!(s.problems().is_empty(), "{:?}", s.problems());
+    }
+
+    #[test]
+    fn a_zone_change_rebuilds_every_service() {
+        let now = Instant::now();
+        let mut s = Store::new(node());
+        s.handle(
+            now,
+            SourceEvent::ServicesReplaced(vec![svc("ns", "a", "10.96.0.1", 80)]),
+        );
+        s.handle(now, SourceEvent::SlicesReplaced(vec![]));
+        s.compute();
+        s.handle(now, SourceEvent::NodeZone(Some("z1".into())));
+        assert_eq!(s.node().zone.as_deref(), Some("z1"));
+        assert_eq!(s.compute().services_rebuilt, 1);
+        s.handle(now, SourceEvent::NodeZone(Some("z1".into())));
+        assert_eq!(s.compute().services_rebuilt, 0);
+    }
+
+    /// Whatever the order of events, the incremental table is the one the model builds from
+    /// the final objects in one go.
+    #[test]
+    fn incremental_table_equals_the_full_build() {
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let now = Instant::now();
+        for _round in 0..20 {
+            let mut s = Store::new(node());
+            let mut services: BTreeMap<String, Service> = BTreeMap::new();
+            let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
+            s.handle(now, SourceEvent::ServicesReplaced(vec![]));
+            s.handle(now, SourceEvent::SlicesReplaced(vec![]));
+            for _ in 0..200 {
+                let i = next(12);
+                let name = format!("s{i}");
+                match next(5) {
+                    0 | 1 => {
+                        // Distinct VIPs (duplicates would make the winner order-dependent).
+                        let v = svc("ns", &name, &format!("10.96.0.{i}"), 80 + next(2) as u16);
+                        services.insert(name, v.clone());
+                        s.handle(now, SourceEvent::ServiceApplied(v));
+                    }
+                    2 => {
+                        if let Some(v) = services.remove(&name) {
+                            s.handle(now, SourceEvent::ServiceDeleted(v));
+                        }
+                    }
+                    3 => {
+                        let sname = format!("x{}", next(16));
+                        let owner = format!("s{}", next(12));
+                        let ips: Vec<String> =
+                            (0..next(4)).map(|k| format!("10.1.{i}.{k}")).collect();
+                        let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+                        let v = slice("ns", &sname, &owner, &refs);
+                        slices.insert(sname, v.clone());
+                        s.handle(now, SourceEvent::SliceApplied(v));
+                    }
+                    _ => {
+                        let sname = format!("x{}", next(16));
+                        if let Some(v) = slices.remove(&sname) {
+                            s.handle(now, SourceEvent::SliceDeleted(v));
+                        }
+                    }
+                }
+                if next(4) == 0 {
+                    s.compute();
+                }
+            }
+            s.compute();
+            let all_services: Vec<Service> = services.values().cloned().collect();
+            let all_slices: Vec<EndpointSlice> = slices.values().cloned().collect();
+            let full = model::build_table(&all_services, &all_slices, &node());
+            assert_eq!(s.table(), &full.table);
+        }
+    }
 }

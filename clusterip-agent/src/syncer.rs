@@ -28,8 +28,8 @@ use std::path::Path;
 use aya::maps::{HashMap, MapData};
 use clusterip_common::{
     AffinityKey, Backend4, Backend6, CT_DIR_FORWARD, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
-    MAX_SVC_ID, MaglevValue, PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_WILDCARD,
-    Service4Key, Service6Key, ServiceValue, map_names,
+    MAX_SVC_ID, MaglevValue, PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, Service4Key, Service6Key,
+    ServiceValue, map_names,
 };
 use tracing::{debug, info, warn};
 
@@ -96,6 +96,40 @@ pub struct Syncer {
     /// svc_ids whose installed Maglev table was compared with the wanted one since the last
     /// resync (a table that is right stays right until the backend set changes).
     maglev_checked: BTreeSet<u32>,
+    /// Whether Maglev tables are written (only the per-packet programs read them; without
+    /// them they fall back to hash modulo count). Off: no tables, and a full apply deletes
+    /// those an earlier agent wrote.
+    maglev_enabled: bool,
+    /// Writes queued by the current apply, flushed phase by phase (see [`Pending`]).
+    pending: Pending,
+}
+
+/// The writes of one apply, grouped by phase. [`Syncer::flush`] writes each phase whole, in
+/// batches, before the next: wildcards, backends, Maglev tables, slots, frontends (slot 0,
+/// the count), then the trims. Every frontend's own writes therefore keep the
+/// make-before-break order, while thousands of frontends share each syscall.
+#[derive(Default)]
+struct Pending {
+    wild4: Vec<(Service4Key, ServiceValue)>,
+    wild6: Vec<(Service6Key, ServiceValue)>,
+    be4: Vec<(u32, Backend4)>,
+    be6: Vec<(u32, Backend6)>,
+    maglev: Vec<(u32, MaglevValue)>,
+    slots4: Vec<(Service4Key, ServiceValue)>,
+    slots6: Vec<(Service6Key, ServiceValue)>,
+    heads4: Vec<(Service4Key, ServiceValue)>,
+    heads6: Vec<(Service6Key, ServiceValue)>,
+    trims: Vec<(IpAddr, u16, u8, u16)>,
+}
+
+/// Maglev tables (4 KiB each) queued at most before the phases up to them are flushed.
+const MAGLEV_QUEUE: usize = 128;
+
+#[derive(Clone, Copy)]
+enum SvcPhase {
+    Wildcard,
+    Slot,
+    Head,
 }
 
 impl Syncer {
@@ -109,6 +143,8 @@ impl Syncer {
             next_backend_id: 1,
             svc_ids: BTreeSet::new(),
             maglev_checked: BTreeSet::new(),
+            maglev_enabled: true,
+            pending: Pending::default(),
         };
         s.resync()?;
         // An earlier agent may have removed backends whose ids this one will hand out again:
@@ -159,6 +195,131 @@ impl Syncer {
         &self.installed
     }
 
+    /// (map name, entries, capacity) of the service and backend maps, from the mirror.
+    pub fn map_usage(&self) -> Vec<(&'static str, u64, u64)> {
+        let mut svc = [0u64; 2];
+        let mut be = [0u64; 2];
+        for vip in self.installed.wildcards.keys() {
+            svc[usize::from(vip.is_ipv6())] += 1;
+        }
+        for (fe, f) in &self.installed.frontends {
+            svc[usize::from(fe.vip.is_ipv6())] += 1 + f.slots.len() as u64;
+        }
+        for b in self.installed.backends.values() {
+            be[usize::from(b.addr.is_ipv6())] += 1;
+        }
+        let svc_cap = u64::from(clusterip_common::MAX_SERVICE_ENTRIES);
+        let be_cap = u64::from(clusterip_common::MAX_BACKENDS);
+        vec![
+            (map_names::SERVICES_V4, svc[0], svc_cap),
+            (map_names::SERVICES_V6, svc[1], svc_cap),
+            (map_names::BACKENDS_V4, be[0], be_cap),
+            (map_names::BACKENDS_V6, be[1], be_cap),
+            (
+                map_names::MAGLEV,
+                self.installed.maglev.len() as u64,
+                u64::from(clusterip_common::MAX_MAGLEV_SERVICES),
+            ),
+        ]
+    }
+
+    /// Whether to write Maglev tables (see the field). Takes effect on the next apply.
+    pub fn set_maglev(&mut self, enabled: bool) {
+        self.maglev_enabled = enabled;
+    }
+
+    fn maglev_on(&self) -> bool {
+        self.maglev_enabled && self.maps.packet.is_some()
+    }
+
+    /// Makes the maps hold `desired` for the frontends in `touched` only: the others must
+    /// already be as `desired` says (a full [`Syncer::apply`] happened since, and every
+    /// frontend whose entry changed since is in `touched`). Costs what the touched frontends
+    /// cost, whatever the size of the table.
+    pub fn apply_partial(
+        &mut self,
+        desired: &DesiredTable,
+        touched: &BTreeSet<Frontend>,
+    ) -> Result<SyncStats, SyncError> {
+        let mut st = SyncStats {
+            frontends: desired.services.len(),
+            ..Default::default()
+        };
+        for fe in touched {
+            if let Some(entry) = desired.services.get(fe) {
+                check_entry(fe, entry)?;
+            }
+        }
+        let vips: BTreeSet<IpAddr> = touched.iter().map(|fe| fe.vip).collect();
+        for &vip in &vips {
+            if let Some(flags) = desired.wildcard(vip) {
+                self.queue_wildcard(vip, flags, &mut st);
+            }
+        }
+        let mut removed: BTreeSet<u32> = BTreeSet::new();
+        for fe in touched {
+            if let Some(entry) = desired.services.get(fe) {
+                self.apply_frontend(fe, entry, &mut st, &mut removed)?;
+            }
+        }
+        self.flush()?;
+        for fe in touched {
+            if !desired.services.contains_key(fe) {
+                self.remove_frontend(*fe, &mut st, &mut removed)?;
+            }
+        }
+        // Backend ids are per frontend: an id a frontend dropped is used by nobody.
+        for id in &removed {
+            if self.installed.backends.contains_key(id) {
+                self.delete_backend(*id)?;
+                st.backends_removed += 1;
+                st.deletes += 1;
+            }
+        }
+        self.backend_index.retain(|_, id| !removed.contains(id));
+        // Wildcards of VIPs that lost their last frontend.
+        for vip in vips {
+            if self.installed.wildcards.contains_key(&vip) && desired.wildcard(vip).is_none() {
+                self.delete_svc(vip, 0, 0, 0)?;
+                self.installed.wildcards.remove(&vip);
+                st.deletes += 1;
+            }
+        }
+        if !removed.is_empty() {
+            st.lru_purged = self.purge_lru_of(&removed)?;
+            st.ct_purged = self.purge_udp_ct(|id| removed.contains(&id))?;
+        }
+        Ok(st)
+    }
+
+    /// Removes one installed frontend: slot 0 first, so nothing new picks it, then its slots
+    /// and Maglev table; its backend ids go to `removed`.
+    fn remove_frontend(
+        &mut self,
+        fe: Frontend,
+        st: &mut SyncStats,
+        removed: &mut BTreeSet<u32>,
+    ) -> Result<(), SyncError> {
+        let Some(old) = self.installed.frontends.remove(&fe) else {
+            return Ok(());
+        };
+        self.delete_svc(fe.vip, fe.port, fe.protocol.number(), 0)?;
+        st.deletes += 1;
+        for slot in 1..=old.slots.len() {
+            self.delete_svc(fe.vip, fe.port, fe.protocol.number(), slot_u16(slot))?;
+            st.deletes += 1;
+        }
+        if self.installed.maglev.contains_key(&old.svc_id) {
+            st.deletes += 1;
+        }
+        self.delete_maglev(old.svc_id)?;
+        self.svc_ids.remove(&old.svc_id);
+        removed.extend(old.slots);
+        st.frontends_removed += 1;
+        debug!(%fe, "frontend removed");
+        Ok(())
+    }
+
     /// The smallest service id >= 1 not in use; it indexes `CIP_STATS`, hence < MAX_SVC_ID.
     fn alloc_svc_id(&mut self) -> Result<u32, SyncError> {
         let candidate =
@@ -181,23 +342,17 @@ impl Syncer {
         }
 
         // Wildcards first: from now on other ports on a new VIP are refused.
-        let vips = desired.vips();
-        for &vip in &vips {
-            if !self.installed.wildcards.contains(&vip) {
-                let v = ServiceValue {
-                    flags: SVC_FLAG_WILDCARD,
-                    ..Default::default()
-                };
-                self.write_svc(vip, 0, 0, 0, &v)?;
-                self.installed.wildcards.insert(vip);
-                st.writes += 1;
-            }
+        let vips = desired.wildcards();
+        for (&vip, &flags) in &vips {
+            self.queue_wildcard(vip, flags, &mut st);
         }
 
         let mut removed_backends: BTreeSet<u32> = BTreeSet::new();
         for (fe, entry) in &desired.services {
             self.apply_frontend(fe, entry, &mut st, &mut removed_backends)?;
         }
+        // Everything new is in place before anything old goes.
+        self.flush()?;
 
         // Frontends that are no longer wanted: frontend first, so nothing new picks them.
         let gone: Vec<Frontend> = self
@@ -208,31 +363,20 @@ impl Syncer {
             .copied()
             .collect();
         for fe in gone {
-            let Some(old) = self.installed.frontends.remove(&fe) else {
-                continue;
-            };
-            self.delete_svc(fe.vip, fe.port, fe.protocol.number(), 0)?;
-            st.deletes += 1;
-            for slot in 1..=old.slots.len() {
-                self.delete_svc(fe.vip, fe.port, fe.protocol.number(), slot_u16(slot))?;
-                st.deletes += 1;
-            }
-            self.delete_maglev(old.svc_id)?;
-            self.svc_ids.remove(&old.svc_id);
-            for id in old.slots {
-                removed_backends.insert(id);
-            }
-            st.frontends_removed += 1;
-            debug!(%fe, "frontend removed");
+            self.remove_frontend(fe, &mut st, &mut removed_backends)?;
         }
 
-        // Maglev tables of no frontend (a crash of an earlier agent).
-        let svc_ids: BTreeSet<u32> = self
-            .installed
-            .frontends
-            .values()
-            .map(|f| f.svc_id)
-            .collect();
+        // Maglev tables of no frontend (a crash of an earlier agent), or all of them when
+        // they are not wanted.
+        let svc_ids: BTreeSet<u32> = if self.maglev_on() {
+            self.installed
+                .frontends
+                .values()
+                .map(|f| f.svc_id)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         let stray_tables: Vec<u32> = self
             .installed
             .maglev
@@ -277,8 +421,8 @@ impl Syncer {
         let stale: Vec<IpAddr> = self
             .installed
             .wildcards
-            .iter()
-            .filter(|v| !vips.contains(v))
+            .keys()
+            .filter(|v| !vips.contains_key(v))
             .copied()
             .collect();
         for vip in stale {
@@ -322,7 +466,7 @@ impl Syncer {
                 Some(id) => *id,
                 None => {
                     let id = alloc(&mut self.next_backend_id)?;
-                    self.write_backend(id, key.1)?;
+                    self.queue_backend(id, key.1);
                     self.backend_index.insert(key, id);
                     self.installed.backends.insert(id, key.1);
                     st.backends_added += 1;
@@ -337,8 +481,7 @@ impl Syncer {
         // 1b. The Maglev table, whole, before the count that may make new slots visible.
         let old_slots: &[u32] = old.as_ref().map(|o| o.slots.as_slice()).unwrap_or(&[]);
         let old_ids: BTreeSet<u32> = old_slots.iter().copied().collect();
-        if self.maps.packet.is_some() && (old_ids != ids || !self.maglev_checked.contains(&svc_id))
-        {
+        if self.maglev_on() && (old_ids != ids || !self.maglev_checked.contains(&svc_id)) {
             let by_name: Vec<(String, u32)> = members
                 .iter()
                 .map(|(addr, id)| (addr.to_string(), *id))
@@ -346,7 +489,7 @@ impl Syncer {
             let table = maglev_table(&by_name);
             let fp = maglev::fingerprint(&table.backend_ids);
             if self.installed.maglev.get(&svc_id) != Some(&fp) {
-                self.write_maglev(svc_id, &table)?;
+                self.queue_maglev(svc_id, table)?;
                 self.installed.maglev.insert(svc_id, fp);
                 st.maglev_writes += 1;
                 st.writes += 1;
@@ -363,7 +506,7 @@ impl Syncer {
                     svc_id,
                     ..Default::default()
                 };
-                self.write_svc(fe.vip, fe.port, proto, slot_u16(i + 1), &v)?;
+                self.queue_svc(SvcPhase::Slot, fe.vip, fe.port, proto, slot_u16(i + 1), v);
                 st.writes += 1;
             }
         }
@@ -395,13 +538,15 @@ impl Syncer {
                 svc_id,
                 affinity_timeout_s: new_fe.affinity_timeout_s,
             };
-            self.write_svc(fe.vip, fe.port, proto, 0, &v)?;
+            self.queue_svc(SvcPhase::Head, fe.vip, fe.port, proto, 0, v);
             st.writes += 1;
         }
 
         // 4. Trim slots beyond the new count.
         for slot in new_fe.slots.len() + 1..=old_slots.len() {
-            self.delete_svc(fe.vip, fe.port, proto, slot_u16(slot))?;
+            self.pending
+                .trims
+                .push((fe.vip, fe.port, proto, slot_u16(slot)));
             st.deletes += 1;
         }
         for id in old_slots {
@@ -423,6 +568,34 @@ impl Syncer {
         }
         self.installed.frontends.insert(*fe, new_fe);
         Ok(())
+    }
+
+    /// Deletes affinity and socket-flow entries that name one of the `removed` backend ids.
+    fn purge_lru_of(&mut self, removed: &BTreeSet<u32>) -> Result<usize, SyncError> {
+        let stale_aff: Vec<AffinityKey> = self
+            .maps
+            .affinity
+            .iter()
+            .flatten()
+            .filter(|(_, v)| removed.contains(&v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        let stale_flows: Vec<_> = self
+            .maps
+            .sockflow
+            .iter()
+            .flatten()
+            .filter(|(_, v)| removed.contains(&v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        let n = stale_aff.len() + stale_flows.len();
+        for k in stale_aff {
+            ignore_missing(self.maps.affinity.remove(&k), map_names::AFFINITY)?;
+        }
+        for k in stale_flows {
+            ignore_missing(self.maps.sockflow.remove(&k), map_names::SOCK_FLOWS)?;
+        }
+        Ok(n)
     }
 
     /// Deletes affinity and socket-flow entries whose backend is gone from its service.
@@ -459,12 +632,101 @@ impl Syncer {
         Ok(n)
     }
 
-    fn write_maglev(&mut self, svc_id: u32, table: &MaglevValue) -> Result<(), SyncError> {
-        if let Some(p) = &mut self.maps.packet {
-            p.maglev.insert(&svc_id, table, 0).map_err(op_err(
-                map_names::MAGLEV,
-                format!("write table of {svc_id}"),
-            ))?;
+    /// Queues `vip`'s wildcard entry unless the maps already hold it with these flags.
+    fn queue_wildcard(&mut self, vip: IpAddr, flags: u16, st: &mut SyncStats) {
+        if self.installed.wildcards.get(&vip) != Some(&flags) {
+            let v = ServiceValue {
+                flags,
+                ..Default::default()
+            };
+            self.queue_svc(SvcPhase::Wildcard, vip, 0, 0, 0, v);
+            self.installed.wildcards.insert(vip, flags);
+            st.writes += 1;
+        }
+    }
+
+    fn queue_maglev(&mut self, svc_id: u32, table: MaglevValue) -> Result<(), SyncError> {
+        self.pending.maglev.push((svc_id, table));
+        if self.pending.maglev.len() >= MAGLEV_QUEUE {
+            self.flush_through_maglev()?;
+        }
+        Ok(())
+    }
+
+    fn queue_svc(
+        &mut self,
+        phase: SvcPhase,
+        vip: IpAddr,
+        port: u16,
+        proto: u8,
+        slot: u16,
+        v: ServiceValue,
+    ) {
+        let p = &mut self.pending;
+        match vip {
+            IpAddr::V4(a) => {
+                let q = match phase {
+                    SvcPhase::Wildcard => &mut p.wild4,
+                    SvcPhase::Slot => &mut p.slots4,
+                    SvcPhase::Head => &mut p.heads4,
+                };
+                q.push((Service4Key::new(a, port, proto, slot), v));
+            }
+            IpAddr::V6(a) => {
+                let q = match phase {
+                    SvcPhase::Wildcard => &mut p.wild6,
+                    SvcPhase::Slot => &mut p.slots6,
+                    SvcPhase::Head => &mut p.heads6,
+                };
+                q.push((Service6Key::new(a, port, proto, slot), v));
+            }
+        }
+    }
+
+    fn queue_backend(&mut self, id: u32, b: BackendAddr) {
+        let proto = b.protocol.number();
+        match b.addr {
+            SocketAddr::V4(a) => self
+                .pending
+                .be4
+                .push((id, Backend4::new(*a.ip(), a.port(), proto))),
+            SocketAddr::V6(a) => self
+                .pending
+                .be6
+                .push((id, Backend6::new(*a.ip(), a.port(), proto))),
+        }
+    }
+
+    /// Writes the queued wildcards, backends and Maglev tables, in that order.
+    fn flush_through_maglev(&mut self) -> Result<(), SyncError> {
+        let p = std::mem::take(&mut self.pending.wild4);
+        write_batch(&mut self.maps.svc4, &p, map_names::SERVICES_V4)?;
+        let p = std::mem::take(&mut self.pending.wild6);
+        write_batch(&mut self.maps.svc6, &p, map_names::SERVICES_V6)?;
+        let p = std::mem::take(&mut self.pending.be4);
+        write_batch(&mut self.maps.be4, &p, map_names::BACKENDS_V4)?;
+        let p = std::mem::take(&mut self.pending.be6);
+        write_batch(&mut self.maps.be6, &p, map_names::BACKENDS_V6)?;
+        let p = std::mem::take(&mut self.pending.maglev);
+        if let Some(pm) = &mut self.maps.packet {
+            write_batch(&mut pm.maglev, &p, map_names::MAGLEV)?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued, phase by phase (see [`Pending`]).
+    fn flush(&mut self) -> Result<(), SyncError> {
+        self.flush_through_maglev()?;
+        let p = std::mem::take(&mut self.pending.slots4);
+        write_batch(&mut self.maps.svc4, &p, map_names::SERVICES_V4)?;
+        let p = std::mem::take(&mut self.pending.slots6);
+        write_batch(&mut self.maps.svc6, &p, map_names::SERVICES_V6)?;
+        let p = std::mem::take(&mut self.pending.heads4);
+        write_batch(&mut self.maps.svc4, &p, map_names::SERVICES_V4)?;
+        let p = std::mem::take(&mut self.pending.heads6);
+        write_batch(&mut self.maps.svc6, &p, map_names::SERVICES_V6)?;
+        for (vip, port, proto, slot) in std::mem::take(&mut self.pending.trims) {
+            self.delete_svc(vip, port, proto, slot)?;
         }
         Ok(())
     }
@@ -486,35 +748,6 @@ impl Syncer {
             return Ok(0);
         };
         Ok(purge_udp_ct_in(&mut p.ct4, &gone)? + purge_udp_ct_in(&mut p.ct6, &gone)?)
-    }
-
-    fn write_svc(
-        &mut self,
-        vip: IpAddr,
-        port: u16,
-        proto: u8,
-        slot: u16,
-        v: &ServiceValue,
-    ) -> Result<(), SyncError> {
-        match vip {
-            IpAddr::V4(a) => self
-                .maps
-                .svc4
-                .insert(&Service4Key::new(a, port, proto, slot), v, 0)
-                .map_err(op_err(
-                    map_names::SERVICES_V4,
-                    format!("write {vip} port {port} slot {slot}"),
-                ))?,
-            IpAddr::V6(a) => self
-                .maps
-                .svc6
-                .insert(&Service6Key::new(a, port, proto, slot), v, 0)
-                .map_err(op_err(
-                    map_names::SERVICES_V6,
-                    format!("write {vip} port {port} slot {slot}"),
-                ))?,
-        }
-        Ok(())
     }
 
     fn delete_svc(
@@ -540,29 +773,6 @@ impl Syncer {
         }
     }
 
-    fn write_backend(&mut self, id: u32, b: BackendAddr) -> Result<(), SyncError> {
-        let proto = b.protocol.number();
-        match b.addr {
-            SocketAddr::V4(a) => self
-                .maps
-                .be4
-                .insert(&id, &Backend4::new(*a.ip(), a.port(), proto), 0)
-                .map_err(op_err(
-                    map_names::BACKENDS_V4,
-                    format!("write backend {id} {}", b.addr),
-                ))?,
-            SocketAddr::V6(a) => self
-                .maps
-                .be6
-                .insert(&id, &Backend6::new(*a.ip(), a.port(), proto), 0)
-                .map_err(op_err(
-                    map_names::BACKENDS_V6,
-                    format!("write backend {id} {}", b.addr),
-                ))?,
-        }
-        Ok(())
-    }
-
     fn delete_backend(&mut self, id: u32) -> Result<(), SyncError> {
         match self.installed.backends.remove(&id).map(|b| b.addr) {
             Some(SocketAddr::V6(_)) => {
@@ -571,6 +781,17 @@ impl Syncer {
             _ => ignore_missing(self.maps.be4.remove(&id), map_names::BACKENDS_V4),
         }
     }
+}
+
+/// Writes `entries` in batches; an error names the map.
+fn write_batch<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    entries: &[(K, V)],
+    name: &'static str,
+) -> Result<(), SyncError> {
+    crate::batch::update(map, entries)
+        .map_err(op_err(name, format!("write {} entries", entries.len())))?;
+    Ok(())
 }
 
 /// [`Syncer::purge_udp_ct`] for one family's conntrack map; returns how many entries went.
@@ -703,10 +924,21 @@ pub fn assign_slots(old: &[u32], desired: &BTreeSet<u32>) -> Vec<u32> {
     slots.into_iter().flatten().collect()
 }
 
-/// Logs the outcome of an apply.
-pub fn log_stats(st: &SyncStats) {
+/// Logs the outcome of an apply: `apply_us` is the time spent writing the maps, `latency_us`
+/// the time from the oldest event behind it being received to the maps holding it.
+pub fn log_stats(
+    st: &SyncStats,
+    full: bool,
+    apply: std::time::Duration,
+    latency: Option<std::time::Duration>,
+) {
+    let apply_us = apply.as_micros() as u64;
+    let latency_us = latency.map(|l| l.as_micros() as u64);
     if st.changed() {
         info!(
+            full,
+            apply_us,
+            latency_us,
             frontends = st.frontends,
             added = st.frontends_added,
             updated = st.frontends_updated,
@@ -721,7 +953,10 @@ pub fn log_stats(st: &SyncStats) {
             "synced"
         );
     } else {
-        info!(frontends = st.frontends, "synced (no change)");
+        info!(
+            frontends = st.frontends,
+            full, apply_us, latency_us, "synced (no change)"
+        );
     }
 }
 

@@ -26,24 +26,25 @@ const FLOWS: usize = MAX_SOCK_FLOWS as usize;
 const MAGLEV: usize = MAX_MAGLEV_SERVICES as usize;
 const CT: usize = DEFAULT_CONNTRACK_ENTRIES as usize;
 const SVC_IDS: usize = MAX_SVC_ID as usize;
-/// BPF_F_NO_PREALLOC: a Maglev table is 4 KiB; preallocating 65,536 of them would pin 256 MiB.
+/// BPF_F_NO_PREALLOC: memory follows use. A Maglev table is 4 KiB (preallocating 65,536 of
+/// them would pin 256 MiB); the service and backend maps are sized for large clusters.
 const NO_PREALLOC: usize = 1;
 
 /// IPv4 services: (VIP, port, proto, slot) -> frontend (slot 0) or backend id (slots 1..=count).
 #[btf_map(pin_by_name)]
-pub static CIP_SVC4: HashMap<Service4Key, ServiceValue, SVC> = HashMap::new();
+pub static CIP_SVC4: HashMap<Service4Key, ServiceValue, SVC, NO_PREALLOC> = HashMap::new();
 
 /// IPv6 services.
 #[btf_map(pin_by_name)]
-pub static CIP_SVC6: HashMap<Service6Key, ServiceValue, SVC> = HashMap::new();
+pub static CIP_SVC6: HashMap<Service6Key, ServiceValue, SVC, NO_PREALLOC> = HashMap::new();
 
 /// IPv4 backends by id.
 #[btf_map(pin_by_name)]
-pub static CIP_BE4: HashMap<u32, Backend4, BE> = HashMap::new();
+pub static CIP_BE4: HashMap<u32, Backend4, BE, NO_PREALLOC> = HashMap::new();
 
 /// IPv6 backends by id.
 #[btf_map(pin_by_name)]
-pub static CIP_BE6: HashMap<u32, Backend6, BE> = HashMap::new();
+pub static CIP_BE6: HashMap<u32, Backend6, BE, NO_PREALLOC> = HashMap::new();
 
 /// (socket cookie, backend) -> (VIP, port) for recvmsg4/getpeername4.
 #[btf_map(pin_by_name)]

@@ -40,6 +40,7 @@ pub struct Agent {
     netns: Option<std::fs::File>,
     /// More arguments after the standard ones.
     extra: Vec<String>,
+    source: AgentSource,
     /// RUST_LOG of the agent.
     rust_log: String,
     child: Option<Child>,
@@ -49,7 +50,59 @@ pub struct Agent {
     log: Arc<Log>,
 }
 
+/// Where the agent under test reads Services from.
+#[derive(Clone, Debug)]
+enum AgentSource {
+    /// `--manifests` (the `manifests` path).
+    Manifests,
+    /// `--kubeconfig PATH`: the Kubernetes API (a [`crate::fakeapi`] server).
+    Kubeconfig(PathBuf),
+}
+
 impl Agent {
+    /// Starts `BIN run --kubeconfig KUBECONFIG --cgroup CG --bpffs BPFFS --node-name node-a`
+    /// (inside `netns` if given, with `extra` arguments).
+    pub fn start_kube(
+        bin: &Path,
+        kubeconfig: &Path,
+        cgroup: &Path,
+        bpffs: &Path,
+        netns: Option<&crate::netns::Netns>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let netns = match netns {
+            Some(ns) => Some(ns.file().try_clone().context("dup of the netns handle")?),
+            None => None,
+        };
+        let mut agent = Self {
+            bin: bin.to_owned(),
+            manifests: PathBuf::new(),
+            cgroup: cgroup.to_owned(),
+            bpffs: bpffs.to_owned(),
+            netns,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            source: AgentSource::Kubeconfig(kubeconfig.to_owned()),
+            rust_log: DEFAULT_RUST_LOG.to_string(),
+            child: None,
+            runs: 0,
+            run_start: 0,
+            log: Arc::default(),
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// The address the current run serves /metrics, /healthz and /readyz on (from its log;
+    /// waits up to `timeout` for the line).
+    pub fn metrics_addr(&mut self, timeout: Duration) -> Result<std::net::SocketAddr> {
+        let line = self.wait_line_since(self.run_start, &["serving /metrics"], timeout)?;
+        line.split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no address in {line:?}"))
+    }
+
     /// Starts `BIN run --manifests DIR --cgroup CG --bpffs BPFFS --node-name node-a`.
     pub fn start(bin: &Path, manifests: &Path, cgroup: &Path, bpffs: &Path) -> Result<Self> {
         Self::start_in(bin, manifests, cgroup, bpffs, None, &[])
@@ -76,6 +129,7 @@ impl Agent {
             bpffs: bpffs.to_owned(),
             netns,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            source: AgentSource::Manifests,
             rust_log: DEFAULT_RUST_LOG.to_string(),
             child: None,
             runs: 0,
@@ -109,10 +163,17 @@ impl Agent {
                 });
             }
         }
+        cmd.arg("run");
+        match &self.source {
+            AgentSource::Manifests => cmd.arg("--manifests").arg(&self.manifests),
+            AgentSource::Kubeconfig(k) => cmd.arg("--kubeconfig").arg(k),
+        };
+        if !self.extra.iter().any(|a| a.starts_with("--metrics-addr")) {
+            // Port 0: agents of tests running in parallel never collide; the address is
+            // in the log ([`Agent::metrics_addr`]).
+            cmd.args(["--metrics-addr", "127.0.0.1:0"]);
+        }
         let mut child = cmd
-            .arg("run")
-            .arg("--manifests")
-            .arg(&self.manifests)
             .arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--bpffs")
