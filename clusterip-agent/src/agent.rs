@@ -169,16 +169,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let Some((at, ev)) = ev else {
                     anyhow::bail!("the source of Services stopped");
                 };
+                let mut relisted = is_relist(&ev);
                 take_event(&mut store, &metrics, at, ev);
                 // Everything already queued joins this batch.
                 for _ in 0..MAX_BATCH {
                     match rx.try_recv() {
-                        Ok((at, ev)) => take_event(&mut store, &metrics, at, ev),
+                        Ok((at, ev)) => {
+                            relisted |= is_relist(&ev);
+                            take_event(&mut store, &metrics, at, ev);
+                        }
                         Err(_) => break,
                     }
                 }
                 if store.initialized() {
                     state.sync(&mut store, &mut syncer).await;
+                }
+                if relisted {
+                    // A relist parsed and dropped every object: hand that memory back.
+                    release_free_memory();
                 }
             }
             _ = retry.tick(), if state.full_needed && store.initialized() => {
@@ -202,6 +210,23 @@ const EVENT_QUEUE: usize = 4096;
 const MAX_BATCH: usize = 20_000;
 /// How soon a failed sync is retried (as a full apply).
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+fn is_relist(ev: &SourceEvent) -> bool {
+    matches!(
+        ev,
+        SourceEvent::ServicesReplaced(_) | SourceEvent::SlicesReplaced(_)
+    )
+}
+
+/// Returns the allocator's free memory to the kernel (glibc keeps it otherwise, and the
+/// agent's resident size would stay at its peak after a relist).
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 fn take_event(store: &mut Store, metrics: &Metrics, at: Instant, ev: SourceEvent) {
     if let SourceEvent::WatchRestarted(resource) = &ev {

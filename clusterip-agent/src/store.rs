@@ -12,6 +12,11 @@
 //! against what the store holds: objects that did not change stay clean, so a watch that
 //! reconnects and relists rewrites nothing and the maps never pass through an empty state.
 //!
+//! Objects are kept stripped of what the model never reads (managed fields, owner references,
+//! unrelated annotations, endpoints' target references, status) and serialized as compact
+//! JSON, and parsed again only when their service is rebuilt: 10,000 services with 10
+//! endpoints each take about 10 MB instead of about 60 MB as typed objects.
+//!
 //! Two services claiming the same frontend (which the API server's allocator prevents): the
 //! one that holds it keeps it; the other is rejected as a whole, reported, and retried when
 //! a frontend is released.
@@ -70,8 +75,9 @@ pub struct Changes {
 #[derive(Default)]
 pub struct Store {
     node: NodeInfo,
-    services: HashMap<Key, Service>,
-    slices: HashMap<Key, EndpointSlice>,
+    /// Stripped objects as JSON ([`strip_service`], [`strip_slice`]).
+    services: HashMap<Key, Box<[u8]>>,
+    slices: HashMap<Key, Box<[u8]>>,
     /// slice key -> the service key it belongs to.
     slice_owner: HashMap<Key, Key>,
     /// service key -> its slices' keys (sorted: deterministic merge order).
@@ -194,26 +200,34 @@ impl Store {
         }
     }
 
-    fn apply_service(&mut self, at: Instant, svc: Service) {
+    fn apply_service(&mut self, at: Instant, mut svc: Service) {
         let key = key_of(&svc.metadata);
         if key.1.is_empty() {
             warn!(namespace = %key.0, "a Service without a name was ignored");
             return;
         }
-        if self.services.get(&key) == Some(&svc) {
+        strip_service(&mut svc);
+        let Some(json) = to_json(&svc, &key) else {
+            return;
+        };
+        if self.services.get(&key) == Some(&json) {
             return;
         }
-        self.services.insert(key.clone(), svc);
+        self.services.insert(key.clone(), json);
         self.mark(key, at);
     }
 
-    fn apply_slice(&mut self, at: Instant, slice: EndpointSlice) {
+    fn apply_slice(&mut self, at: Instant, mut slice: EndpointSlice) {
         let key = key_of(&slice.metadata);
         if key.1.is_empty() {
             warn!(namespace = %key.0, "an EndpointSlice without a name was ignored");
             return;
         }
-        if self.slices.get(&key) == Some(&slice) {
+        strip_slice(&mut slice);
+        let Some(json) = to_json(&slice, &key) else {
+            return;
+        };
+        if self.slices.get(&key) == Some(&json) {
             return;
         }
         let object = ObjectRef::new(ObjectKind::EndpointSlice, &key.0, &key.1);
@@ -229,7 +243,7 @@ impl Store {
             self.slice_owner.insert(key.clone(), owner.clone());
             self.mark(owner, at);
         }
-        self.slices.insert(key, slice);
+        self.slices.insert(key, json);
     }
 
     fn delete_slice(&mut self, at: Instant, key: &Key) {
@@ -288,17 +302,23 @@ impl Store {
         self.conflicted.remove(key);
         let object = ObjectRef::new(ObjectKind::Service, &key.0, &key.1);
         let mut new_entries = Vec::new();
-        match self.services.get(key) {
+        let svc: Option<Service> = self.services.get(key).and_then(|j| from_json(j, key));
+        match svc {
             None => {
                 self.logged.remove(&object);
             }
             Some(svc) => {
-                let slices: Vec<&EndpointSlice> = self
+                let slices: Vec<EndpointSlice> = self
                     .slices_of
                     .get(key)
-                    .map(|set| set.iter().filter_map(|k| self.slices.get(k)).collect())
+                    .map(|set| {
+                        set.iter()
+                            .filter_map(|k| self.slices.get(k).and_then(|j| from_json(j, k)))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                let built = model::build_service(svc, &slices, &self.node);
+                let refs: Vec<&EndpointSlice> = slices.iter().collect();
+                let built = model::build_service(&svc, &refs, &self.node);
                 let mut problems = built.problems;
                 let conflicts: Vec<ProblemKind> = built
                     .entries
@@ -371,6 +391,62 @@ impl Store {
             .iter()
             .map(|(o, p)| (o.to_string(), p.clone()))
             .collect()
+    }
+}
+
+/// Drops what the model never reads from a Service.
+fn strip_service(svc: &mut Service) {
+    strip_meta(&mut svc.metadata);
+    svc.status = None;
+    if let Some(spec) = &mut svc.spec {
+        spec.selector = None;
+    }
+}
+
+/// Drops what the model never reads from an EndpointSlice.
+fn strip_slice(slice: &mut EndpointSlice) {
+    strip_meta(&mut slice.metadata);
+    for ep in slice.endpoints.iter_mut().flatten() {
+        ep.target_ref = None;
+        ep.deprecated_topology = None;
+        ep.hostname = None;
+    }
+}
+
+fn strip_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.uid = None;
+    meta.resource_version = None;
+    meta.generation = None;
+    meta.creation_timestamp = None;
+    meta.generate_name = None;
+    if let Some(a) = &mut meta.annotations {
+        a.retain(|k, _| k.starts_with("service.kubernetes.io/"));
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(obj: &T, key: &Key) -> Option<Box<[u8]>> {
+    match serde_json::to_vec(obj) {
+        Ok(v) => Some(v.into_boxed_slice()),
+        Err(e) => {
+            warn!(namespace = %key.0, name = %key.1, error = %e, "cannot store an object; ignored");
+            None
+        }
+    }
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(json: &[u8], key: &Key) -> Option<T> {
+    match serde_json::from_slice(json) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(namespace = %key.0, name = %key.1, error = %e, "cannot read a stored object; ignored");
+            None
+        }
     }
 }
 
