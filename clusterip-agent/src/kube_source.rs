@@ -16,8 +16,12 @@
 //! server supports; streaming lists need `WatchList`, beta since 1.32 only) behind kube's
 //! default exponential backoff (0.8 s doubling to 30 s, with jitter). A relist (`Init` ..
 //! `InitDone`) is collected and sent as one `*Replaced` event, so the store never sees an
-//! empty intermediate state; every watcher error (list failure, disconnect, 410 Expired, ...)
-//! is logged and reported as [`SourceEvent::WatchRestarted`].
+//! empty intermediate state; every watcher error (failed list or watch request, 410 Expired,
+//! error event, unreadable body, ...) is logged and reported as
+//! [`SourceEvent::WatchRestarted`]. kube treats a watch body that ends — cleanly at
+//! `timeoutSeconds`, or cut mid-stream (EOF) — as a resumable end: it re-watches from the last
+//! resourceVersion without surfacing anything, so such a resume is reported only when the
+//! re-watch itself fails (server unreachable, refused, 410 ...). Nothing is lost either way.
 
 use std::fmt::{self, Debug};
 use std::future::Future;

@@ -18,6 +18,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod datagen;
 pub mod env;
+pub mod fakeapi;
 pub mod fixture;
 pub mod manifests;
 pub mod netns;
