@@ -732,8 +732,11 @@ impl Syncer {
     }
 
     fn delete_maglev(&mut self, svc_id: u32) -> Result<(), SyncError> {
-        self.installed.maglev.remove(&svc_id);
         self.maglev_checked.remove(&svc_id);
+        if self.installed.maglev.remove(&svc_id).is_none() {
+            // The mirror is read from the map: no table to delete.
+            return Ok(());
+        }
         match &mut self.maps.packet {
             Some(p) => ignore_missing(p.maglev.remove(&svc_id), map_names::MAGLEV),
             None => Ok(()),
@@ -825,6 +828,12 @@ fn purge_udp_ct_in<K: CtKey>(
 fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<(), SyncError> {
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        // A delete of an absent key fails with ENOENT.
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(op_err(name, "delete")(e).into()),
     }
 }
