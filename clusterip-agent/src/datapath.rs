@@ -93,6 +93,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The global of aya-log-ebpf that holds the enabled log level; patched before load.
 const LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
+/// The object's `.rodata` switch for `bpf_set_retval` (clusterip-ebpf `ctx.rs`): 0 on kernels
+/// without the helper, so the verifier drops the call and a refused connect() gives EPERM.
+const SET_RETVAL_GLOBAL: &str = "HAVE_SET_RETVAL";
 
 const FIX_PRIVILEGES: &str = "run the agent as root (it needs CAP_BPF, CAP_NET_ADMIN and \
                               CAP_SYS_ADMIN) on a kernel with BPF and cgroup v2";
@@ -178,6 +181,11 @@ pub enum DatapathError {
         path: PathBuf,
         source: Box<aya::pin::PinError>,
     },
+    #[error(
+        "socket-level load balancing cannot run on this kernel: {0}. Run with \
+         --socket-lb=false and --tc-iface (see `clusterip-agent probe`)"
+    )]
+    NoSocketLb(String),
     #[error("no cgroup2 mount in /proc/mounts: mount cgroup v2 or pass --cgroup DIR")]
     NoCgroup2,
     #[error("forwarding eBPF logs: {0}")]
@@ -212,6 +220,8 @@ pub struct Datapath {
     tc: IfaceHook,
     tc_egress: IfaceHook,
     xdp: IfaceHook,
+    /// The kernel has TCX links (else TC programs go straight to netlink clsact).
+    tcx: bool,
 }
 
 /// Which per-packet program a hook attaches.
@@ -348,6 +358,31 @@ impl Datapath {
             }
         }
 
+        let features = crate::probe::Features::detect();
+        if cfg.cgroup.is_some() {
+            if !features.socket_lb() {
+                return Err(DatapathError::NoSocketLb(socket_lb_missing(&features)));
+            }
+            if !features.set_retval {
+                tracing::warn!(
+                    feature = "bpf_set_retval",
+                    "{}",
+                    crate::probe::SET_RETVAL_FALLBACK
+                );
+            }
+            if let Err(why) = &features.sock_diag_destroy {
+                tracing::warn!(
+                    feature = "sock_diag_destroy",
+                    "{why}: {}",
+                    crate::probe::SOCK_DESTROY_FALLBACK
+                );
+            }
+        }
+        if !cfg.tc_ifaces.is_empty() && !features.tcx {
+            tracing::warn!(feature = "tcx", "{}", crate::probe::TCX_FALLBACK);
+        }
+        let have_set_retval = u8::from(features.set_retval);
+
         let level: u8 = if cfg.debug_logs {
             aya_log::Level::Debug as u8
         } else {
@@ -356,6 +391,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&cfg.bpffs)
             .override_global(LOG_LEVEL_GLOBAL, &level, true)
+            .override_global(SET_RETVAL_GLOBAL, &have_set_retval, false)
             .map_max_entries(map_names::CONNTRACK_V4, cfg.ct_max)
             .map_max_entries(map_names::CONNTRACK_V6, cfg.ct_max)
             .load(object)
@@ -435,6 +471,7 @@ impl Datapath {
             tc: IfaceHook::new(cfg.tc_ifaces.clone()),
             tc_egress: IfaceHook::new(cfg.tc_ifaces.clone()),
             xdp: IfaceHook::new(cfg.xdp_ifaces.clone()),
+            tcx: features.tcx,
         };
         dp.adopt_interface_links()?;
         dp.sync_interfaces();
@@ -617,6 +654,7 @@ impl Datapath {
         if let Some(stale) = take_pinned_link(&path)? {
             detach_link(&path, &stale);
         }
+        let use_tcx = self.tcx;
         let program = self.ebpf.program_mut(name).ok_or_else(|| kind.missing())?;
         let (link, mode): (Option<FdLink>, &'static str) = match kind {
             HookKind::Tc | HookKind::TcEgress => {
@@ -630,23 +668,28 @@ impl Datapath {
                     attach_type,
                     order: LinkOrder::default(),
                 };
-                match p.attach(ifindex, tcx) {
-                    Ok(id) => {
+                // Without TCX (probed at load; warned once there) straight to netlink.
+                let tcx_result = use_tcx.then(|| p.attach(ifindex, tcx));
+                match tcx_result {
+                    Some(Ok(id)) => {
                         let link = p.take_link(id).map_err(prog_err)?;
                         let link = FdLink::try_from(link)
                             .map_err(|e| prog_err(aya::programs::ProgramError::from(e)))?;
                         (Some(link), "tcx")
                     }
-                    Err(tcx_err) => {
-                        tracing::info!(
-                            iface = ifname,
-                            "TCX attach failed ({}): using netlink with a clsact qdisc",
-                            error_chain(&tcx_err)
-                        );
+                    tcx_failed => {
+                        if let Some(Err(tcx_err)) = tcx_failed {
+                            tracing::info!(
+                                iface = ifname,
+                                "TCX attach failed ({}): using netlink with a clsact qdisc",
+                                error_chain(&tcx_err)
+                            );
+                        }
                         match tc::qdisc_add_clsact(ifindex) {
                             Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
-                            Err(tc::TcError::NetlinkError(e))
-                                if e.to_string().contains("File exists") => {}
+                            // The qdisc exists (tc_ingress created it before tc_egress): the
+                            // errno is only in the error's source.
+                            Err(e) if error_chain(&e).contains("File exists") => {}
                             Err(e) => {
                                 return Err(prog_err(aya::programs::ProgramError::from(e)));
                             }
@@ -731,6 +774,33 @@ impl Datapath {
         }));
         Ok(())
     }
+}
+
+/// What the socket programs need and the kernel lacks, for [`DatapathError::NoSocketLb`].
+fn socket_lb_missing(f: &crate::probe::Features) -> String {
+    let mut missing: Vec<String> = Vec::new();
+    if !f.bpf_syscall {
+        missing.push("the bpf() syscall".into());
+    }
+    if !f.cgroup2 {
+        missing.push("a cgroup v2 mount".into());
+    }
+    if !f.missing_sock_addr_hooks.is_empty() {
+        missing.push(format!(
+            "the cgroup sock_addr hooks {}",
+            f.missing_sock_addr_hooks.join(", ")
+        ));
+    }
+    if !f.socket_cookie {
+        missing.push("bpf_get_socket_cookie in sock_addr hooks".into());
+    }
+    if !f.netns_cookie {
+        missing.push("bpf_get_netns_cookie in sock_addr hooks (5.7)".into());
+    }
+    if !f.lru_hash {
+        missing.push("LRU hash maps".into());
+    }
+    format!("missing {}", missing.join("; "))
 }
 
 /// Wraps a program error with the program's name.

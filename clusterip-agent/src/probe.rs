@@ -1,7 +1,766 @@
-//! `clusterip-agent probe`: kernel features (being written).
+//! What the running kernel offers the datapath: `clusterip-agent probe`, and the feature set
+//! [`Datapath::load`](crate::datapath::Datapath::load) decides its fallbacks from.
+//!
+//! Every probe is side-effect free: it creates a map or loads a tiny program through the raw
+//! bpf(2) syscall (as `bpftool feature probe` does) and closes it, asks sock_diag to destroy a
+//! socket that does not exist, or reads a file. Nothing is attached to a cgroup or interface.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
 use crate::cli::ProbeArgs;
 
-pub fn main(_args: ProbeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("probe: not implemented yet")
+// bpf(2) commands.
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+// enum bpf_prog_type.
+const PROG_SCHED_CLS: u32 = 3;
+const PROG_XDP: u32 = 6;
+const PROG_CGROUP_SOCK_ADDR: u32 = 18;
+
+// enum bpf_attach_type.
+const ATTACH_INET4_CONNECT: u32 = 10;
+const ATTACH_INET6_CONNECT: u32 = 11;
+const ATTACH_UDP4_SENDMSG: u32 = 14;
+const ATTACH_UDP6_SENDMSG: u32 = 15;
+const ATTACH_UDP4_RECVMSG: u32 = 19;
+const ATTACH_UDP6_RECVMSG: u32 = 20;
+const ATTACH_INET4_GETPEERNAME: u32 = 29;
+const ATTACH_INET6_GETPEERNAME: u32 = 30;
+const ATTACH_TCX_INGRESS: u32 = 46;
+
+// enum bpf_map_type.
+const MAP_LRU_HASH: u32 = 9;
+
+// enum bpf_func_id.
+const FUNC_GET_SOCKET_COOKIE: i32 = 46;
+const FUNC_GET_NETNS_COOKIE: i32 = 122;
+const FUNC_SET_RETVAL: i32 = 187;
+
+const XDP_PASS: u32 = 2;
+
+/// The cgroup sock_addr hooks the socket-level datapath attaches, with their attach types.
+pub const SOCK_ADDR_HOOKS: [(&str, u32); 8] = [
+    ("connect4", ATTACH_INET4_CONNECT),
+    ("connect6", ATTACH_INET6_CONNECT),
+    ("sendmsg4", ATTACH_UDP4_SENDMSG),
+    ("sendmsg6", ATTACH_UDP6_SENDMSG),
+    ("recvmsg4", ATTACH_UDP4_RECVMSG),
+    ("recvmsg6", ATTACH_UDP6_RECVMSG),
+    ("getpeername4", ATTACH_INET4_GETPEERNAME),
+    ("getpeername6", ATTACH_INET6_GETPEERNAME),
+];
+
+/// What was found, as booleans: what [`Datapath::load`](crate::datapath::Datapath::load)
+/// decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Features {
+    pub bpf_syscall: bool,
+    pub btf: bool,
+    pub cgroup2: bool,
+    /// Hooks of [`SOCK_ADDR_HOOKS`] the kernel refused (empty: all there).
+    pub missing_sock_addr_hooks: Vec<&'static str>,
+    pub set_retval: bool,
+    pub socket_cookie: bool,
+    pub netns_cookie: bool,
+    pub tcx: bool,
+    pub sched_cls: bool,
+    pub xdp: bool,
+    pub lru_hash: bool,
+    pub prog_test_run: bool,
+    pub sock_destroy_kfunc: bool,
+    pub sock_diag_destroy: Result<(), String>,
+}
+
+impl Features {
+    /// Probes the running kernel (needs root for the bpf probes; without it they all read as
+    /// missing, with the reason in [`report`]).
+    pub fn detect() -> Self {
+        let bpf_syscall = map_create(2 /* array */, 4, 4, 1).is_ok();
+        let btf = Path::new("/sys/kernel/btf/vmlinux").is_file();
+        let cgroup2 = crate::datapath::default_cgroup_root().is_ok();
+        let missing_sock_addr_hooks = SOCK_ADDR_HOOKS
+            .iter()
+            .filter(|(_, attach)| prog_load(PROG_CGROUP_SOCK_ADDR, *attach, &prog_ret(1)).is_err())
+            .map(|(name, _)| *name)
+            .collect();
+        let connect4_calling = |func: i32, arg_zero: bool| {
+            prog_load(
+                PROG_CGROUP_SOCK_ADDR,
+                ATTACH_INET4_CONNECT,
+                &prog_call(func, arg_zero, 1),
+            )
+            .is_ok()
+        };
+        Self {
+            bpf_syscall,
+            btf,
+            cgroup2,
+            missing_sock_addr_hooks,
+            set_retval: connect4_calling(FUNC_SET_RETVAL, true),
+            socket_cookie: connect4_calling(FUNC_GET_SOCKET_COOKIE, false),
+            netns_cookie: connect4_calling(FUNC_GET_NETNS_COOKIE, false),
+            tcx: probe_tcx(),
+            sched_cls: prog_load(PROG_SCHED_CLS, 0, &prog_ret(0)).is_ok(),
+            xdp: prog_load(PROG_XDP, 0, &prog_ret(XDP_PASS as i32)).is_ok(),
+            lru_hash: map_create(MAP_LRU_HASH, 4, 4, 16).is_ok(),
+            prog_test_run: probe_test_run(),
+            sock_destroy_kfunc: btf_has_name("bpf_sock_destroy"),
+            sock_diag_destroy: probe_sock_diag_destroy(),
+        }
+    }
+
+    /// Socket-level load balancing can be loaded: cgroup v2, all eight hooks, the cookies.
+    pub fn socket_lb(&self) -> bool {
+        self.bpf_syscall
+            && self.cgroup2
+            && self.missing_sock_addr_hooks.is_empty()
+            && self.socket_cookie
+            && self.netns_cookie
+            && self.lru_hash
+    }
+
+    /// Why the datapath cannot run at all, if it cannot.
+    pub fn fatal(&self) -> Option<String> {
+        if !self.bpf_syscall {
+            return Some(
+                "the bpf() syscall is not available (not root, or CONFIG_BPF_SYSCALL unset): \
+                 run as root on a kernel with BPF"
+                    .into(),
+            );
+        }
+        if !self.lru_hash {
+            return Some("BPF LRU hash maps are missing (kernel < 4.10?)".into());
+        }
+        if !self.socket_lb() && !self.sched_cls && !self.xdp {
+            return Some(
+                "neither the socket hooks nor TC nor XDP programs can be loaded on this kernel"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    /// One line per feature: name, found, what it is, and what the agent does about it.
+    pub fn report(&self) -> Vec<FeatureLine> {
+        let mut out = Vec::new();
+        let mut add = |name: &str, found: bool, what: &str, action: String| {
+            out.push(FeatureLine {
+                name: name.to_string(),
+                found,
+                what: what.to_string(),
+                action,
+            })
+        };
+        add(
+            "bpf_syscall",
+            self.bpf_syscall,
+            "bpf(2): maps and programs",
+            if self.bpf_syscall {
+                "used".into()
+            } else {
+                "nothing can run (needs root and CONFIG_BPF_SYSCALL)".into()
+            },
+        );
+        add(
+            "btf",
+            self.btf,
+            "kernel BTF (/sys/kernel/btf/vmlinux)",
+            if self.btf {
+                "used".into()
+            } else {
+                "the object's BTF maps may not load (CONFIG_DEBUG_INFO_BTF)".into()
+            },
+        );
+        add(
+            "cgroup2",
+            self.cgroup2,
+            "cgroup v2 mounted",
+            if self.cgroup2 {
+                "socket hooks attach to it".into()
+            } else {
+                "no socket-level load balancing: use --socket-lb=false with --tc-iface".into()
+            },
+        );
+        for (hook, _) in SOCK_ADDR_HOOKS {
+            let found = !self.missing_sock_addr_hooks.contains(&hook);
+            add(
+                &format!("sock_addr_{hook}"),
+                found,
+                "cgroup sock_addr hook",
+                if found {
+                    "used".into()
+                } else {
+                    "no socket-level load balancing: use --socket-lb=false with --tc-iface".into()
+                },
+            );
+        }
+        add(
+            "socket_cookie",
+            self.socket_cookie,
+            "bpf_get_socket_cookie in sock_addr hooks",
+            if self.socket_cookie {
+                "used".into()
+            } else {
+                "no socket-level load balancing".into()
+            },
+        );
+        add(
+            "netns_cookie",
+            self.netns_cookie,
+            "bpf_get_netns_cookie in sock_addr hooks (5.7)",
+            if self.netns_cookie {
+                "used".into()
+            } else {
+                "no socket-level load balancing".into()
+            },
+        );
+        add(
+            "bpf_set_retval",
+            self.set_retval,
+            "bpf_set_retval in sock_addr hooks (5.18)",
+            if self.set_retval {
+                "used: a refused connect() fails with ECONNREFUSED".into()
+            } else {
+                SET_RETVAL_FALLBACK.into()
+            },
+        );
+        add(
+            "lru_hash",
+            self.lru_hash,
+            "BPF_MAP_TYPE_LRU_HASH",
+            if self.lru_hash {
+                "used (affinity, reverse NAT, conntrack)".into()
+            } else {
+                "nothing can run".into()
+            },
+        );
+        add(
+            "tcx",
+            self.tcx,
+            "TCX links (6.6)",
+            if self.tcx {
+                "--tc-iface attaches with pinned TCX links".into()
+            } else {
+                TCX_FALLBACK.into()
+            },
+        );
+        add(
+            "tc_clsact",
+            self.sched_cls,
+            "TC (sched_cls) programs, clsact qdisc over netlink",
+            if !self.sched_cls {
+                "no --tc-iface".into()
+            } else if self.tcx {
+                "fallback, not needed".into()
+            } else {
+                format!("used for --tc-iface ({})", clsact_modules())
+            },
+        );
+        add(
+            "xdp",
+            self.xdp,
+            "XDP programs",
+            if self.xdp {
+                "--xdp-iface: native (driver) mode where the driver has it, else generic (SKB), \
+                 decided per interface"
+                    .into()
+            } else {
+                "no --xdp-iface".into()
+            },
+        );
+        add(
+            "prog_test_run",
+            self.prog_test_run,
+            "BPF_PROG_TEST_RUN",
+            if self.prog_test_run {
+                "not used by the agent; tests run TC/XDP programs on packets with it".into()
+            } else {
+                "not used by the agent; the packet tests cannot run".into()
+            },
+        );
+        add(
+            "bpf_sock_destroy",
+            self.sock_destroy_kfunc,
+            "bpf_sock_destroy kfunc (6.5)",
+            "not used: stale UDP sockets are destroyed through sock_diag on every kernel".into(),
+        );
+        let (found, action) = match &self.sock_diag_destroy {
+            Ok(()) => (
+                true,
+                "used: connected UDP sockets to a removed backend are destroyed".to_string(),
+            ),
+            Err(why) => (false, format!("{why}; {SOCK_DESTROY_FALLBACK}")),
+        };
+        add(
+            "sock_diag_destroy",
+            found,
+            "sock_diag SOCK_DESTROY for UDP (CONFIG_INET_DIAG_DESTROY)",
+            action,
+        );
+        out
+    }
+}
+
+/// The warn lines of the fallbacks (one per feature the agent does without).
+pub const SET_RETVAL_FALLBACK: &str = "bpf_set_retval is missing (kernel < 5.18): a connect() \
+     to a service without endpoints (or to an undefined port of a VIP) fails with EPERM instead \
+     of ECONNREFUSED";
+pub const TCX_FALLBACK: &str = "TCX is missing (kernel < 6.6): --tc-iface attaches with \
+     netlink on a clsact qdisc; those filters are not pinned (they stay after the agent exits \
+     and a restarted agent replaces them)";
+pub const SOCK_DESTROY_FALLBACK: &str = "connected UDP sockets keep sending to a removed backend \
+     until the application reconnects";
+
+/// One line of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FeatureLine {
+    pub name: String,
+    pub found: bool,
+    pub what: String,
+    pub action: String,
+}
+
+pub fn main(args: ProbeArgs) -> anyhow::Result<()> {
+    let features = Features::detect();
+    let lines = features.report();
+    let release = kernel_release();
+    let fatal = features.fatal();
+    if args.json {
+        let doc = serde_json::json!({
+            "kernel": release,
+            "features": lines,
+            "missing": lines.iter().filter(|l| !l.found).map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            "socket_lb": features.socket_lb(),
+            "runnable": fatal.is_none(),
+            "fatal": fatal,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("kernel {release}");
+        let width = lines.iter().map(|l| l.name.len()).max().unwrap_or(0);
+        for l in &lines {
+            println!(
+                "{:<7} {:<width$}  {}: {}",
+                if l.found { "found" } else { "missing" },
+                l.name,
+                l.what,
+                l.action,
+            );
+        }
+        match &fatal {
+            None => println!(
+                "datapath: can run (socket-level load balancing {})",
+                if features.socket_lb() {
+                    "available"
+                } else {
+                    "NOT available"
+                }
+            ),
+            Some(why) => println!("datapath: cannot run: {why}"),
+        }
+    }
+    match fatal {
+        None => Ok(()),
+        Some(why) => anyhow::bail!("the datapath cannot run on this kernel: {why}"),
+    }
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    // SAFETY: uname fills the zeroed struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Which of the clsact modules are loaded or built in (the guest insmods them; a normal
+/// system autoloads them on first use).
+fn clsact_modules() -> String {
+    let release = kernel_release();
+    let builtin =
+        fs::read_to_string(format!("/lib/modules/{release}/modules.builtin")).unwrap_or_default();
+    ["sch_ingress", "cls_bpf"]
+        .iter()
+        .map(|m| {
+            let state = if Path::new("/sys/module").join(m).exists() {
+                "loaded"
+            } else if builtin.contains(&format!("/{m}.ko")) {
+                "built in"
+            } else {
+                "module, loaded on first use"
+            };
+            format!("{m} {state}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---- raw bpf(2) probes ---------------------------------------------------------------------
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a live, zero-padded buffer of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr) as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: every command used here returns a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+}
+
+/// Writes a u32 at byte offset `off` of a u64 attr buffer.
+fn put32(attr: &mut [u64], off: usize, v: u32) {
+    let word = &mut attr[off / 8];
+    let shift = (off % 8) * 8;
+    *word = (*word & !(0xffff_ffffu64 << shift)) | (u64::from(v) << shift);
+}
+
+fn map_create(map_type: u32, key: u32, value: u32, entries: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 8];
+    put32(&mut attr, 0, map_type);
+    put32(&mut attr, 4, key);
+    put32(&mut attr, 8, value);
+    put32(&mut attr, 12, entries);
+    bpf(BPF_MAP_CREATE, &mut attr)
+}
+
+/// An instruction: opcode, dst, src, off, imm.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    u64::from(code)
+        | (u64::from(dst & 0xf) << 8)
+        | (u64::from(src & 0xf) << 12)
+        | (u64::from(off as u16) << 16)
+        | (u64::from(imm as u32) << 32)
+}
+const MOV64_IMM: u8 = 0xb7;
+const CALL: u8 = 0x85;
+const EXIT: u8 = 0x95;
+
+/// `r0 = ret; exit`.
+fn prog_ret(ret: i32) -> Vec<u64> {
+    vec![insn(MOV64_IMM, 0, 0, 0, ret), insn(EXIT, 0, 0, 0, 0)]
+}
+
+/// `[r1 = 0;] call func; r0 = ret; exit` (without `arg_zero`, r1 is the context).
+fn prog_call(func: i32, arg_zero: bool, ret: i32) -> Vec<u64> {
+    let mut p = Vec::new();
+    if arg_zero {
+        p.push(insn(MOV64_IMM, 1, 0, 0, 0));
+    }
+    p.push(insn(CALL, 0, 0, 0, func));
+    p.extend(prog_ret(ret));
+    p
+}
+
+fn prog_load(prog_type: u32, expected_attach: u32, insns: &[u64]) -> io::Result<OwnedFd> {
+    static LICENSE: &[u8] = b"GPL\0";
+    let mut attr = [0u64; 16];
+    put32(&mut attr, 0, prog_type);
+    put32(&mut attr, 4, insns.len() as u32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = LICENSE.as_ptr() as u64;
+    put32(&mut attr, 68, expected_attach);
+    bpf(BPF_PROG_LOAD, &mut attr)
+}
+
+/// TCX: BPF_LINK_CREATE of a TC program with BPF_TCX_INGRESS on ifindex 0. A kernel with TCX
+/// looks the device up and fails with ENODEV; one without refuses the attach type (EINVAL).
+fn probe_tcx() -> bool {
+    let Ok(prog) = prog_load(PROG_SCHED_CLS, ATTACH_TCX_INGRESS, &prog_ret(0)) else {
+        return false;
+    };
+    let mut attr = [0u64; 8];
+    put32(&mut attr, 0, prog.as_raw_fd() as u32);
+    put32(&mut attr, 4, 0 /* target_ifindex */);
+    put32(&mut attr, 8, ATTACH_TCX_INGRESS);
+    match bpf(BPF_LINK_CREATE, &mut attr) {
+        Err(e) => e.raw_os_error() == Some(libc::ENODEV),
+        // Cannot happen (no device 0); the link goes with the fd.
+        Ok(_link) => true,
+    }
+}
+
+/// Runs an XDP program returning XDP_PASS on a 64-byte packet.
+fn probe_test_run() -> bool {
+    let Ok(prog) = prog_load(PROG_XDP, 0, &prog_ret(XDP_PASS as i32)) else {
+        return false;
+    };
+    let data = [0u8; 64];
+    let mut attr = [0u64; 6];
+    put32(&mut attr, 0, prog.as_raw_fd() as u32);
+    put32(&mut attr, 8, data.len() as u32);
+    attr[2] = data.as_ptr() as u64;
+    put32(&mut attr, 32, 1 /* repeat */);
+    // SAFETY: as in bpf(); TEST_RUN returns 0, not an fd.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as libc::c_uint,
+        )
+    };
+    rc == 0 && (attr[0] >> 32) as u32 == XDP_PASS
+}
+
+/// Whether `name` is a string of the kernel's BTF (functions, kfuncs included, are named there).
+fn btf_has_name(name: &str) -> bool {
+    let Ok(btf) = fs::read("/sys/kernel/btf/vmlinux") else {
+        return false;
+    };
+    let mut needle = Vec::with_capacity(name.len() + 2);
+    needle.push(0);
+    needle.extend_from_slice(name.as_bytes());
+    needle.push(0);
+    btf.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
+// ---- sock_diag SOCK_DESTROY ---------------------------------------------------------------
+
+const NETLINK_SOCK_DIAG: libc::c_int = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+/// A UDP sock_diag request (inet_diag_req_v2) for a socket that does not exist.
+fn diag_request(kind: u16, flags: u16) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + 56);
+    m.extend_from_slice(&(16u32 + 56).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    m.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    m.push(libc::AF_INET as u8);
+    m.push(libc::IPPROTO_UDP as u8);
+    m.push(0); // ext
+    m.push(0);
+    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    // sockid: sport 1, dport 1, src 0.0.0.0, dst 0.0.0.0, ifindex 0, no cookie.
+    m.extend_from_slice(&1u16.to_be_bytes());
+    m.extend_from_slice(&1u16.to_be_bytes());
+    m.extend_from_slice(&[0u8; 32]);
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[0xffu8; 8]);
+    m
+}
+
+/// Sends one request and returns the first error (negative errno) or done/ack (0).
+fn diag_exchange(req: &[u8]) -> io::Result<i32> {
+    // SAFETY: plain socket call.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: valid option buffer of its size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: sending from a live buffer.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: receiving into a live buffer of its size.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut msgs = &buf[..n as usize];
+        while msgs.len() >= 16 {
+            let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
+            let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
+            if len < 16 || len > msgs.len() {
+                return Err(io::Error::other("malformed netlink message"));
+            }
+            match kind {
+                NLMSG_ERROR if len >= 20 => {
+                    return Ok(i32::from_ne_bytes([msgs[16], msgs[17], msgs[18], msgs[19]]));
+                }
+                NLMSG_DONE => return Ok(0),
+                _ => {}
+            }
+            msgs = &msgs[(len + 3) & !3..];
+        }
+    }
+}
+
+/// SOCK_DESTROY of a UDP socket that does not exist: ENOENT when the kernel has it (after a
+/// dump showed that UDP sock_diag is there, which also answers ENOENT when missing),
+/// EOPNOTSUPP without CONFIG_INET_DIAG_DESTROY.
+fn probe_sock_diag_destroy() -> Result<(), String> {
+    match diag_exchange(&diag_request(
+        SOCK_DIAG_BY_FAMILY,
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )) {
+        Ok(0) => {}
+        Ok(e) => {
+            return Err(format!(
+                "UDP sock_diag is missing ({}; CONFIG_INET_UDP_DIAG, module udp_diag)",
+                io::Error::from_raw_os_error(-e)
+            ));
+        }
+        Err(e) => return Err(format!("sock_diag netlink: {e}")),
+    }
+    match diag_exchange(&diag_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK)) {
+        Ok(e) if e == -libc::ENOENT => Ok(()),
+        Ok(e) if e == -libc::EOPNOTSUPP => {
+            Err("SOCK_DESTROY is not supported (CONFIG_INET_DIAG_DESTROY unset)".into())
+        }
+        Ok(0) => Ok(()),
+        Ok(e) => Err(format!(
+            "SOCK_DESTROY: {}",
+            io::Error::from_raw_os_error(-e)
+        )),
+        Err(e) => Err(format!("sock_diag netlink: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_instructions() {
+        // r0 = 1 -> b7 00 0000 01000000
+        assert_eq!(
+            insn(MOV64_IMM, 0, 0, 0, 1).to_le_bytes(),
+            [0xb7, 0, 0, 0, 1, 0, 0, 0]
+        );
+        assert_eq!(
+            insn(CALL, 0, 0, 0, FUNC_SET_RETVAL).to_le_bytes(),
+            [0x85, 0, 0, 0, 187, 0, 0, 0]
+        );
+        assert_eq!(insn(MOV64_IMM, 1, 0, 0, -1).to_le_bytes()[1], 1);
+        assert_eq!(prog_call(FUNC_SET_RETVAL, true, 1).len(), 4);
+    }
+
+    #[test]
+    fn puts_u32_at_offsets() {
+        let mut a = [0u64; 2];
+        put32(&mut a, 4, 0xdead_beef);
+        put32(&mut a, 8, 7);
+        assert_eq!(a, [0xdead_beef_0000_0000, 7]);
+    }
+
+    #[test]
+    fn diag_request_is_a_full_inet_diag_req_v2() {
+        let r = diag_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(r.len(), 72);
+        assert_eq!(u32::from_ne_bytes([r[0], r[1], r[2], r[3]]), 72);
+        assert_eq!(r[16], libc::AF_INET as u8);
+        assert_eq!(r[17], libc::IPPROTO_UDP as u8);
+    }
+
+    #[test]
+    fn fatal_only_when_nothing_can_run() {
+        let all = Features {
+            bpf_syscall: true,
+            btf: true,
+            cgroup2: true,
+            missing_sock_addr_hooks: vec![],
+            set_retval: false,
+            socket_cookie: true,
+            netns_cookie: true,
+            tcx: false,
+            sched_cls: true,
+            xdp: true,
+            lru_hash: true,
+            prog_test_run: true,
+            sock_destroy_kfunc: false,
+            sock_diag_destroy: Err("x".into()),
+        };
+        assert!(all.socket_lb());
+        assert_eq!(all.fatal(), None);
+        let no_bpf = Features {
+            bpf_syscall: false,
+            ..all.clone()
+        };
+        assert!(no_bpf.fatal().is_some_and(|w| w.contains("bpf()")));
+        let nothing = Features {
+            cgroup2: false,
+            sched_cls: false,
+            xdp: false,
+            ..all.clone()
+        };
+        assert!(nothing.fatal().is_some());
+        let lines = all.report();
+        let set_retval = lines.iter().find(|l| l.name == "bpf_set_retval").unwrap();
+        assert!(!set_retval.found && set_retval.action.contains("EPERM"));
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.name.starts_with("sock_addr_"))
+                .count(),
+            8
+        );
+    }
+
+    /// On the machine the tests run on (root, a kernel with BPF): what a 5.18+ kernel has.
+    #[test]
+    fn detects_this_kernel() {
+        let f = Features::detect();
+        if !f.bpf_syscall {
+            eprintln!("skipping: no bpf() here (not root?)");
+            return;
+        }
+        let (major, minor) = {
+            let r = kernel_release();
+            let mut it = r.split(|c: char| !c.is_ascii_digit());
+            let major: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let minor: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            (major, minor)
+        };
+        assert!(
+            f.lru_hash && f.sched_cls && f.xdp && f.prog_test_run,
+            "{f:?}"
+        );
+        assert!(f.missing_sock_addr_hooks.is_empty(), "{f:?}");
+        assert_eq!(f.set_retval, (major, minor) >= (5, 18), "{f:?}");
+        assert_eq!(f.tcx, (major, minor) >= (6, 6), "{f:?}");
+        assert_eq!(f.fatal(), None);
+    }
 }

@@ -98,11 +98,25 @@ pub fn netns_cookie(ctx: &SockAddrContext) -> u64 {
     unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
 }
 
-/// Makes the syscall fail with `errno` once the program returns 0.
+/// Whether the kernel has `bpf_set_retval` (5.18+). A constant in `.rodata` that the agent
+/// sets at load time from its probe (`EbpfLoader::override_global`); aya freezes `.rodata`, so
+/// the verifier knows the value and never visits the branch not taken: on a kernel without the
+/// helper the call is dead code and removed before the helper is looked up ("unknown func"
+/// would otherwise reject the program). Without it, a refused connect() fails with EPERM.
+#[unsafe(no_mangle)]
+static HAVE_SET_RETVAL: u8 = 1;
+
+/// Makes the syscall fail with `errno` once the program returns 0 (with `bpf_set_retval`);
+/// on kernels without the helper it fails with EPERM.
 #[inline(always)]
 pub fn set_errno(errno: i32) {
-    // SAFETY: plain helper call; it only fails for values outside [-4095, 0].
-    let _ = unsafe { bpf_set_retval(-errno) };
+    // SAFETY: a plain read of a static; volatile so the compiler keeps the load that the
+    // loader's value decides.
+    let have = unsafe { read_volatile(addr_of!(HAVE_SET_RETVAL)) };
+    if have != 0 {
+        // SAFETY: plain helper call; it only fails for values outside [-4095, 0].
+        let _ = unsafe { bpf_set_retval(-errno) };
+    }
 }
 
 #[inline(always)]

@@ -1,6 +1,14 @@
 //! `cargo xtask kernels`: boots Debian kernels under QEMU (TCG) and runs a clusterip smoke test
-//! inside each: socket-level load balancing, TC attach (TCX or netlink clsact), XDP attach and
-//! traffic through the TC path. Prints a table of the results.
+//! inside each: `clusterip-agent probe`, socket-level load balancing (TCP, UDP, a refused
+//! connect), TC attach (TCX or netlink clsact), XDP attach, BPF_PROG_TEST_RUN of `tc_ingress` and
+//! `xdp_ingress` on a real frame (bpftool), and TCP and UDP traffic through the TC path. Prints
+//! a table kernel x check.
+//!
+//! A check passes, fails, or is DEGRADED: the documented fallback of an older kernel happened
+//! (EPERM instead of ECONNREFUSED, netlink instead of TCX). `kernels/expected.toml` lists, per
+//! kernel line, the degradations and the features `probe` reports missing. The command fails on
+//! anything else: a failure, an undocumented degradation, a documented one that now passes, or
+//! another set of missing features.
 //!
 //! Everything downloaded is cached under `target/kernels/`: the kernel (vmlinuz and the few
 //! modules the test needs, ~13 MB each), Debian's static busybox, and the apt states used to
@@ -35,10 +43,28 @@ use crate::{
 const INIT_SCRIPT: &str = include_str!("kernels/init.sh");
 
 /// The modules the guest loads (when they are modules and not built in), in this order.
-const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf"];
+/// inet_diag/udp_diag: sock_diag SOCK_DESTROY for UDP, which `probe` checks.
+const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "inet_diag", "udp_diag"];
 
 /// The checks the guest reports, in table order.
-const CHECKS: &[&str] = &["socket-lb", "tc", "xdp", "tc-traffic"];
+const CHECKS: &[&str] = &[
+    "probe",
+    "socket-tcp",
+    "socket-udp",
+    "refused",
+    "tc",
+    "xdp",
+    "tc-testrun",
+    "xdp-testrun",
+    "tc-tcp",
+    "tc-udp",
+];
+
+/// Image packages of the current package lists whose parts are not on the mirror (one per line).
+const UNAVAILABLE_FILE: &str = "unavailable";
+
+/// Documented gaps per kernel line, in the repository.
+const EXPECTED_FILE: &str = "kernels/expected.toml";
 
 /// VMs running at once (the machine has 2 cores; TCG uses one per VM).
 const PARALLEL: usize = 2;
@@ -84,21 +110,24 @@ const LINES: &[Line] = &[
         },
     },
     Line {
-        name: "newest",
-        matches: |v| {
-            let Some(r) = v.strip_suffix("+deb13") else {
-                return false;
-            };
-            let parts: Vec<&str> = r.split('.').collect();
-            if parts.len() != 3 || !parts.iter().all(|p| all_digits(p)) {
-                return false;
-            }
-            let major: u64 = parts[0].parse().unwrap_or(0);
-            let minor: u64 = parts[1].parse().unwrap_or(0);
-            (major, minor) >= (6, 13)
-        },
+        name: "6.x",
+        matches: |v| backports_version(v).is_some_and(|(major, minor)| major == 6 && minor >= 13),
+    },
+    Line {
+        name: "7.x",
+        matches: |v| backports_version(v).is_some_and(|(major, _)| major == 7),
     },
 ];
+
+/// (major, minor) of a trixie(-backports) version "X.Y.Z+deb13".
+fn backports_version(v: &str) -> Option<(u64, u64)> {
+    let r = v.strip_suffix("+deb13")?;
+    let parts: Vec<&str> = r.split('.').collect();
+    if parts.len() != 3 || !parts.iter().all(|p| all_digits(p)) {
+        return None;
+    }
+    Some((parts[0].parse().ok()?, parts[1].parse().ok()?))
+}
 
 fn all_digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
@@ -194,6 +223,30 @@ impl Apt {
             .collect())
     }
 
+    /// Whether the image and every part it depends on have a downloadable version (one
+    /// `apt-cache show` for all: a stanza with a `Filename:` per package).
+    fn downloadable(&self, image: &str) -> Result<bool> {
+        let mut packages = vec![image.to_string()];
+        packages.extend(self.kernel_parts(image)?);
+        let out = output(
+            self.cmd("apt-cache")
+                .args(["show", "--no-all-versions"])
+                .args(&packages),
+        )
+        .unwrap_or_default();
+        let with_file: BTreeSet<&str> = out
+            .split("\n\n")
+            .filter(|stanza| stanza.lines().any(|l| l.starts_with("Filename:")))
+            .filter_map(|stanza| {
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Package:"))
+                    .map(str::trim)
+            })
+            .collect();
+        Ok(packages.iter().all(|p| with_file.contains(p.as_str())))
+    }
+
     /// `apt-get download` into `dir`; returns the .deb files it holds afterwards.
     fn download(&self, packages: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
         fs::create_dir_all(dir)?;
@@ -231,10 +284,6 @@ impl Kernel {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| self.package.clone())
     }
-    /// Below 5.18 `bpf_set_retval` is missing: the socket programs cannot load there.
-    fn predates_set_retval(&self) -> bool {
-        version_key(&self.release()) < vec![5, 18]
-    }
 }
 
 pub fn kernels(
@@ -244,6 +293,13 @@ pub fn kernels(
     timeout: Duration,
     no_build: bool,
 ) -> Result<()> {
+    // Read first: a broken expectations file should not cost a build and five boots.
+    let expected_path = root.join(EXPECTED_FILE);
+    let expected = parse_expected(
+        &fs::read_to_string(&expected_path)
+            .with_context(|| format!("reading {}", expected_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", expected_path.display()))?;
     if !no_build {
         tasks::build(root)?;
     }
@@ -257,8 +313,19 @@ pub fn kernels(
     let apt = Apt::new(cache.join("apt"), KERNEL_SOURCES)?;
     if refresh || !apt.has_lists() {
         apt.update()?;
+        // New lists: packages found incomplete before may be complete now.
+        let _ = fs::remove_file(cache.join(UNAVAILABLE_FILE));
     }
     let busybox = fetch_busybox(&apt, &cache)?;
+    // The image (with copies of the binaries) right after the build: others building in the
+    // same target directory may replace target/debug/clusterip-agent while kernels download.
+    let debug = target.join("debug");
+    let bins = [
+        (debug.join("clusterip-agent"), "usr/bin/clusterip-agent"),
+        (debug.join("cip-client"), "usr/bin/cip-client"),
+        (debug.join("cip-backend"), "usr/bin/cip-backend"),
+    ];
+    let base = base_image(&cache, &busybox, &bins)?;
 
     let images = apt.package_names("linux-image-")?;
     let mut kernels = Vec::new();
@@ -279,14 +346,6 @@ pub fn kernels(
             .collect::<Vec<_>>()
             .join(", ")
     );
-
-    let debug = target.join("debug");
-    let bins = [
-        (debug.join("clusterip-agent"), "usr/bin/clusterip-agent"),
-        (debug.join("cip-client"), "usr/bin/cip-client"),
-        (debug.join("cip-backend"), "usr/bin/cip-backend"),
-    ];
-    let base = base_image(&cache, &busybox, &bins)?;
 
     let run_dir = cache.join("run");
     let _ = fs::remove_dir_all(&run_dir);
@@ -339,8 +398,9 @@ pub fn kernels(
         .ok()
         .and_then(|m| m.into_inner().ok())
         .unwrap_or_default();
-    let mut unexpected = Vec::new();
+    let mut problems = Vec::new();
     let mut rows = Vec::new();
+    let mut details = Vec::new();
     for (i, (kernel, _, log)) in jobs.iter().enumerate() {
         let outcome = outcomes.get(&i);
         let (results, elapsed, note) = match outcome {
@@ -360,49 +420,208 @@ pub fn kernels(
             .get("kernel")
             .map(|r| r.detail.clone())
             .unwrap_or_else(|| kernel.release());
+        let empty = LineExpectations::default();
+        let exp = expected.get(kernel.line).unwrap_or(&empty);
         let mut cells = vec![kernel.line.to_string(), release, elapsed];
         for check in CHECKS {
-            let cell = match results.get(*check) {
-                Some(r) if r.verdict == "PASS" => format!("PASS: {}", r.detail),
-                Some(r) if *check == "socket-lb" && kernel.predates_set_retval() => {
-                    format!("FAIL (expected before 5.18): {}", r.detail)
-                }
-                Some(r) => {
-                    unexpected.push(format!("{} {check}", kernel.line));
-                    format!("{}: {}", r.verdict, r.detail)
-                }
-                None => {
-                    unexpected.push(format!("{} {check}", kernel.line));
-                    let why = if note.is_empty() {
-                        "no result line"
-                    } else {
-                        note.as_str()
-                    };
-                    format!("FAIL: {why} (see {})", log.display())
-                }
-            };
+            let (cell, problem) = judge(check, results.get(*check), exp, &note, log);
+            if let Some(p) = problem {
+                problems.push(format!("{} {check}: {p}", kernel.line));
+            }
+            if let Some(r) = results.get(*check) {
+                details.push(format!(
+                    "{} {check}: {} {}",
+                    kernel.line, r.verdict, r.detail
+                ));
+            }
             cells.push(cell);
+        }
+        for (check, r) in &results {
+            if !CHECKS.contains(&check.as_str()) && r.verdict == "FAIL" {
+                problems.push(format!("{} {check}: {}", kernel.line, r.detail));
+            }
         }
         rows.push(cells);
     }
+    println!();
+    for d in &details {
+        println!("  {d}");
+    }
     print_table(&rows);
-    eprintln!(
-        "==> kernels: downloads/cache {:.1}s, total {:.1}s; serial logs in {}",
-        fetched.as_secs_f64(),
-        started.elapsed().as_secs_f64(),
+    println!(
+        "expected = a degradation {EXPECTED_FILE} documents for that kernel; serial logs in {}",
         logs.display()
     );
-    if unexpected.is_empty() {
+    eprintln!(
+        "==> kernels: downloads/cache {:.1}s, total {:.1}s",
+        fetched.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+    );
+    if problems.is_empty() {
         Ok(())
     } else {
-        bail!("unexpected failures: {}", unexpected.join(", "))
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        bail!(
+            "{} unexpected result(s) (failures, undocumented degradations, or documented gaps \
+             that are gone: update {EXPECTED_FILE} if the kernel really changed)",
+            problems.len()
+        )
     }
+}
+
+/// The table cell of one check and, if the result is not what `exp` says, why.
+fn judge(
+    check: &str,
+    result: Option<&CheckResult>,
+    exp: &LineExpectations,
+    note: &str,
+    log: &Path,
+) -> (String, Option<String>) {
+    let Some(r) = result else {
+        let why = if note.is_empty() {
+            "no result line"
+        } else {
+            note
+        };
+        return (
+            format!("FAIL ({why})"),
+            Some(format!("{why} (see {})", log.display())),
+        );
+    };
+    let documented = exp.degraded.get(check);
+    if check == "probe" {
+        // "missing=a,b,c": compare with the documented set.
+        let found: BTreeSet<String> = r
+            .detail
+            .rsplit("missing=")
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty() && s != "none")
+            .collect();
+        if r.verdict != "PASS" {
+            return ("FAIL".into(), Some(r.detail.clone()));
+        }
+        if found != exp.probe_missing {
+            let extra: Vec<_> = found.difference(&exp.probe_missing).cloned().collect();
+            let gone: Vec<_> = exp.probe_missing.difference(&found).cloned().collect();
+            return (
+                "FAIL (missing features differ)".into(),
+                Some(format!(
+                    "probe reports missing {found:?}; {EXPECTED_FILE} says {:?} \
+                     (newly missing: {extra:?}; now found: {gone:?})",
+                    exp.probe_missing
+                )),
+            );
+        }
+        let cell = if found.is_empty() {
+            "PASS (all found)".to_string()
+        } else {
+            format!(
+                "PASS (missing as expected: {})",
+                found.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        };
+        return (cell, None);
+    }
+    match (r.verdict.as_str(), documented) {
+        ("PASS", None) => ("PASS".into(), None),
+        ("PASS", Some(reason)) => (
+            "PASS (documented gap gone)".into(),
+            Some(format!(
+                "passes, but {EXPECTED_FILE} documents a degradation here ({reason}): remove it"
+            )),
+        ),
+        ("DEGRADED", Some(_)) => (format!("expected: {}", short(&r.detail)), None),
+        ("DEGRADED", None) => (
+            format!("DEGRADED: {}", short(&r.detail)),
+            Some(format!("undocumented degradation: {}", r.detail)),
+        ),
+        (verdict, _) => (verdict.to_string(), Some(r.detail.clone())),
+    }
+}
+
+/// The part of a detail after the last ": " (the mode or errno), for a table cell.
+fn short(detail: &str) -> String {
+    detail.rsplit(": ").next().unwrap_or(detail).to_string()
+}
+
+/// What `kernels/expected.toml` says about one kernel line.
+#[derive(Debug, Default, PartialEq)]
+struct LineExpectations {
+    /// `probe-missing = [..]`: the features `clusterip-agent probe` reports missing.
+    probe_missing: BTreeSet<String>,
+    /// `<check> = "why"`: the check is expected DEGRADED (the documented fallback).
+    degraded: BTreeMap<String, String>,
+}
+
+/// Parses the subset of TOML `kernels/expected.toml` uses: `[kernels."<line>"]` tables with
+/// `probe-missing = ["a", "b"]` and `<check> = "reason"` entries; `#` comments.
+fn parse_expected(text: &str) -> Result<BTreeMap<String, LineExpectations>> {
+    let mut out: BTreeMap<String, LineExpectations> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let at = || format!("line {}: {raw:?}", n + 1);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header
+                .strip_suffix(']')
+                .and_then(|h| h.strip_prefix("kernels."))
+                .map(|h| h.trim_matches('"'))
+                .with_context(at)?;
+            if !LINES.iter().any(|l| l.name == name) {
+                bail!(
+                    "{}: no kernel line {name:?} (lines: {})",
+                    at(),
+                    LINES.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")
+                );
+            }
+            out.entry(name.to_string()).or_default();
+            current = Some(name.to_string());
+            continue;
+        }
+        let entry = current
+            .as_ref()
+            .and_then(|c| out.get_mut(c))
+            .with_context(|| format!("{}: outside a [kernels.\"<line>\"] table", at()))?;
+        let (key, value) = line.split_once('=').with_context(at)?;
+        let (key, value) = (key.trim().trim_matches('"'), value.trim());
+        if key == "probe-missing" {
+            let list = value
+                .strip_prefix('[')
+                .and_then(|v| v.strip_suffix(']'))
+                .with_context(at)?;
+            entry.probe_missing = list
+                .split(',')
+                .map(|s| s.trim().trim_matches('"').to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        } else if CHECKS.contains(&key) && key != "probe" {
+            let reason = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .with_context(at)?;
+            entry.degraded.insert(key.to_string(), reason.to_string());
+        } else {
+            bail!(
+                "{}: unknown key {key:?} (probe-missing, or a check: {})",
+                at(),
+                CHECKS.join(", ")
+            );
+        }
+    }
+    Ok(out)
 }
 
 fn print_table(rows: &[Vec<String>]) {
     let mut header = vec!["kernel", "release", "boot+test"];
     header.extend(CHECKS);
-    println!();
     println!("| {} |", header.join(" | "));
     println!(
         "|{}",
@@ -472,7 +691,7 @@ fn fetch_kernel(apt: &Apt, cache: &Path, line: &Line, images: &[String]) -> Resu
         let entries = fs::read_dir(cache.join("k")).ok()?;
         let names: Vec<String> = entries
             .flatten()
-            .filter(|e| e.path().join("ok").is_file())
+            .filter(|e| is_complete(&e.path()))
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         let package = newest(line, names.iter().map(String::as_str))?.to_string();
@@ -482,32 +701,67 @@ fn fetch_kernel(apt: &Apt, cache: &Path, line: &Line, images: &[String]) -> Resu
             package,
         })
     };
-    let Some(package) = newest(line, images.iter().map(String::as_str)) else {
-        return cached()
-            .with_context(|| format!("no linux-image package for kernel line {}", line.name));
-    };
-    let dir = cache.join("k").join(package);
-    let kernel = Kernel {
-        line: line.name,
-        package: package.to_string(),
-        dir: dir.clone(),
-    };
-    if dir.join("ok").is_file() {
-        return Ok(kernel);
-    }
-    eprintln!("==> kernels: fetching {package}");
-    match download_kernel(apt, cache, package, &dir) {
-        Ok(()) => Ok(kernel),
-        Err(e) => match cached() {
-            Some(old) => {
+    // Newest first. Debian drops the modules packages of older backports kernels from the
+    // mirror while their image meta packages stay listed: skip what cannot be downloaded.
+    let mut candidates: Vec<&str> = images
+        .iter()
+        .map(String::as_str)
+        .filter(|p| image_version(p).is_some_and(line.matches))
+        .collect();
+    candidates
+        .sort_by_key(|p| std::cmp::Reverse(version_key(image_version(p).unwrap_or_default())));
+    let mut last_err = None;
+    for package in candidates.into_iter().take(8) {
+        let dir = cache.join("k").join(package);
+        let kernel = Kernel {
+            line: line.name,
+            package: package.to_string(),
+            dir: dir.clone(),
+        };
+        if is_complete(&dir) {
+            return Ok(kernel);
+        }
+        let unavailable_path = cache.join(UNAVAILABLE_FILE);
+        let unavailable = fs::read_to_string(&unavailable_path).unwrap_or_default();
+        if unavailable.lines().any(|l| l == package) {
+            continue;
+        }
+        match apt.downloadable(package) {
+            Ok(true) => {}
+            Ok(false) => {
                 eprintln!(
-                    "warning: {package}: {e:#}; using the cached {}",
-                    old.package
+                    "==> kernels: {package}: not all its packages are on the mirror, skipped"
                 );
-                Ok(old)
+                let _ = fs::write(&unavailable_path, format!("{unavailable}{package}\n"));
+                continue;
             }
-            None => Err(e),
-        },
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        }
+        eprintln!("==> kernels: fetching {package}");
+        match download_kernel(apt, cache, package, &dir) {
+            Ok(()) => return Ok(kernel),
+            Err(e) => {
+                eprintln!("warning: {package}: {e:#}");
+                last_err = Some(e);
+            }
+        }
+    }
+    match (cached(), last_err) {
+        (Some(old), _) => {
+            eprintln!(
+                "warning: kernel line {}: using the cached {}",
+                line.name, old.package
+            );
+            Ok(old)
+        }
+        (None, Some(e)) => Err(e),
+        (None, None) => bail!(
+            "no downloadable linux-image package for kernel line {}",
+            line.name
+        ),
     }
 }
 
@@ -574,8 +828,13 @@ fn download_kernel(apt: &Apt, cache: &Path, package: &str, dir: &Path) -> Result
     fs::write(dir.join("modules").join("order"), names.join("\n") + "\n")?;
     fs::write(dir.join("package"), format!("{package}\n"))?;
     fs::remove_dir_all(&tmp)?;
-    fs::write(dir.join("ok"), "")?;
+    fs::write(dir.join("ok"), MODULES.join(" ") + "\n")?;
     Ok(())
+}
+
+/// A cached kernel is complete when it was extracted with the current module list.
+fn is_complete(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("ok")).is_ok_and(|s| s.trim() == MODULES.join(" "))
 }
 
 /// "kernel/net/core/veth.ko.xz" -> "veth" (modules.dep and modules.builtin spell '-' or '_').
@@ -742,12 +1001,29 @@ fn base_image(cache: &Path, busybox: &Path, bins: &[(PathBuf, &str)]) -> Result<
         add_file(&mut image, dst, &from, 0o755)?;
         elf.push(src.clone());
     }
-    let ip = Path::new("/usr/sbin/ip");
-    if !ip.is_file() {
-        bail!("/usr/sbin/ip (iproute2) is missing");
+    // iproute2's ip (busybox's cannot create veth pairs) and bpftool (`prog run`: the
+    // BPF_PROG_TEST_RUN checks); `cargo xtask setup` installs bpftool.
+    for (tool, package) in [("ip", "iproute2"), ("bpftool", "bpftool")] {
+        let path = Path::new("/usr/sbin").join(tool);
+        if !path.is_file() {
+            bail!("{} ({package}) is missing", path.display());
+        }
+        add_file(&mut image, &format!("usr/sbin/{tool}"), &path, 0o755)?;
+        elf.push(path);
     }
-    add_file(&mut image, "usr/sbin/ip", ip, 0o755)?;
-    elf.push(ip.to_path_buf());
+    // Two TCP SYNs from 10.0.1.2 to the guest's service 10.96.0.10:80 (different source
+    // ports: each test run makes its own conntrack entry).
+    for (name, sport) in [("tcp-syn-a", 40_001), ("tcp-syn-b", 40_002)] {
+        let frame = tcp_syn([10, 0, 1, 2], sport, [10, 96, 0, 10], 80);
+        add(
+            &mut image,
+            &format!("pkt/{name}.bin"),
+            Entry::File {
+                data: frame,
+                mode: 0o644,
+            },
+        );
+    }
 
     let mut libs = BTreeSet::new();
     for bin in &elf {
@@ -759,6 +1035,45 @@ fn base_image(cache: &Path, busybox: &Path, bins: &[(PathBuf, &str)]) -> Result<
         add_file(&mut image, &lib, &real, 0o755)?;
     }
     Ok(image)
+}
+
+/// An Ethernet frame with an IPv4 TCP SYN, checksums filled in.
+fn tcp_syn(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    fn fold(mut sum: u32) -> u16 {
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+    fn sum16(data: &[u8]) -> u32 {
+        data.chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum()
+    }
+    let mut f = Vec::with_capacity(54);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let csum = fold(sum16(&ip));
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&1u32.to_be_bytes()); // seq
+    tcp.extend_from_slice(&0u32.to_be_bytes()); // ack
+    tcp.extend_from_slice(&[5 << 4, 0x02]); // data offset 5, SYN
+    tcp.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, checksum, urgent
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let csum = fold(sum16(&pseudo));
+    tcp[16..18].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
 }
 
 /// Absolute library paths in `ldd` output (including the dynamic loader).
@@ -949,7 +1264,69 @@ mod tests {
         assert_eq!(pick("5.10"), Some("linux-image-5.10.0-46-cloud-amd64"));
         assert_eq!(pick("6.1"), Some("linux-image-6.1.0-56-cloud-amd64"));
         assert_eq!(pick("6.12"), Some("linux-image-6.12.117+deb12-cloud-amd64"));
-        assert_eq!(pick("newest"), Some("linux-image-7.10.1+deb13-cloud-amd64"));
+        assert_eq!(pick("6.x"), Some("linux-image-6.19.14+deb13-cloud-amd64"));
+        assert_eq!(pick("7.x"), Some("linux-image-7.10.1+deb13-cloud-amd64"));
+    }
+
+    #[test]
+    fn the_repository_expectations_parse() {
+        let text = include_str!("../../kernels/expected.toml");
+        let exp = parse_expected(text).unwrap();
+        assert!(exp["5.10"].probe_missing.contains("bpf_set_retval"));
+        assert!(exp["5.10"].degraded.contains_key("refused"));
+        assert!(exp["6.12"].probe_missing.is_empty() && exp["6.12"].degraded.is_empty());
+        assert!(parse_expected("[kernels.\"4.19\"]\n").is_err());
+        assert!(parse_expected("[kernels.\"6.1\"]\nsocket-lb = \"x\"\n").is_err());
+        assert!(parse_expected("tc = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn judges_results_against_expectations() {
+        let exp =
+            parse_expected("[kernels.\"5.10\"]\nprobe-missing = [\"tcx\"]\nrefused = \"EPERM\"\n")
+                .unwrap();
+        let exp = &exp["5.10"];
+        let r = |verdict: &str, detail: &str| CheckResult {
+            verdict: verdict.into(),
+            detail: detail.into(),
+        };
+        let log = Path::new("/log");
+        let judge1 = |check, res: &CheckResult| judge(check, Some(res), exp, "", log);
+        assert!(judge1("refused", &r("DEGRADED", "x: EPERM")).1.is_none());
+        assert!(judge1("refused", &r("PASS", "ok")).1.is_some(), "gap gone");
+        assert!(
+            judge1("tc", &r("DEGRADED", "netlink")).1.is_some(),
+            "undocumented"
+        );
+        assert!(judge1("tc", &r("FAIL", "x")).1.is_some());
+        assert!(judge1("tc", &r("PASS", "tcx")).1.is_none());
+        assert!(judge1("probe", &r("PASS", "missing=tcx")).1.is_none());
+        assert!(judge1("probe", &r("PASS", "missing=tcx,btf")).1.is_some());
+        assert!(judge1("probe", &r("PASS", "missing=none")).1.is_some());
+        assert!(judge("tc", None, exp, "timed out", log).1.is_some());
+    }
+
+    #[test]
+    fn syn_frame_checksums_verify() {
+        let f = tcp_syn([10, 0, 1, 2], 40_001, [10, 96, 0, 10], 80);
+        assert_eq!(f.len(), 54);
+        let sum = |d: &[u8]| {
+            let mut s: u32 = d
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum();
+            while s > 0xffff {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            s
+        };
+        assert_eq!(sum(&f[14..34]), 0xffff, "IPv4 header checksum");
+        let mut pseudo = f[26..34].to_vec();
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        pseudo.extend_from_slice(&f[34..54]);
+        assert_eq!(sum(&pseudo), 0xffff, "TCP checksum");
+        assert_eq!(&f[30..34], &[10, 96, 0, 10]);
+        assert_eq!(&f[36..38], &80u16.to_be_bytes());
     }
 
     #[test]
