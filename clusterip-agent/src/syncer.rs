@@ -21,7 +21,7 @@
 //! smallest free id and its counters are zeroed. When backends go, the conntrack entries of
 //! their UDP flows are deleted (as kube-proxy's conntrack cleanup does); TCP flows expire.
 
-use std::collections::{BTreeSet, HashMap as StdHashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
@@ -122,6 +122,9 @@ struct Pending {
     trims: Vec<(IpAddr, u16, u8, u16)>,
 }
 
+/// Backend ids an apply took out of their frontend -> that frontend's svc_id.
+type Removed = BTreeMap<u32, u32>;
+
 /// Maglev tables (4 KiB each) queued at most before the phases up to them are flushed.
 const MAGLEV_QUEUE: usize = 128;
 
@@ -202,11 +205,12 @@ impl Syncer {
         for vip in self.installed.wildcards.keys() {
             svc[usize::from(vip.is_ipv6())] += 1;
         }
+        // Backends are of their VIP's family and belong to one frontend each: counting slots
+        // avoids walking 100,000 backends after every sync.
         for (fe, f) in &self.installed.frontends {
-            svc[usize::from(fe.vip.is_ipv6())] += 1 + f.slots.len() as u64;
-        }
-        for b in self.installed.backends.values() {
-            be[usize::from(b.addr.is_ipv6())] += 1;
+            let fam = usize::from(fe.vip.is_ipv6());
+            svc[fam] += 1 + f.slots.len() as u64;
+            be[fam] += f.slots.len() as u64;
         }
         let svc_cap = u64::from(clusterip_common::MAX_SERVICE_ENTRIES);
         let be_cap = u64::from(clusterip_common::MAX_BACKENDS);
@@ -256,7 +260,7 @@ impl Syncer {
                 self.queue_wildcard(vip, flags, &mut st);
             }
         }
-        let mut removed: BTreeSet<u32> = BTreeSet::new();
+        let mut removed: Removed = BTreeMap::new();
         for fe in touched {
             if let Some(entry) = desired.services.get(fe) {
                 self.apply_frontend(fe, entry, &mut st, &mut removed)?;
@@ -269,14 +273,16 @@ impl Syncer {
             }
         }
         // Backend ids are per frontend: an id a frontend dropped is used by nobody.
-        for id in &removed {
+        for (id, svc_id) in &removed {
+            if let Some(b) = self.installed.backends.get(id) {
+                self.backend_index.remove(&(*svc_id, *b));
+            }
             if self.installed.backends.contains_key(id) {
                 self.delete_backend(*id)?;
                 st.backends_removed += 1;
                 st.deletes += 1;
             }
         }
-        self.backend_index.retain(|_, id| !removed.contains(id));
         // Wildcards of VIPs that lost their last frontend.
         for vip in vips {
             if self.installed.wildcards.contains_key(&vip) && desired.wildcard(vip).is_none() {
@@ -287,7 +293,7 @@ impl Syncer {
         }
         if !removed.is_empty() {
             st.lru_purged = self.purge_lru_of(&removed)?;
-            st.ct_purged = self.purge_udp_ct(|id| removed.contains(&id))?;
+            st.ct_purged = self.purge_udp_ct(|id| removed.contains_key(&id))?;
         }
         Ok(st)
     }
@@ -298,7 +304,7 @@ impl Syncer {
         &mut self,
         fe: Frontend,
         st: &mut SyncStats,
-        removed: &mut BTreeSet<u32>,
+        removed: &mut Removed,
     ) -> Result<(), SyncError> {
         let Some(old) = self.installed.frontends.remove(&fe) else {
             return Ok(());
@@ -314,7 +320,7 @@ impl Syncer {
         }
         self.delete_maglev(old.svc_id)?;
         self.svc_ids.remove(&old.svc_id);
-        removed.extend(old.slots);
+        removed.extend(old.slots.iter().map(|id| (*id, old.svc_id)));
         st.frontends_removed += 1;
         debug!(%fe, "frontend removed");
         Ok(())
@@ -347,7 +353,7 @@ impl Syncer {
             self.queue_wildcard(vip, flags, &mut st);
         }
 
-        let mut removed_backends: BTreeSet<u32> = BTreeSet::new();
+        let mut removed_backends: Removed = BTreeMap::new();
         for (fe, entry) in &desired.services {
             self.apply_frontend(fe, entry, &mut st, &mut removed_backends)?;
         }
@@ -411,7 +417,7 @@ impl Syncer {
             .collect();
         for id in orphans {
             self.delete_backend(id)?;
-            removed_backends.insert(id);
+            removed_backends.insert(id, 0);
             st.backends_removed += 1;
             st.deletes += 1;
         }
@@ -433,7 +439,7 @@ impl Syncer {
 
         if !removed_backends.is_empty() {
             st.lru_purged = self.purge_lru()?;
-            st.ct_purged = self.purge_udp_ct(|id| removed_backends.contains(&id))?;
+            st.ct_purged = self.purge_udp_ct(|id| removed_backends.contains_key(&id))?;
         }
         Ok(st)
     }
@@ -443,7 +449,7 @@ impl Syncer {
         fe: &Frontend,
         entry: &ServiceEntry,
         st: &mut SyncStats,
-        removed: &mut BTreeSet<u32>,
+        removed: &mut Removed,
     ) -> Result<(), SyncError> {
         let proto = fe.protocol.number();
         let old = self.installed.frontends.get(fe).cloned();
@@ -551,7 +557,7 @@ impl Syncer {
         }
         for id in old_slots {
             if !ids.contains(id) {
-                removed.insert(*id);
+                removed.insert(*id, svc_id);
             }
         }
 
@@ -571,13 +577,13 @@ impl Syncer {
     }
 
     /// Deletes affinity and socket-flow entries that name one of the `removed` backend ids.
-    fn purge_lru_of(&mut self, removed: &BTreeSet<u32>) -> Result<usize, SyncError> {
+    fn purge_lru_of(&mut self, removed: &Removed) -> Result<usize, SyncError> {
         let stale_aff: Vec<AffinityKey> = self
             .maps
             .affinity
             .iter()
             .flatten()
-            .filter(|(_, v)| removed.contains(&v.backend_id))
+            .filter(|(_, v)| removed.contains_key(&v.backend_id))
             .map(|(k, _)| k)
             .collect();
         let stale_flows: Vec<_> = self
@@ -585,7 +591,7 @@ impl Syncer {
             .sockflow
             .iter()
             .flatten()
-            .filter(|(_, v)| removed.contains(&v.backend_id))
+            .filter(|(_, v)| removed.contains_key(&v.backend_id))
             .map(|(k, _)| k)
             .collect();
         let n = stale_aff.len() + stale_flows.len();
