@@ -82,7 +82,8 @@ impl Agent {
             netns,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             source: AgentSource::Kubeconfig(kubeconfig.to_owned()),
-            rust_log: DEFAULT_RUST_LOG.to_string(),
+            rust_log: std::env::var("CLUSTERIP_AGENT_LOG")
+                .unwrap_or_else(|_| DEFAULT_RUST_LOG.to_string()),
             child: None,
             runs: 0,
             run_start: 0,
@@ -90,6 +91,11 @@ impl Agent {
         };
         agent.spawn()?;
         Ok(agent)
+    }
+
+    /// Sets RUST_LOG for the next (re)start; see [`Agent::restart_with_log`].
+    pub fn set_log(&mut self, rust_log: &str) {
+        self.rust_log = rust_log.to_string();
     }
 
     /// The address the current run serves /metrics, /healthz and /readyz on (from its log;
@@ -130,7 +136,8 @@ impl Agent {
             netns,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             source: AgentSource::Manifests,
-            rust_log: DEFAULT_RUST_LOG.to_string(),
+            rust_log: std::env::var("CLUSTERIP_AGENT_LOG")
+                .unwrap_or_else(|_| DEFAULT_RUST_LOG.to_string()),
             child: None,
             runs: 0,
             run_start: 0,
