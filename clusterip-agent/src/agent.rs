@@ -331,7 +331,7 @@ impl SyncState {
 }
 
 /// Follows the manifest files on a thread of its own (a large file takes a while to parse):
-/// every change is sent as the complete set of objects, which the store diffs.
+/// the complete set first, then the objects that changed.
 fn spawn_manifest_source(
     path: PathBuf,
     node_name: String,
@@ -340,13 +340,10 @@ fn spawn_manifest_source(
     let handle = tokio::task::spawn_blocking(move || {
         let mut source = ManifestSource::new(path, node_name);
         loop {
-            if let Some(objects) = source.poll_objects() {
+            // The whole set first, then only what changed: the store stays in step because
+            // nothing else feeds it.
+            if let Some(events) = source.poll_events() {
                 let at = Instant::now();
-                let events = [
-                    SourceEvent::NodeZone(objects.node_zone),
-                    SourceEvent::ServicesReplaced(objects.services),
-                    SourceEvent::SlicesReplaced(objects.slices),
-                ];
                 for ev in events {
                     if tx.blocking_send((at, ev)).is_err() {
                         return;

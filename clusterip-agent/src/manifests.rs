@@ -2,10 +2,10 @@
 //!
 //! [`ManifestSource`] watches PATH, a YAML file or a directory (every `*.yaml`, `*.yml` and
 //! `*.json` file in it, sorted by name, not recursive, dotfiles skipped), by polling: the agent
-//! calls [`ManifestSource::poll`] every 200 ms. Polling stats the files and only re-reads a
-//! file whose metadata changed (or whose mtime is so recent that a same-size rewrite within
-//! the timestamp granularity could hide); it re-parses and rebuilds the table only when some
-//! file's content actually changed.
+//! calls [`ManifestSource::poll_objects`] every 200 ms. Polling stats the files and only
+//! re-reads a file whose metadata changed (or whose mtime is so recent that a same-size rewrite
+//! within the timestamp granularity could hide); it re-parses a file and re-decides which
+//! objects are good only when some file's content actually changed.
 //!
 //! Each file holds YAML documents (`---` separated; JSON is YAML too). A document is a `v1`
 //! `Service`, a `discovery.k8s.io/v1` `EndpointSlice`, a `v1` `Node`, or a `List` whose
@@ -29,20 +29,32 @@
 //!   order) wins, error for the other;
 //! * a deleted file, or an object removed from a file: its objects are removed (not an error).
 //!
-//! "Last good version" is the version of each object used by the last table built. On a
-//! change, the candidate objects are fed to the model; each object with an error is replaced
-//! by its last good version (or dropped) and the model runs again, until no object has an
-//! error. Services are ordered unchanged-and-accepted first, then changed-but-previously-
-//! accepted, then new, so an established owner of a VIP wins a duplicate frontend.
+//! "Last good version" is the version of each object in the last good set. On a change, each
+//! object is checked on its own when its version is new ([`model::build_service`],
+//! [`model::slice_problems`]); an object with an error is replaced by its last good version
+//! (or dropped). Then the services claim their frontends in this order: established first
+//! (unchanged, or standing in with their last good version), then changed-but-previously-
+//! good, then new, each group in file order; a service claiming a frontend already claimed
+//! is replaced by its last good version (claiming again) or dropped. So an established owner
+//! of a VIP wins a duplicate frontend, and the good set never holds two owners of one.
 //!
-//! Problems are logged once per change of the manifests (never on idle polls). Writers should
-//! replace files atomically (write + rename): a half-written file that happens to be valid YAML
-//! is taken as it is.
+//! Memory: one compact JSON copy of each object version is kept (shared between a file's
+//! documents and the good set when they are the same version), with what the checks found;
+//! typed objects are only made on demand ([`ManifestSource::poll_objects`],
+//! [`ManifestSource::poll`]), and file contents only as a hash.
+//!
+//! Problems are found on each change of the manifests (never on idle polls) and logged when
+//! they appear (not again while they persist); [`ManifestSource::problems`] lists the current
+//! ones. Writers should replace files atomically (write + rename): a half-written file that
+//! happens to be valid YAML is taken as it is.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::fs;
+use std::hash::Hasher;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -51,9 +63,11 @@ use serde::Deserialize;
 use tracing::{debug, error, warn};
 
 use crate::model::{
-    self, DEFAULT_NAMESPACE, LABEL_TOPOLOGY_ZONE, NodeInfo, ObjectKind, ObjectRef, Severity,
+    self, DEFAULT_NAMESPACE, LABEL_TOPOLOGY_ZONE, NodeInfo, ObjectKind, ObjectRef, Problem,
+    ProblemKind, Severity,
 };
-use crate::table::DesiredTable;
+use crate::store::SourceEvent;
+use crate::table::{DesiredTable, Frontend};
 
 /// A file whose mtime is younger than this is re-read on every poll even if its metadata looks
 /// unchanged (a rewrite within the filesystem's timestamp granularity keeps the mtime).
@@ -104,45 +118,53 @@ pub fn read_objects(path: &Path, node_name: &str) -> Result<Objects, ManifestErr
         return Err(ManifestError::Files(errors));
     }
     let mut seen: HashSet<&ObjectRef> = HashSet::new();
-    let mut objects: Vec<&Object> = Vec::new();
+    let mut objects: Vec<&Parsed> = Vec::new();
     for (path, state) in &src.files {
         for doc in &state.docs {
-            match (&doc.key, &doc.parsed) {
-                (Some(key), Ok(object)) => {
-                    if seen.insert(key) {
-                        objects.push(object);
+            match &doc.parsed {
+                Ok(version) => {
+                    if seen.insert(&version.key) {
+                        objects.push(version);
                     } else {
                         warn!(
-                            "{} ({}): {key} is defined twice; ignored",
+                            "{} ({}): {} is defined twice; ignored",
                             path.display(),
-                            doc.location
+                            doc.location,
+                            version.key
                         );
                     }
                 }
-                (_, Err(e)) => warn!("{} ({}): {e}; ignored", path.display(), doc.location),
-                (None, Ok(_)) => {}
+                Err(bad) => warn!(
+                    "{} ({}): {}; ignored",
+                    path.display(),
+                    doc.location,
+                    bad.error
+                ),
             }
         }
     }
     Ok(objects_of(objects, node_name))
 }
 
-/// Splits objects by kind; the zone is the one of the Node called `node_name`.
-fn objects_of<'a>(objects: impl IntoIterator<Item = &'a Object>, node_name: &str) -> Objects {
+/// Makes the typed objects (splitting them by kind); the zone is the one of the Node called
+/// `node_name`.
+fn objects_of<'a>(versions: impl IntoIterator<Item = &'a Parsed>, node_name: &str) -> Objects {
     let mut out = Objects::default();
-    for object in objects {
-        match object {
-            Object::Service(s) => out.services.push((**s).clone()),
-            Object::EndpointSlice(s) => out.slices.push((**s).clone()),
-            Object::Node(n) => {
-                if !node_name.is_empty() && n.metadata.name.as_deref() == Some(node_name) {
-                    out.node_zone = n
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
-                        .filter(|z| !z.is_empty())
-                        .cloned();
+    for version in versions {
+        match version.key.kind {
+            ObjectKind::Service => {
+                if let Some(svc) = version.decode() {
+                    out.services.push(svc);
+                }
+            }
+            ObjectKind::EndpointSlice => {
+                if let Some(slice) = version.decode() {
+                    out.slices.push(slice);
+                }
+            }
+            ObjectKind::Node => {
+                if !node_name.is_empty() && version.key.name == node_name {
+                    out.node_zone = version.zone.as_deref().map(str::to_owned);
                 }
             }
         }
@@ -150,8 +172,8 @@ fn objects_of<'a>(objects: impl IntoIterator<Item = &'a Object>, node_name: &str
     out
 }
 
-/// Polls a manifest file or directory and turns it into a [`DesiredTable`] (or hands out the
-/// objects).
+/// Polls a manifest file or directory and hands out the good objects (or the
+/// [`DesiredTable`] built from them).
 #[derive(Debug)]
 pub struct ManifestSource {
     path: PathBuf,
@@ -160,16 +182,23 @@ pub struct ManifestSource {
     files: BTreeMap<PathBuf, FileState>,
     /// Why PATH could not be listed, if it could not (logged on change).
     path_error: Option<String>,
-    /// The version of each object used by the last table built ("last good").
-    accepted: HashMap<ObjectRef, Object>,
-    /// The problems of the last build.
+    /// The good set: the last good version of each object, in output order (services:
+    /// established ones first). Versions are shared with the files' documents.
+    accepted: Vec<Version>,
+    /// The current problems.
     problems: Vec<ManifestProblem>,
-    /// The result of the last build: table and the objects it was built from.
-    built: Option<(DesiredTable, Objects)>,
-    /// What [`Self::poll`] returned last.
+    /// Whether the good set was decided at least once.
+    decided: bool,
+    /// Bumped each time the good set changes.
+    generation: u64,
+    /// The generation [`Self::poll_objects`] returned last.
+    objects_generation: Option<u64>,
+    /// The generation [`Self::poll`] built its table from last, and what it returned last.
+    table_generation: Option<u64>,
     last_table: Option<DesiredTable>,
-    /// What [`Self::poll_objects`] returned last.
-    last_objects: Option<Objects>,
+    /// The generation [`Self::poll_events`] reported last, with its good set and zone.
+    events_generation: Option<u64>,
+    reported: Option<(Vec<Version>, Option<String>)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,31 +222,144 @@ impl Fingerprint {
     }
 }
 
+/// Length and hash of a file's content: tells a changed content without keeping it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Digest(u64, u64);
+
+impl Digest {
+    fn of(content: &[u8]) -> Self {
+        // SipHash with fixed keys: a rewrite colliding by chance is not a concern.
+        let mut h = std::hash::DefaultHasher::new();
+        h.write(content);
+        Digest(content.len() as u64, h.finish())
+    }
+}
+
 #[derive(Debug)]
 struct FileState {
     fingerprint: Option<Fingerprint>,
-    content: Option<Vec<u8>>,
+    content: Option<Digest>,
     /// The documents of the last successful parse.
     docs: Vec<Doc>,
     /// Current read or syntax error; `docs` are then the last good ones.
     error: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-enum Object {
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Node(Box<Node>),
+/// One version of one object: its compact JSON (typed again on demand) and what the checks
+/// of the object on its own found.
+#[derive(Debug)]
+struct Parsed {
+    key: ObjectRef,
+    json: Box<[u8]>,
+    /// The model's problems with the object on its own (service: [`model::build_service`];
+    /// slice: [`model::slice_problems`]).
+    problems: Box<[ProblemKind]>,
+    /// Service: the frontends it claims (none when it is ignored or rejected).
+    frontends: Box<[Frontend]>,
+    /// Slice: the name of the service (in its namespace) it feeds, if the model would look
+    /// for it (valid, this proxy's, not FQDN): a missing one is warned about.
+    service: Option<Box<str>>,
+    /// Node: its zone label.
+    zone: Option<Box<str>>,
+}
+
+type Version = Arc<Parsed>;
+
+impl Parsed {
+    fn rejected(&self) -> bool {
+        self.problems
+            .iter()
+            .any(|p| p.severity() == Severity::Error)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        match serde_json::from_slice(&self.json) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                // Cannot happen: the JSON was written from the same type.
+                error!(
+                    "manifests: {}: cannot decode the kept copy: {e}; ignored",
+                    self.key
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The event for an object added or changed (none for a Node: its zone is reported apart).
+fn applied(version: &Parsed) -> Option<SourceEvent> {
+    match version.key.kind {
+        ObjectKind::Service => version.decode().map(SourceEvent::ServiceApplied),
+        ObjectKind::EndpointSlice => version.decode().map(SourceEvent::SliceApplied),
+        ObjectKind::Node => None,
+    }
+}
+
+/// The event for an object removed (none for a Node).
+fn deleted(key: &ObjectRef) -> Option<SourceEvent> {
+    let metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: Some(key.name.clone()),
+        namespace: Some(key.namespace.clone()),
+        ..Default::default()
+    };
+    match key.kind {
+        ObjectKind::Service => Some(SourceEvent::ServiceDeleted(Service {
+            metadata,
+            ..Default::default()
+        })),
+        ObjectKind::EndpointSlice => Some(SourceEvent::SliceDeleted(EndpointSlice {
+            metadata,
+            ..Default::default()
+        })),
+        ObjectKind::Node => None,
+    }
+}
+
+/// The same version (usually the same allocation; else equal JSON).
+fn same(a: &Version, b: &Version) -> bool {
+    Arc::ptr_eq(a, b) || a.json == b.json
+}
+
+/// Where a document is in its file: "document 2" or "document 1, item 3".
+#[derive(Clone, Debug)]
+struct Location {
+    document: u32,
+    items: Vec<u32>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "document {}", self.document)?;
+        for i in &self.items {
+            write!(f, ", item {i}")?;
+        }
+        Ok(())
+    }
 }
 
 /// One object (or an unusable document) in a file.
 #[derive(Clone, Debug)]
 struct Doc {
-    /// "document 2" or "document 1, item 3".
-    location: String,
+    location: Location,
+    parsed: Result<Version, Box<BadDoc>>,
+}
+
+/// A document that is not a usable object.
+#[derive(Clone, Debug)]
+struct BadDoc {
     /// None when the document does not even name an object.
     key: Option<ObjectRef>,
-    parsed: Result<Object, String>,
+    error: String,
+}
+
+/// A candidate for the good set while deciding it.
+struct Candidate<'a> {
+    key: &'a ObjectRef,
+    file: &'a Path,
+    version: Version,
+    /// This is the last good version standing in for a bad new one.
+    is_last_good: bool,
 }
 
 impl ManifestSource {
@@ -227,15 +369,19 @@ impl ManifestSource {
             node_name,
             files: BTreeMap::new(),
             path_error: None,
-            accepted: HashMap::new(),
+            accepted: Vec::new(),
             problems: Vec::new(),
-            built: None,
+            decided: false,
+            generation: 0,
+            objects_generation: None,
+            table_generation: None,
             last_table: None,
-            last_objects: None,
+            events_generation: None,
+            reported: None,
         }
     }
 
-    /// Problems found by the last rebuild (they were logged when found).
+    /// Problems found by the last change (they were logged when they appeared).
     pub fn problems(&self) -> &[ManifestProblem] {
         &self.problems
     }
@@ -244,36 +390,100 @@ impl ManifestSource {
     /// call always returns one, possibly empty); None when nothing changed.
     pub fn poll(&mut self) -> Option<DesiredTable> {
         self.refresh();
-        let (table, _) = self.built.as_ref()?;
-        if self.last_table.as_ref() == Some(table) {
+        if self.table_generation == Some(self.generation) {
             return None;
         }
-        let table = table.clone();
+        self.table_generation = Some(self.generation);
+        let objects = self.current_objects();
+        let node = NodeInfo::new(self.node_name.clone(), objects.node_zone.clone());
+        let table = model::build_table(&objects.services, &objects.slices, &node).table;
+        drop(objects);
+        if self.last_table.as_ref() == Some(&table) {
+            return None;
+        }
         self.last_table = Some(table.clone());
         Some(table)
     }
 
-    /// Re-reads PATH. Returns the objects the last good table is built from (see the module
-    /// doc: each bad object replaced by its last good version, or absent) if they differ from
-    /// the last ones returned (the first call always returns them); None when nothing changed.
-    /// Services come established ones first (they win duplicate frontends).
+    /// Re-reads PATH. Returns the good objects (see the module doc: each bad object replaced
+    /// by its last good version, or absent; no two services claiming a frontend) if they
+    /// changed since the last ones returned (the first call always returns them); None when
+    /// nothing changed. Services come established ones first.
     pub fn poll_objects(&mut self) -> Option<Objects> {
         self.refresh();
-        let (_, objects) = self.built.as_ref()?;
-        if self.last_objects.as_ref() == Some(objects) {
+        if self.objects_generation == Some(self.generation) {
             return None;
         }
-        let objects = objects.clone();
-        self.last_objects = Some(objects.clone());
-        Some(objects)
+        self.objects_generation = Some(self.generation);
+        Some(self.current_objects())
     }
 
-    /// Rescans, rebuilding if anything changed (or nothing was built yet).
+    /// Re-reads PATH. Returns what changed in the good set (as [`Self::poll_objects`] hands
+    /// it out) since the last call, as events for the object store: the first call returns
+    /// the whole set ([`SourceEvent::NodeZone`], [`SourceEvent::ServicesReplaced`],
+    /// [`SourceEvent::SlicesReplaced`]); later ones the objects added or changed
+    /// (`ServiceApplied`, `SliceApplied`), the ones removed (`ServiceDeleted`, `SliceDeleted`,
+    /// carrying only namespace and name) and the zone if it changed. None when nothing changed.
+    /// Only the changed objects are typed: cheap for a small change in a large set.
+    pub fn poll_events(&mut self) -> Option<Vec<SourceEvent>> {
+        self.refresh();
+        if self.events_generation == Some(self.generation) {
+            return None;
+        }
+        self.events_generation = Some(self.generation);
+        let zone = objects_of(
+            self.accepted
+                .iter()
+                .filter(|v| v.key.kind == ObjectKind::Node)
+                .map(|v| v.as_ref()),
+            &self.node_name,
+        )
+        .node_zone;
+        let events = match self.reported.take() {
+            None => {
+                let objects = self.current_objects();
+                vec![
+                    SourceEvent::NodeZone(objects.node_zone),
+                    SourceEvent::ServicesReplaced(objects.services),
+                    SourceEvent::SlicesReplaced(objects.slices),
+                ]
+            }
+            Some((base, base_zone)) => {
+                let mut events = Vec::new();
+                if zone != base_zone {
+                    events.push(SourceEvent::NodeZone(zone.clone()));
+                }
+                let before: HashMap<&ObjectRef, &Version> =
+                    base.iter().map(|v| (&v.key, v)).collect();
+                let now: HashSet<&ObjectRef> = self.accepted.iter().map(|v| &v.key).collect();
+                for version in &base {
+                    if !now.contains(&version.key) {
+                        events.extend(deleted(&version.key));
+                    }
+                }
+                for version in &self.accepted {
+                    if before.get(&version.key).is_none_or(|b| !same(b, version)) {
+                        events.extend(applied(version));
+                    }
+                }
+                events
+            }
+        };
+        self.reported = Some((self.accepted.clone(), zone));
+        (!events.is_empty()).then_some(events)
+    }
+
+    /// The good set, typed.
+    fn current_objects(&self) -> Objects {
+        objects_of(self.accepted.iter().map(|v| v.as_ref()), &self.node_name)
+    }
+
+    /// Rescans, deciding the good set again if anything changed (or it never was).
     fn refresh(&mut self) {
         let changed = self.scan();
-        if changed || self.built.is_none() {
-            let built = self.rebuild();
-            self.built = Some(built);
+        if changed || !self.decided {
+            self.decide();
+            self.decided = true;
         }
     }
 
@@ -313,11 +523,13 @@ impl ManifestSource {
     fn scan(&mut self) -> bool {
         let path_error = self.path_error.clone();
         let listed = self.list();
-        // A new or cleared PATH error is a change (logged by the rebuild).
+        // A new or cleared PATH error is a change (logged by the decision).
         let mut changed = self.path_error != path_error;
 
         let before = self.files.len();
-        self.files.retain(|path, _| listed.contains(path));
+        let wanted: HashSet<&PathBuf> = listed.iter().collect();
+        self.files.retain(|path, _| wanted.contains(path));
+        drop(wanted);
         if self.files.len() != before {
             changed = true;
         }
@@ -358,24 +570,25 @@ impl ManifestSource {
                     continue;
                 }
             };
-            if state.content.as_ref() == Some(&content) {
+            let digest = Digest::of(&content);
+            if state.content == Some(digest) {
                 continue;
             }
             changed = true;
-            match parse_file(&content) {
+            match parse_file(&content, &state.docs) {
                 Ok(docs) => {
                     state.docs = docs;
                     state.error = None;
                 }
                 Err(e) => state.error = Some(e),
             }
-            state.content = Some(content);
+            state.content = Some(digest);
         }
         changed
     }
 
-    /// Builds the table from the current files, logging the problems.
-    fn rebuild(&mut self) -> (DesiredTable, Objects) {
+    /// Decides the good set from the current files, recording (and logging new) problems.
+    fn decide(&mut self) {
         let mut log = ProblemLog::default();
         if let Some(e) = &self.path_error {
             log.push(
@@ -383,17 +596,13 @@ impl ManifestSource {
                 format!("manifests: {e}; no objects from it"),
             );
         }
+        let last_good: HashMap<&ObjectRef, &Version> =
+            self.accepted.iter().map(|v| (&v.key, v)).collect();
 
-        // Candidates, first occurrence of each key wins.
-        struct Candidate {
-            key: ObjectRef,
-            file: PathBuf,
-            object: Object,
-            /// This is the last good version standing in for a bad new one.
-            is_last_good: bool,
-        }
-        let mut first_seen: HashMap<ObjectRef, PathBuf> = HashMap::new();
-        let mut candidates: Vec<Candidate> = Vec::new();
+        // Candidates: the first occurrence of each key, bad versions replaced by the last
+        // good one; ranked established (0), changed (1), new (2).
+        let mut first_seen: HashMap<&ObjectRef, &Path> = HashMap::new();
+        let mut ranked: Vec<(u8, Candidate<'_>)> = Vec::new();
         for (path, state) in &self.files {
             let file = path.display();
             if let Some(e) = &state.error {
@@ -403,11 +612,16 @@ impl ManifestSource {
                 );
             }
             for doc in &state.docs {
-                let Some(key) = &doc.key else {
-                    if let Err(e) = &doc.parsed {
-                        log.push(Severity::Error, format!("{file} ({}): {e}", doc.location));
-                    }
-                    continue;
+                let key = match &doc.parsed {
+                    Ok(version) => &version.key,
+                    Err(bad) => match bad.as_ref() {
+                        BadDoc { key: Some(key), .. } => key,
+                        BadDoc { key: None, error } => {
+                            let at = &doc.location;
+                            log.push(Severity::Error, format!("{file} ({at}): {error}"));
+                            continue;
+                        }
+                    },
                 };
                 if let Some(first) = first_seen.get(key) {
                     log.push(
@@ -420,11 +634,27 @@ impl ManifestSource {
                     );
                     continue;
                 }
-                first_seen.insert(key.clone(), path.clone());
-                let (object, is_last_good) = match &doc.parsed {
-                    Ok(object) => (object.clone(), false),
-                    Err(e) => match self.accepted.get(key) {
-                        Some(good) => {
+                first_seen.insert(key, path);
+                let good = last_good.get(key).copied();
+                let (version, is_last_good) = match &doc.parsed {
+                    Ok(version) if !version.rejected() => (version.clone(), false),
+                    Ok(version) => {
+                        let stand_in = good.filter(|g| !same(g, version));
+                        let what_now = match stand_in {
+                            Some(_) => "keeping its last good version",
+                            None => "ignored",
+                        };
+                        for kind in &version.problems {
+                            log.problem(path, key, kind, what_now);
+                        }
+                        match stand_in {
+                            Some(g) => (g.clone(), true),
+                            None => continue,
+                        }
+                    }
+                    Err(bad) => match good {
+                        Some(g) => {
+                            let e = &bad.error;
                             log.push(
                                 Severity::Error,
                                 format!(
@@ -432,9 +662,10 @@ impl ManifestSource {
                                     doc.location
                                 ),
                             );
-                            (good.clone(), true)
+                            (g.clone(), true)
                         }
                         None => {
+                            let e = &bad.error;
                             log.push(
                                 Severity::Error,
                                 format!("{file} ({}): {key}: {e}; ignored", doc.location),
@@ -443,84 +674,122 @@ impl ManifestSource {
                         }
                     },
                 };
-                candidates.push(Candidate {
-                    key: key.clone(),
-                    file: path.clone(),
-                    object,
+                let rank = match good {
+                    Some(g) if same(g, &version) => 0,
+                    Some(_) => 1,
+                    None => 2,
+                };
+                let candidate = Candidate {
+                    key,
+                    file: path,
+                    version,
                     is_last_good,
-                });
+                };
+                ranked.push((rank, candidate));
             }
         }
+        drop(first_seen);
+        // Stable: file order within each rank.
+        ranked.sort_by_key(|(rank, _)| *rank);
 
-        // Established services first (stable: file order within each rank).
-        let rank = |c: &Candidate| match self.accepted.get(&c.key) {
-            Some(good) if *good == c.object => 0,
-            Some(_) => 1,
-            None => 2,
-        };
-        candidates.sort_by_key(|c| rank(c));
-
-        let (table, objects) = loop {
-            let objects = objects_of(candidates.iter().map(|c| &c.object), &self.node_name);
-            let node = NodeInfo::new(self.node_name.clone(), objects.node_zone.clone());
-            let out = model::build_table(&objects.services, &objects.slices, &node);
-            let file_of = |key: &ObjectRef| {
-                candidates
-                    .iter()
-                    .find(|c| &c.key == key)
-                    .map(|c| c.file.display().to_string())
-                    .unwrap_or_else(|| self.path.display().to_string())
-            };
-            let mut bad: HashSet<ObjectRef> = HashSet::new();
-            for p in &out.problems {
-                let file = file_of(&p.object);
-                match p.severity() {
-                    Severity::Warning => log.push(Severity::Warning, format!("{file}: {p}")),
-                    Severity::Error => {
-                        bad.insert(p.object.clone());
-                        let what_now = match candidates.iter().find(|c| c.key == p.object) {
-                            Some(c) if !c.is_last_good && self.accepted.contains_key(&c.key) => {
-                                "keeping its last good version"
-                            }
-                            _ => "ignored",
-                        };
-                        log.push(Severity::Error, format!("{file}: {p}; {what_now}"));
+        // Frontends: the first claim wins; a later claimant falls back to its last good
+        // version (which claims again) or is dropped.
+        let mut claimed: HashMap<Frontend, &ObjectRef> = HashMap::new();
+        let mut chosen: Vec<Candidate<'_>> = Vec::with_capacity(ranked.len());
+        'candidates: for (_, mut c) in ranked {
+            if c.key.kind == ObjectKind::Service {
+                loop {
+                    let conflicts: Vec<ProblemKind> = c
+                        .version
+                        .frontends
+                        .iter()
+                        .filter_map(|fe| {
+                            claimed.get(fe).map(|owner| ProblemKind::DuplicateFrontend {
+                                frontend: *fe,
+                                owner: format!("{}/{}", owner.namespace, owner.name),
+                            })
+                        })
+                        .collect();
+                    if conflicts.is_empty() {
+                        break;
+                    }
+                    let stand_in = last_good
+                        .get(c.key)
+                        .filter(|g| !c.is_last_good && !same(g, &c.version));
+                    let what_now = match stand_in {
+                        Some(_) => "keeping its last good version",
+                        None => "ignored",
+                    };
+                    for kind in &conflicts {
+                        log.problem(c.file, c.key, kind, what_now);
+                    }
+                    match stand_in {
+                        Some(g) => {
+                            c.version = Arc::clone(g);
+                            c.is_last_good = true;
+                        }
+                        None => continue 'candidates,
                     }
                 }
-            }
-            if bad.is_empty() {
-                break (out.table, objects);
-            }
-            let before = candidates.len();
-            let mut substituted = false;
-            candidates.retain_mut(|c| {
-                if !bad.contains(&c.key) {
-                    return true;
+                for fe in &c.version.frontends {
+                    claimed.insert(*fe, c.key);
                 }
-                match self.accepted.get(&c.key) {
-                    Some(good) if !c.is_last_good && *good != c.object => {
-                        c.object = good.clone();
-                        c.is_last_good = true;
-                        substituted = true;
-                        true
-                    }
-                    _ => false,
-                }
-            });
-            if !substituted && candidates.len() == before {
-                // Cannot happen (every problem names a candidate); never loop forever.
-                break (out.table, objects);
             }
-        };
+            chosen.push(c);
+        }
+        drop(claimed);
 
-        self.accepted = candidates.into_iter().map(|c| (c.key, c.object)).collect();
+        // Warnings about what is used; slices of services that are not there.
+        let known: HashSet<(&str, &str)> = chosen
+            .iter()
+            .filter(|c| c.key.kind == ObjectKind::Service)
+            .map(|c| (c.key.namespace.as_str(), c.key.name.as_str()))
+            .collect();
+        for c in &chosen {
+            for kind in &c.version.problems {
+                log.problem(c.file, c.key, kind, "");
+            }
+            let namespace = c.key.namespace.as_str();
+            if let Some(name) = c.version.service.as_deref()
+                && !known.contains(&(namespace, name))
+            {
+                let kind = ProblemKind::UnknownService {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                };
+                log.problem(c.file, c.key, &kind, "");
+            }
+        }
+        drop(known);
+        drop(last_good);
+
+        let unchanged = chosen.len() == self.accepted.len()
+            && chosen
+                .iter()
+                .zip(&self.accepted)
+                .all(|(c, version)| same(&c.version, version));
+        if !unchanged || !self.decided {
+            let accepted: Vec<Version> = chosen.into_iter().map(|c| c.version).collect();
+            self.accepted = accepted;
+            self.generation += 1;
+        }
+
+        let before: HashSet<&str> = self.problems.iter().map(|p| p.message.as_str()).collect();
+        for p in &log.problems {
+            if !before.contains(p.message.as_str()) {
+                match p.severity {
+                    Severity::Warning => warn!("{}", p.message),
+                    Severity::Error => error!("{}", p.message),
+                }
+            }
+        }
+        drop(before);
         self.problems = log.problems;
         debug!(
-            "manifests: {} objects, {} frontends",
+            "manifests: {} good objects, generation {}",
             self.accepted.len(),
-            table.services.len()
+            self.generation
         );
-        (table, objects)
     }
 }
 
@@ -536,7 +805,7 @@ impl FileState {
     }
 }
 
-/// Logs each distinct problem once.
+/// The problems of one decision, each once (logged by the caller when new).
 #[derive(Default)]
 struct ProblemLog {
     seen: HashSet<String>,
@@ -548,11 +817,22 @@ impl ProblemLog {
         if !self.seen.insert(message.clone()) {
             return;
         }
-        match severity {
-            Severity::Warning => warn!("{message}"),
-            Severity::Error => error!("{message}"),
-        }
         self.problems.push(ManifestProblem { severity, message });
+    }
+
+    /// A model problem of an object in `file`; an error says `what_now`.
+    fn problem(&mut self, file: &Path, key: &ObjectRef, kind: &ProblemKind, what_now: &str) {
+        let problem = Problem {
+            object: key.clone(),
+            kind: kind.clone(),
+        };
+        let file = file.display();
+        match kind.severity() {
+            Severity::Warning => self.push(Severity::Warning, format!("{file}: {problem}")),
+            Severity::Error => {
+                self.push(Severity::Error, format!("{file}: {problem}; {what_now}"));
+            }
+        }
     }
 }
 
@@ -567,12 +847,22 @@ fn is_manifest_name(path: &Path) -> bool {
             .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
 }
 
-/// Parses a whole file; Err (with the line) on a YAML syntax error anywhere in it.
-fn parse_file(content: &[u8]) -> Result<Vec<Doc>, String> {
+/// Parses a whole file; Err (with the line) on a YAML syntax error anywhere in it. A version
+/// equal to the one `old` (the file's previous documents) has for the same key is shared.
+fn parse_file(content: &[u8], old: &[Doc]) -> Result<Vec<Doc>, String> {
+    let old: HashMap<&ObjectRef, &Version> = old
+        .iter()
+        .filter_map(|d| d.parsed.as_ref().ok())
+        .map(|v| (&v.key, v))
+        .collect();
     let mut docs = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_slice(content).enumerate() {
         let value = serde_yaml::Value::deserialize(document).map_err(|e| e.to_string())?;
-        collect(value, &format!("document {}", i + 1), &mut docs);
+        let location = Location {
+            document: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            items: Vec::new(),
+        };
+        collect(value, location, &old, &mut docs);
     }
     Ok(docs)
 }
@@ -582,37 +872,53 @@ fn str_field<'a>(value: &'a serde_yaml::Value, field: &str) -> Option<&'a str> {
 }
 
 /// Turns one document (or List item) into Docs.
-fn collect(value: serde_yaml::Value, location: &str, docs: &mut Vec<Doc>) {
-    if value.is_null() {
-        return;
-    }
-    if !value.is_mapping() {
-        docs.push(Doc {
-            location: location.to_owned(),
-            key: None,
-            parsed: Err("not a Kubernetes object (expected a mapping)".to_owned()),
-        });
-        return;
-    }
-    let api_version = str_field(&value, "apiVersion").unwrap_or("");
-    let kind = str_field(&value, "kind").unwrap_or("");
-    let object_kind = match (api_version, kind) {
+fn collect(
+    value: serde_yaml::Value,
+    location: Location,
+    old: &HashMap<&ObjectRef, &Version>,
+    docs: &mut Vec<Doc>,
+) {
+    let unusable = |location: Location, error: String| Doc {
+        location,
+        parsed: Err(Box::new(BadDoc { key: None, error })),
+    };
+    let mut value = match value {
+        serde_yaml::Value::Null => return,
+        serde_yaml::Value::Mapping(m) => m,
+        _ => {
+            let e = "not a Kubernetes object (expected a mapping)".to_owned();
+            docs.push(unusable(location, e));
+            return;
+        }
+    };
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let kind = value
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let object_kind = match (api_version.as_str(), kind.as_str()) {
         (_, "List") => {
-            let items = match value.get("items") {
-                None => return,
-                Some(v) if v.is_null() => return,
-                Some(serde_yaml::Value::Sequence(items)) => items.clone(),
-                Some(_) => {
-                    docs.push(Doc {
-                        location: location.to_owned(),
-                        key: None,
-                        parsed: Err("List items is not a sequence".to_owned()),
-                    });
-                    return;
+            match value.remove("items") {
+                None | Some(serde_yaml::Value::Null) => {}
+                Some(serde_yaml::Value::Sequence(items)) => {
+                    drop(value);
+                    for (i, item) in items.into_iter().enumerate() {
+                        let mut at = location.clone();
+                        at.items.push(u32::try_from(i + 1).unwrap_or(u32::MAX));
+                        collect(item, at, old, docs);
+                    }
                 }
-            };
-            for (i, item) in items.into_iter().enumerate() {
-                collect(item, &format!("{location}, item {}", i + 1), docs);
+                Some(_) => {
+                    docs.push(unusable(
+                        location,
+                        "List items is not a sequence".to_owned(),
+                    ));
+                }
             }
             return;
         }
@@ -628,11 +934,7 @@ fn collect(value: serde_yaml::Value, location: &str, docs: &mut Vec<Doc>) {
     let metadata = value.get("metadata");
     let name = metadata.and_then(|m| str_field(m, "name")).unwrap_or("");
     if name.is_empty() {
-        docs.push(Doc {
-            location: location.to_owned(),
-            key: None,
-            parsed: Err(format!("{kind} without metadata.name")),
-        });
+        docs.push(unusable(location, format!("{kind} without metadata.name")));
         return;
     }
     let namespace = match object_kind {
@@ -643,25 +945,86 @@ fn collect(value: serde_yaml::Value, location: &str, docs: &mut Vec<Doc>) {
             .unwrap_or(DEFAULT_NAMESPACE),
     };
     let key = ObjectRef::new(object_kind, namespace, name);
-    let parsed = match object_kind {
-        ObjectKind::Service => serde_yaml::from_value::<Service>(value).map(|mut s| {
-            s.metadata.namespace = Some(key.namespace.clone());
-            Object::Service(Box::new(s))
-        }),
-        ObjectKind::EndpointSlice => serde_yaml::from_value::<EndpointSlice>(value).map(|mut s| {
-            s.metadata.namespace = Some(key.namespace.clone());
-            Object::EndpointSlice(Box::new(s))
-        }),
-        ObjectKind::Node => {
-            serde_yaml::from_value::<Node>(value).map(|n| Object::Node(Box::new(n)))
-        }
-    }
-    .map_err(|e| e.to_string());
-    docs.push(Doc {
-        location: location.to_owned(),
-        key: Some(key),
-        parsed,
+    let value = serde_yaml::Value::Mapping(value);
+    let parsed = version_of(&key, value, old.get(&key).copied()).map_err(|error| {
+        Box::new(BadDoc {
+            key: Some(key),
+            error,
+        })
     });
+    docs.push(Doc { location, parsed });
+}
+
+/// Deserializes one object and checks it on its own; `old` (the previous version at this
+/// key in the file) is shared if equal.
+fn version_of(
+    key: &ObjectRef,
+    value: serde_yaml::Value,
+    old: Option<&Version>,
+) -> Result<Version, String> {
+    let mut parsed = Parsed {
+        key: key.clone(),
+        json: Box::default(),
+        problems: Box::default(),
+        frontends: Box::default(),
+        service: None,
+        zone: None,
+    };
+    let json = match key.kind {
+        ObjectKind::Service => {
+            let mut svc: Service = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+            svc.metadata.namespace = Some(key.namespace.clone());
+            let json = to_json(&svc)?;
+            if let Some(old) = old.filter(|o| *o.json == *json) {
+                return Ok(Arc::clone(old));
+            }
+            // What the service claims does not depend on its slices nor on the node.
+            let built = model::build_service(&svc, &[], &NodeInfo::default());
+            if built.accepted() {
+                parsed.frontends = built.entries.into_iter().map(|(fe, _)| fe).collect();
+            }
+            parsed.problems = built.problems.into_boxed_slice();
+            json
+        }
+        ObjectKind::EndpointSlice => {
+            let mut slice: EndpointSlice =
+                serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+            slice.metadata.namespace = Some(key.namespace.clone());
+            let json = to_json(&slice)?;
+            if let Some(old) = old.filter(|o| *o.json == *json) {
+                return Ok(Arc::clone(old));
+            }
+            parsed.problems = model::slice_problems(&slice).into_boxed_slice();
+            if parsed.problems.is_empty() && slice.address_type != "FQDN" {
+                // The slice's own namespace.
+                parsed.service = model::slice_service(&slice).map(|(_, name)| name.into());
+            }
+            json
+        }
+        ObjectKind::Node => {
+            let node: Node = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+            let json = to_json(&node)?;
+            if let Some(old) = old.filter(|o| *o.json == *json) {
+                return Ok(Arc::clone(old));
+            }
+            parsed.zone = node
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
+                .filter(|z| !z.is_empty())
+                .map(|z| z.as_str().into());
+            json
+        }
+    };
+    parsed.json = json;
+    Ok(Arc::new(parsed))
+}
+
+fn to_json<T: serde::Serialize>(object: &T) -> Result<Box<[u8]>, String> {
+    serde_json::to_vec(object)
+        .map(Vec::into_boxed_slice)
+        .map_err(|e| format!("cannot be encoded: {e}"))
 }
 
 #[cfg(test)]
@@ -1171,6 +1534,49 @@ metadata: {resourceVersion: ""}
     }
 
     #[test]
+    fn owner_standing_in_with_last_good_keeps_its_vip() {
+        let dir = TempDir::new();
+        dir.write("0.yaml", &svc("y", "10.96.34.2"));
+        dir.write("1.yaml", &svc("x", "10.96.34.1"));
+        let mut src = source(&dir.0);
+        assert_eq!(src.poll().unwrap().services.len(), 2);
+        // x turns invalid (keeps its last good version, 10.96.34.1) while y, earlier in file
+        // order, claims 10.96.34.1: x is still the established owner, y keeps its last good.
+        dir.write("1.yaml", &svc("x", "bad-ip"));
+        dir.write("0.yaml", &svc("y", "10.96.34.1"));
+        assert_eq!(src.poll(), None);
+        assert!(has_problem(
+            &src,
+            Severity::Error,
+            &["1.yaml", "Service t/x", "bad-ip", "last good"]
+        ));
+        assert!(has_problem(
+            &src,
+            Severity::Error,
+            &["0.yaml", "Service t/y", "owned by Service t/x", "last good"]
+        ));
+        let objects = src.poll_objects().unwrap();
+        let ips: Vec<(String, String)> = objects
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.metadata.name.clone().unwrap(),
+                    s.spec.as_ref().unwrap().cluster_ip.clone().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ips,
+            // Established first.
+            vec![
+                ("x".to_owned(), "10.96.34.1".to_owned()),
+                ("y".to_owned(), "10.96.34.2".to_owned())
+            ]
+        );
+    }
+
+    #[test]
     fn slice_warning_is_not_an_error() {
         let dir = TempDir::new();
         dir.write("a.yaml", &slice("orphan-1", "orphan", &["10.0.0.1"]));
@@ -1369,5 +1775,252 @@ metadata: {resourceVersion: ""}
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing"), "{err}");
+    }
+
+    fn describe(ev: &SourceEvent) -> String {
+        let meta = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            format!(
+                "{}/{}",
+                m.namespace.as_deref().unwrap_or(""),
+                m.name.as_deref().unwrap_or("")
+            )
+        };
+        match ev {
+            SourceEvent::ServiceApplied(s) => format!("ServiceApplied {}", meta(&s.metadata)),
+            SourceEvent::ServiceDeleted(s) => format!("ServiceDeleted {}", meta(&s.metadata)),
+            SourceEvent::SliceApplied(s) => format!("SliceApplied {}", meta(&s.metadata)),
+            SourceEvent::SliceDeleted(s) => format!("SliceDeleted {}", meta(&s.metadata)),
+            SourceEvent::ServicesReplaced(all) => format!("ServicesReplaced {}", all.len()),
+            SourceEvent::SlicesReplaced(all) => format!("SlicesReplaced {}", all.len()),
+            SourceEvent::NodeZone(z) => format!("NodeZone {z:?}"),
+            SourceEvent::WatchRestarted(r) => format!("WatchRestarted {r}"),
+        }
+    }
+
+    #[test]
+    fn poll_events_reports_what_changed() {
+        let dir = TempDir::new();
+        dir.write(
+            "a.yaml",
+            &format!(
+                "{}---\n{}---\n{}",
+                svc("a", "10.96.33.1"),
+                slice("a-1", "a", &["10.0.0.1"]),
+                svc("b", "10.96.33.2")
+            ),
+        );
+        dir.write("nodes.yaml", &node("node-a", Some("z1")));
+        let mut src = source(&dir.0);
+        let mut store = crate::store::Store::new(NodeInfo::new("node-a", None));
+        let mut feed = |events: Vec<SourceEvent>| {
+            let descriptions: Vec<String> = events.iter().map(describe).collect();
+            for ev in events {
+                store.handle(std::time::Instant::now(), ev);
+            }
+            store.compute();
+            (descriptions, store.table().clone())
+        };
+
+        let (events, table) = feed(src.poll_events().unwrap());
+        assert_eq!(
+            events,
+            vec![
+                "NodeZone Some(\"z1\")",
+                "ServicesReplaced 2",
+                "SlicesReplaced 1"
+            ]
+        );
+        assert_eq!(Some(table), src.poll());
+        assert!(src.poll_events().is_none());
+
+        // One endpoint changes, b is removed, c is added; a unchanged.
+        dir.write(
+            "a.yaml",
+            &format!(
+                "{}---\n{}---\n{}",
+                svc("a", "10.96.33.1"),
+                slice("a-1", "a", &["10.0.0.2"]),
+                svc("c", "10.96.33.3")
+            ),
+        );
+        let (mut events, table) = feed(src.poll_events().unwrap());
+        events.sort();
+        assert_eq!(
+            events,
+            vec![
+                "ServiceApplied t/c",
+                "ServiceDeleted t/b",
+                "SliceApplied t/a-1"
+            ]
+        );
+        let expected = src.poll().unwrap();
+        assert_eq!(table, expected);
+        assert_eq!(expected.services.len(), 2);
+
+        // A rejected change keeps the last good version: nothing to report.
+        dir.write(
+            "a.yaml",
+            &format!(
+                "{}---\n{}---\n{}",
+                svc("a", "10.96.33.999"),
+                slice("a-1", "a", &["10.0.0.2"]),
+                svc("c", "10.96.33.3")
+            ),
+        );
+        assert!(src.poll_events().is_none());
+        assert!(has_problem(
+            &src,
+            Severity::Error,
+            &["Service t/a", "last good"]
+        ));
+
+        // The zone moves; the slice goes.
+        dir.write("nodes.yaml", &node("node-a", Some("z2")));
+        dir.write(
+            "a.yaml",
+            &format!("{}---\n{}", svc("a", "10.96.33.1"), svc("c", "10.96.33.3")),
+        );
+        let (mut events, table) = feed(src.poll_events().unwrap());
+        events.sort();
+        assert_eq!(events, vec!["NodeZone Some(\"z2\")", "SliceDeleted t/a-1"]);
+        assert_eq!(Some(table), src.poll());
+        assert!(src.poll_events().is_none());
+    }
+
+    /// VmRSS of this process, in KiB.
+    fn rss_kib() -> u64 {
+        fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// `n` services, each with one slice of `eps` endpoints (as /tmp/lead/gen.py).
+    fn scale_yaml(n: usize, eps: usize) -> String {
+        let mut out = String::new();
+        for i in 0..n {
+            let (a, b) = (i / 250, i % 250);
+            out.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\n\
+                 spec:\n  clusterIP: 10.{}.{}.{}\n  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]\n\
+                 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: svc-{i}-abc, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n",
+                96 + a / 250,
+                a % 250,
+                b + 1
+            ));
+            for e in 0..eps {
+                let k = i * eps + e;
+                out.push_str(&format!(
+                    "- {{addresses: [100.{}.{}.{}], conditions: {{ready: true}}}}\n",
+                    64 + k / 65536,
+                    (k / 256) % 256,
+                    k % 256
+                ));
+            }
+        }
+        out
+    }
+
+    fn src_objects(file: &Path) -> Objects {
+        source(file).poll_objects().unwrap()
+    }
+
+    /// Memory and time of the poll_objects path at scale. Run with
+    /// `cargo test --release -p clusterip-agent --lib manifests::tests::scale -- --ignored --nocapture`
+    /// (CLUSTERIP_SCALE_SERVICES, default 10000).
+    #[test]
+    #[ignore]
+    fn scale_poll_objects() {
+        let n: usize = std::env::var("CLUSTERIP_SCALE_SERVICES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        let dir = TempDir::new();
+        let yaml = scale_yaml(n, 10);
+        let file = dir.write("svc.yaml", &yaml);
+        let size = yaml.len();
+        drop(yaml);
+        let rss0 = rss_kib();
+        let mut src = source(&file);
+        let t = std::time::Instant::now();
+        let objects = src.poll_objects().unwrap();
+        let first = t.elapsed();
+        assert_eq!(objects.services.len(), n);
+        assert_eq!(objects.slices.len(), n);
+        let rss_with = rss_kib();
+        drop(objects);
+        let rss_kept = rss_kib();
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        let rss_trimmed = rss_kib();
+        let json: usize = src.accepted.iter().map(|v| v.json.len()).sum();
+        let t = std::time::Instant::now();
+        assert_eq!(src.poll_objects(), None);
+        let idle = t.elapsed();
+        // One endpoint changes (same size): the file is re-read.
+        let yaml = scale_yaml(n, 10).replacen("100.64.0.0]", "100.99.0.0]", 1);
+        fs::write(&file, &yaml).unwrap();
+        drop(yaml);
+        let t = std::time::Instant::now();
+        let objects = src.poll_objects().unwrap();
+        let change = t.elapsed();
+        drop(objects);
+        let rss_after = rss_kib();
+        // The same change through poll_events: one event.
+        assert!(src.poll_events().is_some());
+        let yaml = scale_yaml(n, 10).replacen("100.64.0.0]", "100.98.0.0]", 1);
+        fs::write(&file, &yaml).unwrap();
+        drop(yaml);
+        let t = std::time::Instant::now();
+        let events = src.poll_events().unwrap();
+        eprintln!(
+            "scale: one change through poll_events: {:?}, {} event(s)",
+            t.elapsed(),
+            events.len()
+        );
+        assert_eq!(events.len(), 1);
+        drop(events);
+        // As the agent: the objects go to the store on another thread; then memory is trimmed.
+        let objects = std::thread::scope(|s| s.spawn(|| src_objects(&file)).join().unwrap());
+        let t = std::time::Instant::now();
+        let mut store = crate::store::Store::new(NodeInfo::new("node-a", None));
+        let at = std::time::Instant::now();
+        store.handle(at, SourceEvent::ServicesReplaced(objects.services));
+        store.handle(at, SourceEvent::SlicesReplaced(objects.slices));
+        store.compute();
+        let store_time = t.elapsed();
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        let rss_store = rss_kib();
+        eprintln!(
+            "scale: store took {store_time:?}; RSS with a second source and the store, \
+             trimmed: {rss_store} KiB ({} frontends)",
+            store.table().services.len()
+        );
+        drop(store);
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        eprintln!("scale: store dropped, trimmed: {} KiB", rss_kib());
+        eprintln!(
+            "scale: {n} services ({size} bytes): first poll_objects {first:?}, idle {idle:?}, \
+             one change {change:?}; RSS KiB: before {rss0}, with objects {rss_with}, \
+             source only {rss_kept} (+{}), trimmed {rss_trimmed} (+{}), after change {rss_after}; \
+             JSON kept {json} bytes",
+            rss_kept.saturating_sub(rss0),
+            rss_trimmed.saturating_sub(rss0)
+        );
     }
 }
