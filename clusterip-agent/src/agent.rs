@@ -31,7 +31,6 @@ pub const IFACE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
-            limit_malloc_arenas();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -170,25 +169,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let Some((at, ev)) = ev else {
                     anyhow::bail!("the source of Services stopped");
                 };
-                let mut relisted = is_relist(&ev);
                 take_event(&mut store, &metrics, at, ev);
                 // Everything already queued joins this batch.
                 for _ in 0..MAX_BATCH {
                     match rx.try_recv() {
-                        Ok((at, ev)) => {
-                            relisted |= is_relist(&ev);
-                            take_event(&mut store, &metrics, at, ev);
-                        }
+                        Ok((at, ev)) => take_event(&mut store, &metrics, at, ev),
                         Err(_) => break,
                     }
                 }
                 if store.initialized() {
                     state.sync(&mut store, &mut syncer).await;
                 }
-                if relisted {
-                    // A relist parsed and dropped every object: hand that memory back.
-                    release_free_memory();
-                }
+
             }
             _ = retry.tick(), if state.full_needed && store.initialized() => {
                 state.sync(&mut store, &mut syncer).await;
@@ -211,42 +203,6 @@ const EVENT_QUEUE: usize = 4096;
 const MAX_BATCH: usize = 20_000;
 /// How soon a failed sync is retried (as a full apply).
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-
-fn is_relist(ev: &SourceEvent) -> bool {
-    matches!(
-        ev,
-        SourceEvent::ServicesReplaced(_) | SourceEvent::SlicesReplaced(_)
-    )
-}
-
-/// glibc gives every thread that allocates its own arena (up to 8 per core); memory freed in
-/// one arena cannot serve another, and the relist of 10,000 services then leaves tens of MB
-/// stranded. Two arenas serve the agent's two workers.
-fn limit_malloc_arenas() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Returns the allocator's free memory to the kernel (glibc keeps it otherwise, and the
-/// agent's resident size would stay at its peak after a relist).
-fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-        let mi = libc::mallinfo2();
-        tracing::debug!(
-            in_use = mi.uordblks,
-            free = mi.fordblks,
-            mmapped = mi.hblkhd,
-            arena = mi.arena,
-            "heap after trim"
-        );
-    }
-}
 
 fn take_event(store: &mut Store, metrics: &Metrics, at: Instant, ev: SourceEvent) {
     if let SourceEvent::WatchRestarted(resource) = &ev {

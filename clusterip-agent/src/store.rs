@@ -723,3 +723,69 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod scale {
+    use super::*;
+
+    fn in_use() -> usize {
+        // SAFETY: plain allocator statistics.
+        unsafe {
+            libc::malloc_trim(0);
+            libc::mallinfo2().uordblks
+        }
+    }
+
+    /// Memory the store keeps at 10,000 services x 10 endpoints (run by hand:
+    /// `cargo test --release -p clusterip-agent --lib store::scale -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn memory_at_10k() {
+        let base = in_use();
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for i in 0..10_000usize {
+            services.push(
+                serde_json::from_value::<Service>(serde_json::json!({
+                    "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
+                    "spec": {"clusterIP": format!("10.{}.{}.{}", 96 + i / 62_500, (i / 250) % 250, i % 250 + 1),
+                             "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+                }))
+                .unwrap(),
+            );
+            let eps: Vec<serde_json::Value> = (0..10)
+                .map(|e| serde_json::json!({"addresses": [format!("100.{}.{}.{}", 64 + i / 6000, (i / 25) % 250, (i % 25) * 10 + e)], "conditions": {"ready": true}}))
+                .collect();
+            slices.push(
+                serde_json::from_value::<EndpointSlice>(serde_json::json!({
+                    "metadata": {"name": format!("svc-{i}-a"), "namespace": "bench",
+                                 "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                    "endpoints": eps
+                }))
+                .unwrap(),
+            );
+        }
+        let typed = in_use();
+        let mut s = Store::new(NodeInfo::new("n", None));
+        let now = Instant::now();
+        s.handle(now, SourceEvent::ServicesReplaced(services));
+        s.handle(now, SourceEvent::SlicesReplaced(slices));
+        let stored = in_use();
+        let c = s.compute();
+        let computed = in_use();
+        let table_only: usize = s.table().services.len();
+        eprintln!(
+            "typed objects {} MB; store after handle {} MB; after compute {} MB ({} frontends, {} touched)",
+            (typed - base) >> 20,
+            (stored - base) >> 20,
+            (computed - base) >> 20,
+            table_only,
+            c.touched.len()
+        );
+        let t = std::mem::take(&mut s.table);
+        drop(t);
+        eprintln!("without the table {} MB", (in_use() - base) >> 20);
+    }
+}
