@@ -462,6 +462,59 @@ fn topology_hints_follow_the_node_zone() {
         "{seen:?}"
     );
 
+    // `explain` through the same API says which endpoints are used and why not, and that the
+    // maps agree.
+    let out = std::process::Command::new(&k.fx.env.agent_bin)
+        .args([
+            "explain",
+            "10.96.1.40:80",
+            "--json",
+            "--node-name",
+            "node-a",
+        ])
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .arg("--bpffs")
+        .arg(k.fx.pins.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["owner"], "default/web", "{report}");
+    let eps = report["explanations"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let used: Vec<(String, bool)> = eps
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap().to_string(),
+                e["used"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        used,
+        [
+            (pod_ip(0, false).to_string(), true),
+            (pod_ip(1, false).to_string(), false),
+            (pod_ip(2, false).to_string(), true)
+        ],
+        "{report}"
+    );
+    assert!(!eps[1]["reason"].is_null(), "{report}");
+    assert!(
+        report["datapath"]
+            .to_string()
+            .contains(&pod_ip(0, false).to_string()),
+        "the maps' state is missing: {report}"
+    );
+
     // The node's zone changes to one no endpoint is hinted for: all endpoints.
     k.apply_and_sync(vec![node("node-a", "zone-c")]);
     assert_eq!(k.entry("10.96.1.40", 80, "TCP").unwrap().backends.len(), 3);
