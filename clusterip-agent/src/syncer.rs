@@ -21,7 +21,7 @@
 //! smallest free id and its counters are zeroed. When backends go, the conntrack entries of
 //! their UDP flows are deleted (as kube-proxy's conntrack cleanup does); TCP flows expire.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap as StdHashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
@@ -88,8 +88,6 @@ pub struct Syncer {
     maps: PinnedMaps,
     /// Mirror of the maps: what we believe is installed.
     installed: Installed,
-    /// (svc_id, backend) -> backend id.
-    backend_index: StdHashMap<(u32, BackendAddr), u32>,
     next_backend_id: u32,
     /// Service ids in use (the frontends'); a new frontend gets the smallest free one.
     svc_ids: BTreeSet<u32>,
@@ -122,8 +120,8 @@ struct Pending {
     trims: Vec<(IpAddr, u16, u8, u16)>,
 }
 
-/// Backend ids an apply took out of their frontend -> that frontend's svc_id.
-type Removed = BTreeMap<u32, u32>;
+/// Backend ids an apply took out of their frontend.
+type Removed = BTreeSet<u32>;
 
 /// Maglev tables (4 KiB each) queued at most before the phases up to them are flushed.
 const MAGLEV_QUEUE: usize = 128;
@@ -142,7 +140,6 @@ impl Syncer {
         let mut s = Self {
             maps,
             installed: Installed::default(),
-            backend_index: StdHashMap::new(),
             next_backend_id: 1,
             svc_ids: BTreeSet::new(),
             maglev_checked: BTreeSet::new(),
@@ -173,14 +170,6 @@ impl Syncer {
     /// Re-reads the maps into the mirror (at start, and after a failed apply).
     pub fn resync(&mut self) -> Result<(), SyncError> {
         let installed = self.maps.read_installed()?;
-        self.backend_index.clear();
-        for fe in installed.frontends.values() {
-            for id in &fe.slots {
-                if let Some(b) = installed.backends.get(id) {
-                    self.backend_index.insert((fe.svc_id, *b), *id);
-                }
-            }
-        }
         let max_backend = installed.backends.keys().max().copied().unwrap_or(0);
         self.next_backend_id = self.next_backend_id.max(max_backend.saturating_add(1));
         self.svc_ids = installed.frontends.values().map(|f| f.svc_id).collect();
@@ -260,7 +249,7 @@ impl Syncer {
                 self.queue_wildcard(vip, flags, &mut st);
             }
         }
-        let mut removed: Removed = BTreeMap::new();
+        let mut removed: Removed = BTreeSet::new();
         for fe in touched {
             if let Some(entry) = desired.services.get(fe) {
                 self.apply_frontend(fe, entry, &mut st, &mut removed)?;
@@ -273,10 +262,7 @@ impl Syncer {
             }
         }
         // Backend ids are per frontend: an id a frontend dropped is used by nobody.
-        for (id, svc_id) in &removed {
-            if let Some(b) = self.installed.backends.get(id) {
-                self.backend_index.remove(&(*svc_id, *b));
-            }
+        for id in &removed {
             if self.installed.backends.contains_key(id) {
                 self.delete_backend(*id)?;
                 st.backends_removed += 1;
@@ -293,7 +279,7 @@ impl Syncer {
         }
         if !removed.is_empty() {
             st.lru_purged = self.purge_lru_of(&removed)?;
-            st.ct_purged = self.purge_udp_ct(|id| removed.contains_key(&id))?;
+            st.ct_purged = self.purge_udp_ct(|id| removed.contains(&id))?;
         }
         Ok(st)
     }
@@ -320,7 +306,7 @@ impl Syncer {
         }
         self.delete_maglev(old.svc_id)?;
         self.svc_ids.remove(&old.svc_id);
-        removed.extend(old.slots.iter().map(|id| (*id, old.svc_id)));
+        removed.extend(old.slots);
         st.frontends_removed += 1;
         debug!(%fe, "frontend removed");
         Ok(())
@@ -353,7 +339,7 @@ impl Syncer {
             self.queue_wildcard(vip, flags, &mut st);
         }
 
-        let mut removed_backends: Removed = BTreeMap::new();
+        let mut removed_backends: Removed = BTreeSet::new();
         for (fe, entry) in &desired.services {
             self.apply_frontend(fe, entry, &mut st, &mut removed_backends)?;
         }
@@ -417,11 +403,10 @@ impl Syncer {
             .collect();
         for id in orphans {
             self.delete_backend(id)?;
-            removed_backends.insert(id, 0);
+            removed_backends.insert(id);
             st.backends_removed += 1;
             st.deletes += 1;
         }
-        self.backend_index.retain(|_, id| used.contains(id));
 
         // Wildcards of VIPs that have no frontend left.
         let stale: Vec<IpAddr> = self
@@ -439,7 +424,7 @@ impl Syncer {
 
         if !removed_backends.is_empty() {
             st.lru_purged = self.purge_lru()?;
-            st.ct_purged = self.purge_udp_ct(|id| removed_backends.contains_key(&id))?;
+            st.ct_purged = self.purge_udp_ct(|id| removed_backends.contains(&id))?;
         }
         Ok(st)
     }
@@ -458,23 +443,29 @@ impl Syncer {
             None => self.alloc_svc_id()?,
         };
 
-        // 1. Backends: reuse this frontend's ids, write the new ones.
+        // 1. Backends: reuse this frontend's ids (found through its own slots: ids are per
+        // frontend), write the new ones.
+        let own: StdHashMap<BackendAddr, u32> = old
+            .as_ref()
+            .map(|o| {
+                o.slots
+                    .iter()
+                    .filter_map(|id| self.installed.backends.get(id).map(|b| (*b, *id)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut members: Vec<(SocketAddr, u32)> = Vec::with_capacity(entry.backends.len());
         for addr in &entry.backends {
-            let key = (
-                svc_id,
-                BackendAddr {
-                    addr: *addr,
-                    protocol: fe.protocol,
-                },
-            );
-            let id = match self.backend_index.get(&key) {
+            let key = BackendAddr {
+                addr: *addr,
+                protocol: fe.protocol,
+            };
+            let id = match own.get(&key) {
                 Some(id) => *id,
                 None => {
                     let id = alloc(&mut self.next_backend_id)?;
-                    self.queue_backend(id, key.1);
-                    self.backend_index.insert(key, id);
-                    self.installed.backends.insert(id, key.1);
+                    self.queue_backend(id, key);
+                    self.installed.backends.insert(id, key);
                     st.backends_added += 1;
                     st.writes += 1;
                     id
@@ -557,7 +548,7 @@ impl Syncer {
         }
         for id in old_slots {
             if !ids.contains(id) {
-                removed.insert(*id, svc_id);
+                removed.insert(*id);
             }
         }
 
@@ -583,7 +574,7 @@ impl Syncer {
             .affinity
             .iter()
             .flatten()
-            .filter(|(_, v)| removed.contains_key(&v.backend_id))
+            .filter(|(_, v)| removed.contains(&v.backend_id))
             .map(|(k, _)| k)
             .collect();
         let stale_flows: Vec<_> = self
@@ -591,7 +582,7 @@ impl Syncer {
             .sockflow
             .iter()
             .flatten()
-            .filter(|(_, v)| removed.contains_key(&v.backend_id))
+            .filter(|(_, v)| removed.contains(&v.backend_id))
             .map(|(k, _)| k)
             .collect();
         let n = stale_aff.len() + stale_flows.len();
