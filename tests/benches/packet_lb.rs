@@ -122,6 +122,7 @@ fn main() -> Result<()> {
             sink: Some(SINK_PORT),
             udp: None,
             source: Some((SOURCE_PORT, DOWNLOAD_BYTES)),
+            echo: None,
         },
     )?;
     let svc = Service::new("bench", VIP)

@@ -91,6 +91,7 @@ fn main() -> Result<()> {
             sink: Some(TCP_PORT),
             udp: Some(UDP_PORT),
             source: None,
+            echo: None,
         },
     )?;
     let svc = Service::new("bench", VIP)

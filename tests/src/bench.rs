@@ -67,6 +67,12 @@ pub enum ClientOp {
     /// One TCP connection; reads N bytes (into a reused buffer, discarded) until the server
     /// closes. The result is per byte.
     Download,
+    /// One kept-alive TCP connection, N HTTP/1.1 `GET /` requests one after the other; prints
+    /// `mean p50 p99` of the request/response times in ns (see [`run_client_raw`]).
+    HttpKeepalive,
+    /// One connected UDP socket, N request/response exchanges with an echo server; ns per
+    /// exchange.
+    UdpRr,
 }
 
 impl ClientOp {
@@ -76,6 +82,8 @@ impl ClientOp {
             ClientOp::UdpSendto => "udp-sendto",
             ClientOp::TcpConnect => "tcp-connect",
             ClientOp::Download => "download",
+            ClientOp::HttpKeepalive => "http-keepalive",
+            ClientOp::UdpRr => "udp-rr",
         }
     }
 
@@ -85,6 +93,8 @@ impl ClientOp {
             ClientOp::UdpSendto,
             ClientOp::TcpConnect,
             ClientOp::Download,
+            ClientOp::HttpKeepalive,
+            ClientOp::UdpRr,
         ]
         .into_iter()
         .find(|o| o.name() == s)
@@ -100,6 +110,22 @@ pub fn run_client(
     addr: SocketAddr,
     n: u64,
 ) -> Result<f64> {
+    let text = run_client_raw(netns, cgroup, op, addr, n)?;
+    let ns: f64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("client said {text:?}"))?;
+    Ok(ns)
+}
+
+/// Like [`run_client`], returning what the client printed.
+pub fn run_client_raw(
+    netns: &Netns,
+    cgroup: Option<&Cgroup>,
+    op: ClientOp,
+    addr: SocketAddr,
+    n: u64,
+) -> Result<String> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["--client", op.name(), &addr.to_string(), &n.to_string()]);
     enter(&mut cmd, Some(netns), cgroup)?;
@@ -114,12 +140,20 @@ pub fn run_client(
             String::from_utf8_lossy(&out.stdout)
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let ns: f64 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("client said {text:?}"))?;
-    Ok(ns)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `(mean, p50, p99)` in ns of the kept-alive HTTP client's output.
+pub fn parse_latency(text: &str) -> Result<(f64, f64, f64)> {
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("latency client said {text:?}"))?;
+    match v[..] {
+        [mean, p50, p99] => Ok((mean, p50, p99)),
+        _ => bail!("latency client said {text:?}"),
+    }
 }
 
 /// The client side: N operations, prints ns/op.
@@ -168,9 +202,118 @@ fn client(args: &[String]) -> Result<()> {
                 bail!("download from {addr}: got {got} bytes, expected {n}");
             }
         }
+        ClientOp::HttpKeepalive => {
+            let times = http_keepalive(addr, n)?;
+            println!("{}", latency_summary(times));
+            return Ok(());
+        }
+        ClientOp::UdpRr => udp_rr(addr, n)?,
     }
     let ns = started.elapsed().as_nanos() as f64 / n as f64;
     println!("{ns}");
+    Ok(())
+}
+
+/// N `GET /` on one connection; the time of each request/response in ns.
+fn http_keepalive(addr: SocketAddr, n: u64) -> Result<Vec<u64>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: cip-bench\r\n\r\n");
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut times = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(request.as_bytes())?;
+        read_http_response(&mut s, &mut buf)?;
+        times.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok(times)
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body (what the bench's nginx sends).
+fn read_http_response(s: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
+    let mut len = 0;
+    loop {
+        let k = s.read(&mut buf[len..]).context("reading the response")?;
+        if k == 0 {
+            bail!("the server closed the kept-alive connection");
+        }
+        len += k;
+        if let Some(end) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).context("response head")?;
+            if !head.starts_with("HTTP/1.1 200") {
+                bail!("response {head:?}");
+            }
+            let body: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .context("no Content-Length")?;
+            let want = end + 4 + body;
+            if want > buf.len() {
+                bail!("response of {want} bytes does not fit the buffer");
+            }
+            while len < want {
+                let k = s.read(&mut buf[len..want])?;
+                if k == 0 {
+                    bail!("the server closed mid-body");
+                }
+                len += k;
+            }
+            if len > want {
+                bail!("the server sent more than one response");
+            }
+            return Ok(());
+        }
+        if len == buf.len() {
+            bail!("response head larger than {len} bytes");
+        }
+    }
+}
+
+/// `mean p50 p99` of `times` (ns).
+fn latency_summary(mut times: Vec<u64>) -> String {
+    if times.is_empty() {
+        return "0 0 0".into();
+    }
+    times.sort_unstable();
+    let mean = times.iter().sum::<u64>() as f64 / times.len() as f64;
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    format!("{mean:.0} {} {}", at(0.50), at(0.99))
+}
+
+/// N request/response exchanges on one connected UDP socket (a lost datagram is resent after
+/// 200 ms, up to 5 times).
+fn udp_rr(addr: SocketAddr, n: u64) -> Result<()> {
+    let s = UdpSocket::bind(unspecified(addr))?;
+    s.connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut buf = [0u8; 64];
+    for i in 0..n {
+        let msg = i.to_le_bytes();
+        let mut tries = 0;
+        loop {
+            s.send(&msg)?;
+            match s.recv(&mut buf) {
+                Ok(8) if buf[..8] == msg => break,
+                // A late answer to an earlier resend: wait for ours.
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) && tries < 5 =>
+                {
+                    tries += 1;
+                }
+                Err(e) => return Err(e).with_context(|| format!("udp echo from {addr}")),
+            }
+        }
+    }
     Ok(())
 }
 
@@ -207,6 +350,7 @@ fn set_linger_zero(s: &TcpStream) -> Result<()> {
 /// What the bench's server serves on `ip`, so that the server is never what is measured:
 /// - `sink`: a TCP listener with a deep backlog that accepts and closes;
 /// - `udp`: a UDP socket that only reads;
+/// - `echo`: a UDP socket that sends every datagram back;
 /// - `source`: a TCP port that writes `bytes` zeros on each connection, then closes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -214,6 +358,7 @@ pub struct ServerConfig {
     pub sink: Option<u16>,
     pub udp: Option<u16>,
     pub source: Option<(u16, u64)>,
+    pub echo: Option<u16>,
 }
 
 impl ServerConfig {
@@ -228,22 +373,28 @@ impl ServerConfig {
         if let Some((p, bytes)) = self.source {
             a.extend(["--source".into(), format!("{p}:{bytes}")]);
         }
+        if let Some(p) = self.echo {
+            a.extend(["--echo".into(), p.to_string()]);
+        }
         a
     }
 
     fn parse(args: &[String]) -> Result<Self> {
-        let usage = "usage: --server IP [--sink PORT] [--udp PORT] [--source PORT:BYTES]";
+        let usage =
+            "usage: --server IP [--sink PORT] [--udp PORT] [--source PORT:BYTES] [--echo PORT]";
         let (ip, mut rest) = args.split_first().context(usage)?;
         let mut me = Self {
             ip: ip.parse().context(usage)?,
             sink: None,
             udp: None,
             source: None,
+            echo: None,
         };
         while let [flag, value, tail @ ..] = rest {
             match flag.as_str() {
                 "--sink" => me.sink = Some(value.parse().context(usage)?),
                 "--udp" => me.udp = Some(value.parse().context(usage)?),
+                "--echo" => me.echo = Some(value.parse().context(usage)?),
                 "--source" => {
                     let (p, b) = value.split_once(':').context(usage)?;
                     me.source = Some((p.parse().context(usage)?, b.parse().context(usage)?));
@@ -309,6 +460,15 @@ fn serve(config: &ServerConfig) -> Result<()> {
         std::thread::spawn(move || {
             let mut buf = [0u8; 64];
             while udp.recv_from(&mut buf).is_ok() {}
+        });
+    }
+    if let Some(port) = config.echo {
+        let udp = UdpSocket::bind((ip, port))?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((k, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..k], from);
+            }
         });
     }
     if let Some((port, bytes)) = config.source {
@@ -410,9 +570,19 @@ mod tests {
             sink: Some(7000),
             udp: None,
             source: Some((7001, 256 << 20)),
+            echo: Some(7002),
         };
         assert_eq!(ServerConfig::parse(&c.args()).unwrap(), c);
         assert!(ServerConfig::parse(&["10.0.0.1".into(), "--sink".into()]).is_err());
+    }
+
+    #[test]
+    fn latency_summary_is_mean_p50_p99() {
+        let times: Vec<u64> = (1..=100).rev().collect();
+        let text = latency_summary(times);
+        assert_eq!(text, "50 51 100");
+        assert_eq!(parse_latency(&text).unwrap(), (50.0, 51.0, 100.0));
+        assert!(parse_latency("1 2").is_err());
     }
 
     #[test]

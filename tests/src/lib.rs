@@ -20,6 +20,7 @@ pub mod datagen;
 pub mod env;
 pub mod fakeapi;
 pub mod fixture;
+pub mod kubeproxy;
 pub mod manifests;
 pub mod netns;
 pub mod node;

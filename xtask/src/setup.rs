@@ -138,6 +138,9 @@ fn debian() -> Result<()> {
         cmd
     };
     run(apt().arg("update"))?;
+    // Packages such as nginx start their service on install; the benchmark runs its own
+    // nginx in namespaces it creates, and a setup must not leave a web server on the host.
+    let _no_services = NoServiceStarts::new()?;
     run(apt().args(["install", "-y"]).args(&missing))?;
     for package in &missing {
         match deb_version(package)? {
@@ -146,6 +149,42 @@ fn debian() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 ("action forbidden") while it lives, so packages do
+/// not start services on install; a policy the machine already has is left alone.
+struct NoServiceStarts {
+    created: bool,
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl NoServiceStarts {
+    fn new() -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::path::Path::new(POLICY_RC_D);
+        if path.exists() {
+            return Ok(Self { created: false });
+        }
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# written by cargo xtask setup for the install\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {POLICY_RC_D}"))?;
+        Ok(Self { created: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.created
+            && let Err(e) = std::fs::remove_file(POLICY_RC_D)
+        {
+            eprintln!("setup: removing {POLICY_RC_D}: {e}");
+        }
+    }
 }
 
 /// `(major, minor, patch)` from `rustc 1.99.1 (58cf8f9c3 2026-10-13)`.

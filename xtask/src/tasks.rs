@@ -165,26 +165,182 @@ pub fn test(root: &Path, args: &[String]) -> Result<()> {
         if result.is_ok() { "passed" } else { "FAILED" },
         started.elapsed().as_secs_f64()
     );
-    result
-}
-
-/// The benchmarks `cargo xtask bench` runs, one after the other.
-const BENCHES: [&str; 2] = ["socket_lb", "packet_lb"];
-
-/// Builds everything, then runs the benchmarks in release mode: socket-level load balancing,
-/// then the per-packet path (TC, XDP). They need root and BPF like the e2e tests, and print
-/// their results with the machine they ran on.
-pub fn bench(root: &Path) -> Result<()> {
-    let (_object, agent) = build(root)?;
-    for name in BENCHES {
-        eprintln!("==> bench {name}");
-        run(cargo(STABLE)
-            .current_dir(root)
-            .env("CLUSTERIP_AGENT_BIN", &agent)
-            .env("CLUSTERIP_E2E_REQUIRED", "1")
-            .args(["bench", "-p", "clusterip-tests", "--bench", name]))?;
+    result?;
+    // The whole suite also runs the benchmarks' smoke mode, so `cargo xtask bench` cannot rot.
+    if args.is_empty() {
+        bench_smoke(root, &agent)?;
     }
     Ok(())
+}
+
+/// Options of `cargo xtask bench` (see `tests/benches/kubeproxy.rs`); `None` = its default.
+#[derive(Clone, Debug, Default)]
+pub struct BenchOpts {
+    /// Comma-separated: direct,socket,tc,xdp,iptables,nftables.
+    pub parts: Option<String>,
+    /// Comma-separated service counts, e.g. 1,1000,10000.
+    pub services: Option<String>,
+    pub rounds: Option<usize>,
+    /// Seconds per wrk run.
+    pub duration: Option<u64>,
+    /// Requests per latency / UDP measurement.
+    pub requests: Option<u64>,
+    /// N = 10, one round, short runs, every part (what CI runs: [`bench_smoke`]).
+    pub smoke: bool,
+    /// Also run the older micro-benchmarks (`socket_lb`, `packet_lb`).
+    pub micro: bool,
+}
+
+impl BenchOpts {
+    /// The arguments of the `kubeproxy` bench binary.
+    fn args(&self, out: &Path) -> Vec<String> {
+        let mut a = Vec::new();
+        let mut opt = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                a.extend([k.to_string(), v]);
+            }
+        };
+        opt("--parts", self.parts.clone());
+        opt("--services", self.services.clone());
+        opt("--rounds", self.rounds.map(|r| r.to_string()));
+        opt("--duration", self.duration.map(|d| d.to_string()));
+        opt("--requests", self.requests.map(|r| r.to_string()));
+        if self.smoke {
+            a.push("--smoke".into());
+        }
+        a.push("--out".into());
+        a.push(out.display().to_string());
+        a
+    }
+}
+
+/// The micro-benchmarks `cargo xtask bench --micro` runs after the main one.
+const MICRO_BENCHES: [&str; 2] = ["socket_lb", "packet_lb"];
+
+/// `cargo xtask bench`: builds the eBPF object and a release agent, then runs the
+/// `kubeproxy` benchmark in release mode (clusterip vs kube-proxy iptables/nftables vs direct,
+/// in network namespaces it creates; needs root and BPF like the e2e tests, plus wrk, nginx
+/// and nft, which `setup` installs). Results: stdout and `target/bench/kubeproxy.{md,json,svg}`.
+/// With `--smoke`: the debug build and [`bench_smoke`] instead.
+pub fn bench(root: &Path, opts: &BenchOpts) -> Result<()> {
+    if opts.smoke {
+        let (_object, agent) = build(root)?;
+        return bench_smoke(root, &agent);
+    }
+    let object = build_ebpf(root)?;
+    eprintln!("==> bench: release agent");
+    run(cargo(STABLE)
+        .current_dir(root)
+        .env("CLUSTERIP_EBPF_OBJECT", &object)
+        .args(["build", "--release", "-p", "clusterip-agent"]))?;
+    let agent = target_dir(root).join("release").join("clusterip-agent");
+    let out = target_dir(root).join("bench");
+    eprintln!("==> bench kubeproxy");
+    run(cargo(STABLE)
+        .current_dir(root)
+        .env("CLUSTERIP_AGENT_BIN", &agent)
+        .env("CLUSTERIP_E2E_REQUIRED", "1")
+        .args([
+            "bench",
+            "-p",
+            "clusterip-tests",
+            "--bench",
+            "kubeproxy",
+            "--",
+        ])
+        .args(opts.args(&out)))?;
+    let largest = opts
+        .services
+        .as_deref()
+        .and_then(|s| {
+            s.split(',')
+                .filter_map(|n| n.trim().parse::<usize>().ok())
+                .max()
+        })
+        .unwrap_or(10_000);
+    programming(root, &agent, "release", largest, &out)?;
+    if opts.micro {
+        for name in MICRO_BENCHES {
+            eprintln!("==> bench {name}");
+            run(cargo(STABLE)
+                .current_dir(root)
+                .env("CLUSTERIP_AGENT_BIN", &agent)
+                .env("CLUSTERIP_E2E_REQUIRED", "1")
+                .args(["bench", "-p", "clusterip-tests", "--bench", name]))?;
+        }
+    }
+    Ok(())
+}
+
+/// The `programming` bench: network programming through the (fake) Kubernetes API at
+/// `services` services of 10 endpoints (`tests/benches/programming.rs`).
+fn programming(
+    root: &Path,
+    agent: &Path,
+    profile: &str,
+    services: usize,
+    out: &Path,
+) -> Result<()> {
+    eprintln!("==> bench programming ({services} services)");
+    let rounds = if services <= 100 { "3" } else { "30" };
+    let burst = (services / 10).clamp(1, 1_000).to_string();
+    run(cargo(STABLE)
+        .current_dir(root)
+        .env("CLUSTERIP_AGENT_BIN", agent)
+        .args([
+            "bench",
+            "--profile",
+            profile,
+            "-p",
+            "clusterip-tests",
+            "--bench",
+            "programming",
+            "--",
+            "--services",
+            &services.to_string(),
+            "--rounds",
+            rounds,
+            "--burst",
+            &burst,
+            "--json",
+        ])
+        .arg(out.join("programming.json")))
+}
+
+/// The benchmark's smoke mode, for CI (called by `test` after `build`): every part at N = 10,
+/// one round, 1 s runs, built with the dev profile (reuses the test build; nothing is timed
+/// against a target). Fails if a part cannot be set up or measures nothing, or if wrk did not
+/// open one connection per request. Output in `target/bench-smoke/`.
+pub fn bench_smoke(root: &Path, agent: &Path) -> Result<()> {
+    eprintln!("==> bench smoke");
+    let started = Instant::now();
+    let out = target_dir(root).join("bench-smoke");
+    let opts = BenchOpts {
+        smoke: true,
+        ..Default::default()
+    };
+    let result = run(cargo(STABLE)
+        .current_dir(root)
+        .env("CLUSTERIP_AGENT_BIN", agent)
+        .env("CLUSTERIP_E2E_REQUIRED", "1")
+        .args([
+            "bench",
+            "--profile",
+            "dev",
+            "-p",
+            "clusterip-tests",
+            "--bench",
+            "kubeproxy",
+            "--",
+        ])
+        .args(opts.args(&out)))
+    .and_then(|()| programming(root, agent, "dev", 100, &out));
+    eprintln!(
+        "==> bench smoke: {} in {:.1}s",
+        if result.is_ok() { "passed" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    result
 }
 
 /// Whether cargo arguments (before any `--`) pick packages themselves.
@@ -209,6 +365,36 @@ mod tests {
         assert!(selects_packages(&strings(&["-p", "clusterip-tests"])));
         assert!(selects_packages(&strings(&["-pclusterip-tests"])));
         assert!(selects_packages(&strings(&["--package=xtask"])));
+    }
+
+    #[test]
+    fn bench_options_become_bench_arguments() {
+        let out = Path::new("/t/bench");
+        assert_eq!(
+            BenchOpts::default().args(out),
+            strings(&["--out", "/t/bench"])
+        );
+        let opts = BenchOpts {
+            parts: Some("socket,iptables".into()),
+            services: Some("1,10000".into()),
+            rounds: Some(3),
+            smoke: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            opts.args(out),
+            strings(&[
+                "--parts",
+                "socket,iptables",
+                "--services",
+                "1,10000",
+                "--rounds",
+                "3",
+                "--smoke",
+                "--out",
+                "/t/bench"
+            ])
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub const EBPF_TARGET: &str = "bpfel-unknown-none";
 pub const EBPF_BIN: &str = "clusterip";
 
 /// Debian packages: LLVM for bpf-linker, bpftool to inspect maps, iproute2 for the demo/tests,
-/// iptables for the benchmark's kube-proxy-style DNAT baseline.
+/// and for the benchmark (`cargo xtask bench`, and its smoke mode in `test`): iptables and
+/// nftables (kube-proxy's two modes), wrk (the load generator) and nginx (the pods' HTTP
+/// server; the bench runs its own instances in network namespaces with its own config).
 pub fn debian_packages() -> Vec<String> {
     vec![
         format!("llvm-{LLVM_MAJOR}-dev"),
@@ -34,6 +36,9 @@ pub fn debian_packages() -> Vec<String> {
         "bpftool".to_string(),
         "iproute2".to_string(),
         "iptables".to_string(),
+        "nftables".to_string(),
+        "wrk".to_string(),
+        "nginx".to_string(),
     ]
 }
 
