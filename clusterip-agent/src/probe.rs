@@ -538,13 +538,10 @@ fn btf_has_name(name: &str) -> bool {
 // ---- sock_diag SOCK_DESTROY ---------------------------------------------------------------
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const SOCK_DESTROY: u16 = 21;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+use crate::sockdiag::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, SOCK_DESTROY,
+    SOCK_DIAG_BY_FAMILY,
+};
 
 /// A UDP sock_diag request (inet_diag_req_v2) for a socket that does not exist.
 fn diag_request(kind: u16, flags: u16) -> Vec<u8> {

@@ -46,13 +46,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SockDiagError {
     move |source| SockDiagError::Io { what, source }
 }
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const SOCK_DESTROY: u16 = 21;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+// Netlink and sock_diag constants (linux/netlink.h, linux/sock_diag.h); `probe` uses them too.
+pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
+pub(crate) const SOCK_DESTROY: u16 = 21;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
 /// struct inet_diag_req_v2.
 const REQ_LEN: usize = 56;

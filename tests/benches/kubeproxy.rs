@@ -229,7 +229,7 @@ fn main() -> Result<()> {
             bail!("`{tool}` is not installed (cargo xtask setup installs it)");
         }
     }
-    let machine = machine();
+    let machine = clusterip_tests::bench::machine();
     println!("machine: {machine}");
     let started = Instant::now();
     let mut report = Report {
@@ -266,21 +266,6 @@ fn main() -> Result<()> {
         println!("smoke: every part measured");
     }
     Ok(())
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }
 
 // ---------------------------------------------------------------------------------------

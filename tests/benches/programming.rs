@@ -147,7 +147,7 @@ fn main() -> Result<()> {
     let agent_bin = std::env::var_os("CLUSTERIP_AGENT_BIN")
         .map(PathBuf::from)
         .context("CLUSTERIP_AGENT_BIN must name a clusterip-agent built with the eBPF object")?;
-    let machine = machine();
+    let machine = clusterip_tests::bench::machine();
     eprintln!(
         "programming: {} services x {} endpoints; {machine}",
         args.services, args.endpoints
@@ -341,22 +341,6 @@ impl Drop for Cleanup {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// `<cpu model>, <n> cores, Linux <release>`.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }
 
 fn nix_is_root() -> bool {

@@ -70,27 +70,8 @@ impl Agent {
         netns: Option<&crate::netns::Netns>,
         extra: &[&str],
     ) -> Result<Self> {
-        let netns = match netns {
-            Some(ns) => Some(ns.file().try_clone().context("dup of the netns handle")?),
-            None => None,
-        };
-        let mut agent = Self {
-            bin: bin.to_owned(),
-            manifests: PathBuf::new(),
-            cgroup: cgroup.to_owned(),
-            bpffs: bpffs.to_owned(),
-            netns,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            source: AgentSource::Kubeconfig(kubeconfig.to_owned()),
-            rust_log: std::env::var("CLUSTERIP_AGENT_LOG")
-                .unwrap_or_else(|_| DEFAULT_RUST_LOG.to_string()),
-            child: None,
-            runs: 0,
-            run_start: 0,
-            log: Arc::default(),
-        };
-        agent.spawn()?;
-        Ok(agent)
+        let source = AgentSource::Kubeconfig(kubeconfig.to_owned());
+        Self::launch(bin, source, Path::new(""), cgroup, bpffs, netns, extra)
     }
 
     /// Sets RUST_LOG for the next (re)start; see [`Agent::restart_with_log`].
@@ -124,6 +105,26 @@ impl Agent {
         netns: Option<&crate::netns::Netns>,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::launch(
+            bin,
+            AgentSource::Manifests,
+            manifests,
+            cgroup,
+            bpffs,
+            netns,
+            extra,
+        )
+    }
+
+    fn launch(
+        bin: &Path,
+        source: AgentSource,
+        manifests: &Path,
+        cgroup: &Path,
+        bpffs: &Path,
+        netns: Option<&crate::netns::Netns>,
+        extra: &[&str],
+    ) -> Result<Self> {
         let netns = match netns {
             Some(ns) => Some(ns.file().try_clone().context("dup of the netns handle")?),
             None => None,
@@ -135,7 +136,7 @@ impl Agent {
             bpffs: bpffs.to_owned(),
             netns,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            source: AgentSource::Manifests,
+            source,
             rust_log: std::env::var("CLUSTERIP_AGENT_LOG")
                 .unwrap_or_else(|_| DEFAULT_RUST_LOG.to_string()),
             child: None,

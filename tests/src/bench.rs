@@ -39,8 +39,8 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64) {
     (s[s.len() / 2], s[0], s[s.len() - 1])
 }
 
-/// Prints `machine: <cpu model>, <n> cores, Linux <release>`.
-pub fn print_machine() {
+/// `<cpu model>, <n> cores, Linux <release>`: the machine a benchmark ran on.
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -49,10 +49,15 @@ pub fn print_machine() {
                 .and_then(|l| l.split(':').nth(1))
                 .map(|s| s.trim().to_string())
         })
-        .unwrap_or_else(|| "unknown".into());
+        .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {cpu}, {cores} cores, Linux {}", kernel.trim());
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+/// Prints `machine: <cpu model>, <n> cores, Linux <release>`.
+pub fn print_machine() {
+    println!("machine: {}", machine());
 }
 
 /// What one client process does, N times (or with N bytes).
