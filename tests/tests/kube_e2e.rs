@@ -672,3 +672,39 @@ fn live_service_changes() {
             .unwrap();
     assert!(r.iter().all(|r| r.backend() == Some("be-0")), "{r:?}");
 }
+
+/// SIGTERM (what the kubelet sends a DaemonSet pod): the agent exits 0 and leaves the
+/// datapath attached, so connections through the VIP keep working while it is replaced.
+#[test]
+fn sigterm_exits_cleanly_and_leaves_the_datapath() {
+    let env = require_env!();
+    let mut k = KubeFx::new(env, 2);
+    k.fx.standard_backends(2).unwrap();
+    let svc = Service::new("web", "10.96.1.80").port(tcp("http", 80, TCP_PORT));
+    k.apply(svc.to_value());
+    k.apply(
+        svc.slice("a")
+            .ready([pod_ip(0, false), pod_ip(1, false)])
+            .to_value(),
+    );
+    k.start_agent(&[]);
+    let vip: SocketAddr = "10.96.1.80:80".parse().unwrap();
+    let pid = k.agent().pid().unwrap();
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = k.agent().exit_status() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    let r = k.fx.client().tcp(vip, 10).unwrap();
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    assert_eq!(k.entry("10.96.1.80", 80, "TCP").unwrap().backends.len(), 2);
+}
