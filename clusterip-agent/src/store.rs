@@ -220,15 +220,7 @@ impl Store {
             }
             SourceEvent::ServicesReplaced(all) => {
                 self.services_seen = true;
-                let new_keys: HashSet<String> =
-                    all.iter().filter_map(|s| key_of(&s.metadata)).collect();
-                let gone: Vec<Key> = self
-                    .services
-                    .keys()
-                    .filter(|k| !new_keys.contains(&*k.0))
-                    .cloned()
-                    .collect();
-                for key in gone {
+                for key in missing_from(&self.services, all.iter().map(|s| &s.metadata)) {
                     self.delete_service(at, &key.0);
                 }
                 for svc in all {
@@ -237,15 +229,7 @@ impl Store {
             }
             SourceEvent::SlicesReplaced(all) => {
                 self.slices_seen = true;
-                let new_keys: HashSet<String> =
-                    all.iter().filter_map(|s| key_of(&s.metadata)).collect();
-                let gone: Vec<Key> = self
-                    .slices
-                    .keys()
-                    .filter(|k| !new_keys.contains(&*k.0))
-                    .cloned()
-                    .collect();
-                for key in gone {
+                for key in missing_from(&self.slices, all.iter().map(|s| &s.metadata)) {
                     self.delete_slice(at, &key.0);
                 }
                 for slice in all {
@@ -483,6 +467,18 @@ impl Store {
             .map(|(o, p)| (o.to_string(), p.clone()))
             .collect()
     }
+}
+
+/// The keys `held` has that a relist of `listed` objects no longer has.
+fn missing_from<'a>(
+    held: &HashMap<Key, Box<[u8]>>,
+    listed: impl Iterator<Item = &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+) -> Vec<Key> {
+    let listed: HashSet<String> = listed.filter_map(key_of).collect();
+    held.keys()
+        .filter(|k| !listed.contains(&*k.0))
+        .cloned()
+        .collect()
 }
 
 /// Drops what the model never reads from a Service.
