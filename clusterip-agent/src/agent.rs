@@ -145,7 +145,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (tx, mut rx) = mpsc::channel::<(Instant, SourceEvent)>(EVENT_QUEUE);
     let _source_task = match (&args.source.manifests, kube_client) {
-        (Some(path), _) => spawn_manifest_source(path.clone(), node_name.clone(), tx)?,
+        (Some(path), _) => spawn_manifest_source(path.clone(), node_name.clone(), tx),
         (None, Some(client)) => kube_source::spawn(client, node_name.clone(), tx),
         (None, None) => anyhow::bail!("no source of Services"),
     };
@@ -292,8 +292,8 @@ fn spawn_manifest_source(
     path: PathBuf,
     node_name: String,
     tx: mpsc::Sender<(Instant, SourceEvent)>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let handle = tokio::task::spawn_blocking(move || {
+) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
         let mut source = ManifestSource::new(path, node_name);
         loop {
             // The whole set first, then only what changed: the store stays in step because
@@ -311,8 +311,7 @@ fn spawn_manifest_source(
             }
             std::thread::sleep(POLL_INTERVAL);
         }
-    });
-    Ok(handle)
+    })
 }
 
 fn node_name(source: &crate::cli::SourceArgs) -> anyhow::Result<String> {

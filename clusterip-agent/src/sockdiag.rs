@@ -92,12 +92,12 @@ impl SockId {
 pub type UdpMembers = BTreeSet<(u32, SocketAddr)>;
 
 /// The UDP backends of the installed frontends among `frontends`.
-pub fn udp_members_of(
+pub fn udp_members_of<'a>(
     installed: &Installed,
-    frontends: &std::collections::BTreeSet<crate::table::Frontend>,
+    frontends: impl IntoIterator<Item = &'a crate::table::Frontend>,
 ) -> UdpMembers {
     frontends
-        .iter()
+        .into_iter()
         .filter(|fe| fe.protocol == Protocol::Udp)
         .filter_map(|fe| installed.frontends.get(fe))
         .flat_map(|f| {
@@ -111,17 +111,7 @@ pub fn udp_members_of(
 
 /// The UDP backends of every installed frontend.
 pub fn udp_members(installed: &Installed) -> UdpMembers {
-    installed
-        .frontends
-        .iter()
-        .filter(|(fe, _)| fe.protocol == Protocol::Udp)
-        .flat_map(|(_, f)| {
-            f.slots
-                .iter()
-                .filter_map(|id| installed.backends.get(id))
-                .map(|b| (f.svc_id, b.addr))
-        })
-        .collect()
+    udp_members_of(installed, installed.frontends.keys())
 }
 
 /// Destroys the UDP sockets that were connected through a VIP to a backend in `removed` (as

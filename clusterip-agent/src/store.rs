@@ -184,18 +184,9 @@ impl Store {
         self.services_seen && self.slices_seen
     }
 
-    /// Services (ours or not) and slices held.
-    pub fn counts(&self) -> (usize, usize) {
-        (self.services.len(), self.slices.len())
-    }
-
     /// Number of distinct services that have at least one frontend in the table.
     pub fn programmed_services(&self) -> usize {
         self.held.values().filter(|f| !f.is_empty()).count()
-    }
-
-    pub fn is_dirty(&self) -> bool {
-        !self.dirty.is_empty()
     }
 
     fn mark(&mut self, key: Key, at: Instant) {

@@ -27,9 +27,9 @@ use std::path::Path;
 
 use aya::maps::{HashMap, MapData};
 use clusterip_common::{
-    AffinityKey, Backend4, Backend6, CT_DIR_FORWARD, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
-    MAX_SVC_ID, MaglevValue, PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, Service4Key, Service6Key,
-    ServiceValue, map_names,
+    AffinityKey, AffinityValue, Backend4, Backend6, CT_DIR_FORWARD, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS_PER_SERVICE, MAX_SVC_ID, MaglevValue, PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_DROP,
+    Service4Key, Service6Key, ServiceValue, SockFlowValue, map_names,
 };
 use tracing::{debug, info, warn};
 
@@ -569,30 +569,10 @@ impl Syncer {
 
     /// Deletes affinity and socket-flow entries that name one of the `removed` backend ids.
     fn purge_lru_of(&mut self, removed: &Removed) -> Result<usize, SyncError> {
-        let stale_aff: Vec<AffinityKey> = self
-            .maps
-            .affinity
-            .iter()
-            .flatten()
-            .filter(|(_, v)| removed.contains(&v.backend_id))
-            .map(|(k, _)| k)
-            .collect();
-        let stale_flows: Vec<_> = self
-            .maps
-            .sockflow
-            .iter()
-            .flatten()
-            .filter(|(_, v)| removed.contains(&v.backend_id))
-            .map(|(k, _)| k)
-            .collect();
-        let n = stale_aff.len() + stale_flows.len();
-        for k in stale_aff {
-            ignore_missing(self.maps.affinity.remove(&k), map_names::AFFINITY)?;
-        }
-        for k in stale_flows {
-            ignore_missing(self.maps.sockflow.remove(&k), map_names::SOCK_FLOWS)?;
-        }
-        Ok(n)
+        self.purge_lru_where(
+            |_, v| removed.contains(&v.backend_id),
+            |v| removed.contains(&v.backend_id),
+        )
     }
 
     /// Deletes affinity and socket-flow entries whose backend is gone from its service.
@@ -604,19 +584,33 @@ impl Syncer {
             .values()
             .flat_map(|f| f.slots.iter().map(move |id| (f.svc_id, *id)))
             .collect();
+        self.purge_lru_where(
+            |k, v| !members.contains(&(k.svc_id, v.backend_id)),
+            |v| !live.contains(&v.backend_id),
+        )
+    }
+
+    /// Deletes the affinity and socket-flow entries the predicates call stale; returns how
+    /// many. LRU entries can vanish while we walk: such errors are skipped, never fatal.
+    fn purge_lru_where(
+        &mut self,
+        stale_affinity: impl Fn(&AffinityKey, &AffinityValue) -> bool,
+        stale_flow: impl Fn(&SockFlowValue) -> bool,
+    ) -> Result<usize, SyncError> {
         let mut stale_aff: Vec<AffinityKey> = Vec::new();
         for item in self.maps.affinity.iter() {
             match item {
-                Ok((k, v)) if !members.contains(&(k.svc_id, v.backend_id)) => stale_aff.push(k),
+                Ok((k, v)) if stale_affinity(&k, &v) => stale_aff.push(k),
                 Ok(_) => {}
-                // LRU entries can vanish while we walk: skip, never fail the sync for it.
                 Err(e) => debug!(error = %e, "walking the affinity map"),
             }
         }
         let mut stale_flows = Vec::new();
-        for (k, v) in self.maps.sockflow.iter().flatten() {
-            if !live.contains(&v.backend_id) {
-                stale_flows.push(k);
+        for item in self.maps.sockflow.iter() {
+            match item {
+                Ok((k, v)) if stale_flow(&v) => stale_flows.push(k),
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "walking the socket-flow map"),
             }
         }
         let n = stale_aff.len() + stale_flows.len();

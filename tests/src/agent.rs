@@ -74,11 +74,6 @@ impl Agent {
         Self::launch(bin, source, Path::new(""), cgroup, bpffs, netns, extra)
     }
 
-    /// Sets RUST_LOG for the next (re)start; see [`Agent::restart_with_log`].
-    pub fn set_log(&mut self, rust_log: &str) {
-        self.rust_log = rust_log.to_string();
-    }
-
     /// The address the current run serves /metrics, /healthz and /readyz on (from its log;
     /// waits up to `timeout` for the line).
     pub fn metrics_addr(&mut self, timeout: Duration) -> Result<std::net::SocketAddr> {
