@@ -1,27 +1,22 @@
 //! clusterip-agent: keeps the clusterip eBPF datapath in sync with Kubernetes Services and
-//! EndpointSlices. `main.rs` only wires; everything lives here.
+//! EndpointSlices. `main.rs` only wires; everything lives here, one folder per stage of the
+//! data flow (see ARCHITECTURE.md):
+//!
+//! `source` (Kubernetes API, manifest files) → `sync` (store, syncer) → `datapath` (pinned
+//! maps, programs, links), with `model` (pure Kubernetes semantics and the desired table)
+//! used by all three, and the edges on top: `cmd` (the commands), `cli`, `metrics`,
+//! `telemetry`. No folder imports one to its left in that chain, and `model` imports none.
 
-pub mod agent;
-pub mod batch;
 pub mod cli;
+pub mod cmd;
 pub mod datapath;
-pub mod dump;
-pub mod explain;
-pub mod interfaces;
-pub mod kube_source;
-pub mod maglev;
-pub mod manifests;
-pub mod maps;
 pub mod metrics;
 pub mod model;
-pub mod probe;
-pub mod sockdiag;
-pub mod store;
-pub mod syncer;
-pub mod table;
+pub mod source;
+pub mod sync;
 pub mod telemetry;
 
-pub use agent::{main, run};
+pub use cmd::{main, run};
 
 /// The eBPF object built by `cargo xtask build-ebpf`; empty when the agent was built without it.
 pub static EBPF_OBJECT: &[u8] =

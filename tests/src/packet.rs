@@ -244,14 +244,14 @@ impl Datapath {
     }
 
     /// Writes the Maglev table of `svc_id` for these backends, populated with the agent's
-    /// `clusterip_agent::maglev` (backends named `ip:port`, as the agent does).
+    /// `clusterip_agent::sync::maglev` (backends named `ip:port`, as the agent does).
     pub fn set_maglev(&mut self, svc_id: u32, backends: &[(IpAddr, u16)], ids: &[u32]) {
         let names: Vec<String> = backends
             .iter()
             .map(|(a, p)| SocketAddrName(*a, *p).to_string())
             .collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let table = clusterip_agent::maglev::populate(&refs);
+        let table = clusterip_agent::sync::maglev::populate(&refs);
         assert_eq!(table.len(), MAGLEV_TABLE_SIZE);
         let mut v = MaglevValue {
             backend_ids: [0; MAGLEV_TABLE_SIZE],

@@ -1,4 +1,4 @@
-//! The Kubernetes API source (`clusterip_agent::kube_source`) against the in-process fake API
+//! The Kubernetes API source (`clusterip_agent::source::kube`) against the in-process fake API
 //! server (`clusterip_tests::fakeapi`), through a kubeconfig file with a bearer token. Not
 //! privileged: no BPF, no netns; everything runs in this process over 127.0.0.1.
 //!
@@ -13,9 +13,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use clusterip_agent::cli::SourceArgs;
-use clusterip_agent::kube_source::{client, list_once, spawn};
-use clusterip_agent::store::SourceEvent;
+use clusterip_agent::source::SourceEvent;
+use clusterip_agent::source::kube::{client, list_once, spawn};
 use clusterip_tests::fakeapi::{FakeApi, Kind};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -138,14 +137,6 @@ impl Drop for TempDir {
     }
 }
 
-fn source_args(kubeconfig: PathBuf) -> SourceArgs {
-    SourceArgs {
-        manifests: None,
-        kubeconfig: Some(kubeconfig),
-        node_name: Some(NODE.to_string()),
-    }
-}
-
 /// The source running against a kubeconfig; its events.
 struct Source {
     rx: mpsc::Receiver<(Instant, SourceEvent)>,
@@ -168,7 +159,7 @@ impl Source {
 
     async fn start_with(kubeconfig: PathBuf, dir: TempDir) -> Source {
         logs();
-        let client = client(&source_args(kubeconfig)).await.expect("client");
+        let client = client(Some(kubeconfig.as_path())).await.expect("client");
         let (tx, rx) = mpsc::channel(1024);
         let task = spawn(client, NODE.to_string(), tx);
         Source {
@@ -842,7 +833,7 @@ async fn unreachable_server_is_reported_not_fatal() {
 async fn client_errors_name_the_kubeconfig() {
     let dir = TempDir::new();
     let missing = dir.0.join("nope");
-    let Err(err) = client(&source_args(missing.clone())).await else {
+    let Err(err) = client(Some(missing.as_path())).await else {
         panic!("a missing kubeconfig is an error")
     };
     assert!(
@@ -851,7 +842,7 @@ async fn client_errors_name_the_kubeconfig() {
     );
     let garbage = dir.0.join("garbage");
     std::fs::write(&garbage, "{ not: [yaml").unwrap();
-    let Err(err) = client(&source_args(garbage.clone())).await else {
+    let Err(err) = client(Some(garbage.as_path())).await else {
         panic!("a broken kubeconfig is an error")
     };
     assert!(
@@ -869,7 +860,7 @@ async fn list_once_reads_every_page() {
         api.apply(&service(&format!("s{i:03}"), "10.96.1.1", 80, &[]));
     }
     let dir = TempDir::new();
-    let objects = list_once(&source_args(api.write_kubeconfig(&dir.0)), NODE)
+    let objects = list_once(Some(api.write_kubeconfig(&dir.0).as_path()), NODE)
         .await
         .expect("list_once");
     assert_eq!(objects.services.len(), 622);
@@ -890,13 +881,13 @@ async fn list_once_reads_every_page() {
     assert!(pages[1].param("continue").is_some());
 
     // A node that is not there: no zone, not an error.
-    let objects = list_once(&source_args(api.write_kubeconfig(&dir.0)), "elsewhere")
+    let objects = list_once(Some(api.write_kubeconfig(&dir.0).as_path()), "elsewhere")
         .await
         .expect("list_once");
     assert_eq!(objects.node_zone, None);
     // A refused token is an error.
     let kubeconfig = api.write_kubeconfig_with_token(&dir.0, "wrong");
-    let Err(err) = list_once(&source_args(kubeconfig), NODE).await else {
+    let Err(err) = list_once(Some(kubeconfig.as_path()), NODE).await else {
         panic!("listing with a wrong token succeeded")
     };
     assert!(format!("{err:#}").contains("Unauthorized"), "{err:#}");

@@ -4,7 +4,7 @@
 //! the current Services, EndpointSlices and this node's zone, and the [`DesiredTable`] built
 //! from them. An event marks the services it concerns as dirty; [`Store::compute`] rebuilds
 //! only those (through [`model::build_service`]) and returns the frontends whose entries
-//! changed, which is what [`crate::syncer::Syncer::apply_partial`] writes. One endpoint
+//! changed, which is what [`crate::sync::syncer::Syncer::apply_partial`] writes. One endpoint
 //! change therefore costs one service's rebuild and its map writes, however many services
 //! there are.
 //!
@@ -30,26 +30,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{debug, warn};
 
+use crate::model::table::{DesiredTable, Frontend};
 use crate::model::{self, NodeInfo, ObjectKind, ObjectRef, ProblemKind, Severity};
-use crate::table::{DesiredTable, Frontend};
-
-/// What a source reports. Each is stamped with the `Instant` it was received.
-#[derive(Clone, Debug)]
-pub enum SourceEvent {
-    ServiceApplied(Service),
-    ServiceDeleted(Service),
-    SliceApplied(EndpointSlice),
-    SliceDeleted(EndpointSlice),
-    /// A relist finished: the complete current set of Services (replaces them; the store
-    /// diffs, so the maps never go through an empty state).
-    ServicesReplaced(Vec<Service>),
-    /// A relist finished: the complete current set of EndpointSlices.
-    SlicesReplaced(Vec<EndpointSlice>),
-    /// This node's `topology.kubernetes.io/zone` label.
-    NodeZone(Option<String>),
-    /// A watch was (re)started after an error or its end: "services", "endpointslices", "nodes".
-    WatchRestarted(&'static str),
-}
+use crate::source::SourceEvent;
 
 /// `namespace/name` of an object, interned: every map of the store that names the object
 /// shares one allocation (10,000 services and their slices are named in six maps each).
@@ -531,7 +514,7 @@ fn from_json<T: serde::de::DeserializeOwned>(json: &[u8], key: &str) -> Option<T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::Protocol;
+    use crate::model::table::Protocol;
 
     fn svc(ns: &str, name: &str, ip: &str, port: u16) -> Service {
         serde_yaml::from_str(&format!(

@@ -33,11 +33,11 @@ use clusterip_common::{
 };
 use tracing::{debug, info, warn};
 
-use crate::maglev;
-use crate::maps::{
-    BackendAddr, CtKey, Installed, InstalledFrontend, MapsError, PinnedMaps, op_err,
+use crate::datapath::maps::{
+    self, BackendAddr, CtKey, Installed, InstalledFrontend, MapsError, PinnedMaps, op_err,
 };
-use crate::table::{DesiredTable, Frontend, NoEndpoints, ServiceEntry};
+use crate::model::table::{DesiredTable, Frontend, NoEndpoints, ServiceEntry};
+use crate::sync::maglev;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -484,7 +484,7 @@ impl Syncer {
                 .map(|(addr, id)| (addr.to_string(), *id))
                 .collect();
             let table = maglev_table(&by_name);
-            let fp = maglev::fingerprint(&table.backend_ids);
+            let fp = maps::maglev_fingerprint(&table.backend_ids);
             if self.installed.maglev.get(&svc_id) != Some(&fp) {
                 self.queue_maglev(svc_id, table)?;
                 self.installed.maglev.insert(svc_id, fp);
@@ -783,7 +783,7 @@ fn write_batch<K: aya::Pod, V: aya::Pod>(
     entries: &[(K, V)],
     name: &'static str,
 ) -> Result<(), SyncError> {
-    crate::batch::update(map, entries)
+    crate::datapath::batch::update(map, entries)
         .map_err(op_err(name, format!("write {} entries", entries.len())))?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `clusterip-agent explain VIP:PORT[/PROTOCOL]`: why a frontend has the backends it has.
 //!
 //! Reads the objects (from `--manifests`, else one list of each kind from the Kubernetes API,
-//! [`crate::kube_source::list_once`]), finds the Service owning the frontend (as the model
+//! [`crate::source::kube::list_once`]), finds the Service owning the frontend (as the model
 //! decides: the first service claiming it), and prints [`crate::model::explain`]'s verdict on
 //! each of its endpoints, then what the pinned maps hold for the frontend now (or that there
 //! are no pins).
@@ -16,10 +16,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 
 use crate::cli::ExplainArgs;
-use crate::dump::DumpEntry;
-use crate::manifests::{self, Objects};
+use crate::cmd::dump::DumpEntry;
+use crate::model::table::{Frontend, NoEndpoints, Protocol};
 use crate::model::{self, Explanation, FrontendStatus, NodeInfo};
-use crate::table::{Frontend, NoEndpoints, Protocol};
+use crate::source::{Objects, manifests};
 
 /// What is wrong with a `VIP:PORT[/PROTOCOL]` argument.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -223,7 +223,7 @@ pub fn datapath_state(
             bpffs: bpffs.display().to_string(),
         };
     }
-    let entries = match crate::dump::read(bpffs) {
+    let entries = match crate::cmd::dump::read(bpffs) {
         Ok(e) => e,
         Err(e) => {
             return DatapathState::Error {
@@ -274,8 +274,11 @@ pub fn main(args: ExplainArgs) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            rt.block_on(crate::kube_source::list_once(&args.source, &node_name))
-                .context("listing Services, EndpointSlices and this Node from the Kubernetes API")?
+            rt.block_on(crate::source::kube::list_once(
+                args.source.kubeconfig.as_deref(),
+                &node_name,
+            ))
+            .context("listing Services, EndpointSlices and this Node from the Kubernetes API")?
         }
     };
     let node = NodeInfo::new(node_name, objects.node_zone.clone());

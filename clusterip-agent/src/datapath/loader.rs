@@ -29,7 +29,7 @@ use std::{
     fs::{self, File},
     io,
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
@@ -47,7 +47,8 @@ use aya::{
 use aya_log::EbpfLogger;
 use clusterip_common::{DatapathConfigValue, map_names};
 
-use crate::interfaces::{self, Pattern};
+use super::interfaces::{self, Pattern};
+use super::links::{detach_link, link_info, link_update, open_pin, take_pinned_link};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     task::JoinHandle,
@@ -162,7 +163,7 @@ pub enum DatapathError {
     #[error("{what}: {source}")]
     Map {
         what: String,
-        source: Box<crate::maps::MapsError>,
+        source: Box<crate::datapath::maps::MapsError>,
     },
     #[error("program {name}: {source}")]
     Program {
@@ -195,7 +196,7 @@ pub enum DatapathError {
 }
 
 impl DatapathError {
-    fn io(path: &Path, source: io::Error) -> Self {
+    pub(super) fn io(path: &Path, source: io::Error) -> Self {
         match source.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted {
                 path: path.to_path_buf(),
@@ -340,12 +341,13 @@ impl Datapath {
         // goes and the load creates one of the new size. The flows' state is lost; Maglev
         // sends most of them to the same backend again.
         for name in [map_names::CONNTRACK_V4, map_names::CONNTRACK_V6] {
-            let pinned = crate::maps::pinned_max_entries(&cfg.bpffs, name).map_err(|e| {
-                DatapathError::Map {
-                    what: format!("reading the size of {name}"),
-                    source: Box::new(e),
-                }
-            })?;
+            let pinned =
+                crate::datapath::maps::pinned_max_entries(&cfg.bpffs, name).map_err(|e| {
+                    DatapathError::Map {
+                        what: format!("reading the size of {name}"),
+                        source: Box::new(e),
+                    }
+                })?;
             if let Some(n) = pinned.filter(|n| *n != cfg.ct_max) {
                 let path = cfg.bpffs.join(name);
                 fs::remove_file(&path).map_err(|e| DatapathError::io(&path, e))?;
@@ -358,7 +360,7 @@ impl Datapath {
             }
         }
 
-        let features = crate::probe::Features::detect();
+        let features = crate::datapath::probe::Features::detect();
         if cfg.cgroup.is_some() {
             if !features.socket_lb() {
                 return Err(DatapathError::NoSocketLb(socket_lb_missing(&features)));
@@ -367,19 +369,19 @@ impl Datapath {
                 tracing::warn!(
                     feature = "bpf_set_retval",
                     "{}",
-                    crate::probe::SET_RETVAL_FALLBACK
+                    crate::datapath::probe::SET_RETVAL_FALLBACK
                 );
             }
             if let Err(why) = &features.sock_diag_destroy {
                 tracing::warn!(
                     feature = "sock_diag_destroy",
                     "{why}: {}",
-                    crate::probe::SOCK_DESTROY_FALLBACK
+                    crate::datapath::probe::SOCK_DESTROY_FALLBACK
                 );
             }
         }
         if !cfg.tc_ifaces.is_empty() && !features.tcx {
-            tracing::warn!(feature = "tcx", "{}", crate::probe::TCX_FALLBACK);
+            tracing::warn!(feature = "tcx", "{}", crate::datapath::probe::TCX_FALLBACK);
         }
         let have_set_retval = u8::from(features.set_retval);
 
@@ -400,7 +402,7 @@ impl Datapath {
                 source: Box::new(source),
             })?;
 
-        match crate::maps::write_config(&cfg.bpffs, &cfg.ct_config) {
+        match crate::datapath::maps::write_config(&cfg.bpffs, &cfg.ct_config) {
             Ok(true) => tracing::info!(
                 ct_max = cfg.ct_max,
                 tcp_timeout_s = cfg.ct_config.ct_tcp_timeout_s,
@@ -777,7 +779,7 @@ impl Datapath {
 }
 
 /// What the socket programs need and the kernel lacks, for [`DatapathError::NoSocketLb`].
-fn socket_lb_missing(f: &crate::probe::Features) -> String {
+fn socket_lb_missing(f: &crate::datapath::probe::Features) -> String {
     let mut missing: Vec<String> = Vec::new();
     if !f.bpf_syscall {
         missing.push("the bpf() syscall".into());
@@ -1010,148 +1012,9 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 
-fn path_cstring(path: &Path) -> io::Result<CString> {
+pub(super) fn path_cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-}
-
-// Minimal bpf(2) wrappers for what aya does not expose: opening a pinned link as a raw fd and
-// BPF_LINK_DETACH, which detaches a link even while another process still holds it.
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_UPDATE: libc::c_long = 29;
-const BPF_LINK_DETACH: libc::c_long = 34;
-
-#[repr(C)]
-#[derive(Default)]
-struct InfoByFdAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct LinkUpdateAttr {
-    link_fd: u32,
-    new_prog_fd: u32,
-    flags: u32,
-    old_prog_fd: u32,
-}
-
-/// What `bpf_link_info` says about a per-interface link.
-#[derive(Clone, Copy, Debug)]
-struct LinkInfoLite {
-    link_type: u32,
-    /// tcx.ifindex / xdp.ifindex (0 once the interface is gone).
-    ifindex: u32,
-}
-
-fn link_info(fd: &OwnedFd) -> io::Result<LinkInfoLite> {
-    // struct bpf_link_info: type, id, prog_id (u32 each), then a union aligned to 8 whose
-    // tcx and xdp members start with the ifindex (offset 16).
-    let mut buf = [0u64; 16];
-    let attr = InfoByFdAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: size_of_val(&buf) as u32,
-        info: buf.as_mut_ptr() as u64,
-    };
-    bpf(
-        BPF_OBJ_GET_INFO_BY_FD,
-        (&raw const attr).cast(),
-        size_of::<InfoByFdAttr>(),
-    )?;
-    Ok(LinkInfoLite {
-        link_type: buf[0] as u32,
-        ifindex: buf[2] as u32,
-    })
-}
-
-/// Atomically makes the link behind `link` run `prog_fd` instead of its program.
-fn link_update(link: &OwnedFd, prog_fd: std::os::fd::RawFd) -> io::Result<()> {
-    let attr = LinkUpdateAttr {
-        link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: prog_fd as u32,
-        ..Default::default()
-    };
-    bpf(
-        BPF_LINK_UPDATE,
-        (&raw const attr).cast(),
-        size_of::<LinkUpdateAttr>(),
-    )
-    .map(|_| ())
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct LinkDetachAttr {
-    link_fd: u32,
-}
-
-fn bpf(cmd: libc::c_long, attr: *const libc::c_void, size: usize) -> io::Result<i64> {
-    // SAFETY: `attr` points at a live #[repr(C)] struct of `size` bytes for the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as libc::c_uint) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// Opens whatever is pinned at `path`; `Ok(None)` when nothing is.
-fn open_pin(path: &Path) -> io::Result<Option<OwnedFd>> {
-    let c_path = path_cstring(path)?;
-    let attr = ObjGetAttr {
-        pathname: c_path.as_ptr() as u64,
-        ..Default::default()
-    };
-    match bpf(
-        BPF_OBJ_GET,
-        (&raw const attr).cast(),
-        size_of::<ObjGetAttr>(),
-    ) {
-        // SAFETY: the kernel returned a new fd that we now own.
-        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Opens and unpins the link at `path`; `Ok(None)` when nothing is pinned there.
-fn take_pinned_link(path: &Path) -> Result<Option<OwnedFd>, DatapathError> {
-    let Some(fd) = open_pin(path).map_err(|e| DatapathError::io(path, e))? else {
-        return Ok(None);
-    };
-    match fs::remove_file(path) {
-        Ok(()) => Ok(Some(fd)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(fd)),
-        Err(e) => Err(DatapathError::io(path, e)),
-    }
-}
-
-/// Detaches the link behind `fd` (it was pinned at `path`). Failures are logged: the link is
-/// unpinned already, so it goes away once the last holder closes it.
-fn detach_link(path: &Path, fd: &OwnedFd) {
-    let attr = LinkDetachAttr {
-        link_fd: fd.as_raw_fd() as u32,
-    };
-    if let Err(e) = bpf(
-        BPF_LINK_DETACH,
-        (&raw const attr).cast(),
-        size_of::<LinkDetachAttr>(),
-    ) {
-        tracing::warn!(link = %path.display(), "BPF_LINK_DETACH failed: {e}");
-    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use clusterip_common::{
 };
 use serde::Serialize;
 
-use crate::maps::{CtKey, Installed, MapsError, PacketMaps, PinnedMaps};
-use crate::table::Protocol;
+use crate::datapath::maps::{CtKey, Installed, MapsError, PacketMaps, PinnedMaps};
+use crate::model::table::Protocol;
 
 /// One frontend as `dump --json` prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -92,9 +92,9 @@ pub struct ConntrackConfig {
 
 /// Reads the conntrack size and timeouts; None without the per-packet maps.
 pub fn read_config(bpffs: &Path) -> Result<Option<ConntrackConfig>, MapsError> {
-    let v4 = crate::maps::pinned_max_entries(bpffs, map_names::CONNTRACK_V4)?;
-    let v6 = crate::maps::pinned_max_entries(bpffs, map_names::CONNTRACK_V6)?;
-    let cfg = crate::maps::read_config(bpffs)?;
+    let v4 = crate::datapath::maps::pinned_max_entries(bpffs, map_names::CONNTRACK_V4)?;
+    let v6 = crate::datapath::maps::pinned_max_entries(bpffs, map_names::CONNTRACK_V6)?;
+    let cfg = crate::datapath::maps::read_config(bpffs)?;
     Ok(match (v4, v6, cfg) {
         (Some(v4), Some(v6), Some(c)) => Some(config_of(v4, v6, &c)),
         _ => None,

@@ -11,14 +11,19 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::cli::{Cli, Command, RunArgs};
+use crate::cmd::dump;
+use crate::datapath::interfaces::Pattern;
+use crate::datapath::{self, sockdiag};
 use crate::datapath::{Datapath, DatapathConfig};
-use crate::interfaces::Pattern;
-use crate::manifests::ManifestSource;
 use crate::metrics::{self, Metrics};
 use crate::model::NodeInfo;
-use crate::store::{SourceEvent, Store};
-use crate::syncer::Syncer;
-use crate::{datapath, dump, kube_source, sockdiag, syncer, telemetry};
+use crate::source::SourceEvent;
+use crate::source::kube as kube_source;
+use crate::source::manifests::ManifestSource;
+use crate::sync::store::Store;
+use crate::sync::syncer;
+use crate::sync::syncer::Syncer;
+use crate::telemetry;
 use clusterip_common::DatapathConfigValue;
 
 /// How often the manifests are re-read: a change is in the maps well within a second.
@@ -60,8 +65,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Explain(args) => crate::explain::main(args),
-        Command::Probe(args) => crate::probe::main(args),
+        Command::Explain(args) => crate::cmd::explain::main(args),
+        Command::Probe(args) => crate::cmd::probe::main(args),
         Command::Cleanup(args) => {
             datapath::cleanup(&args.bpffs)
                 .with_context(|| format!("cleaning up {}", args.bpffs.display()))?;
@@ -94,7 +99,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kube_client = match &args.source.manifests {
         Some(_) => None,
         None => Some(
-            kube_source::client(&args.source)
+            kube_source::client(args.source.kubeconfig.as_deref())
                 .await
                 .context("connecting to the Kubernetes API")?,
         ),

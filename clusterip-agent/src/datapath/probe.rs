@@ -10,8 +10,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use crate::cli::ProbeArgs;
-
 // bpf(2) commands.
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -326,51 +324,6 @@ pub struct FeatureLine {
     pub action: String,
 }
 
-pub fn main(args: ProbeArgs) -> anyhow::Result<()> {
-    let features = Features::detect();
-    let lines = features.report();
-    let release = kernel_release();
-    let fatal = features.fatal();
-    if args.json {
-        let doc = serde_json::json!({
-            "kernel": release,
-            "features": lines,
-            "missing": lines.iter().filter(|l| !l.found).map(|l| l.name.as_str()).collect::<Vec<_>>(),
-            "socket_lb": features.socket_lb(),
-            "runnable": fatal.is_none(),
-            "fatal": fatal,
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        println!("kernel {release}");
-        let width = lines.iter().map(|l| l.name.len()).max().unwrap_or(0);
-        for l in &lines {
-            println!(
-                "{:<7} {:<width$}  {}: {}",
-                if l.found { "found" } else { "missing" },
-                l.name,
-                l.what,
-                l.action,
-            );
-        }
-        match &fatal {
-            None => println!(
-                "datapath: can run (socket-level load balancing {})",
-                if features.socket_lb() {
-                    "available"
-                } else {
-                    "NOT available"
-                }
-            ),
-            Some(why) => println!("datapath: cannot run: {why}"),
-        }
-    }
-    match fatal {
-        None => Ok(()),
-        Some(why) => anyhow::bail!("the datapath cannot run on this kernel: {why}"),
-    }
-}
-
 /// `uname -r`.
 pub fn kernel_release() -> String {
     // SAFETY: uname fills the zeroed struct.
@@ -538,7 +491,7 @@ fn btf_has_name(name: &str) -> bool {
 // ---- sock_diag SOCK_DESTROY ---------------------------------------------------------------
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
-use crate::sockdiag::{
+use crate::datapath::sockdiag::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, SOCK_DESTROY,
     SOCK_DIAG_BY_FAMILY,
 };

@@ -77,16 +77,6 @@ pub fn populate(names: &[&str]) -> Vec<usize> {
     table.into_iter().flatten().collect()
 }
 
-/// A fingerprint of a table's contents, to tell whether an installed table is the wanted one
-/// without keeping a copy of every table.
-pub fn fingerprint(ids: &[u32]) -> u64 {
-    let mut bytes = Vec::with_capacity(ids.len() * 4);
-    for id in ids {
-        bytes.extend_from_slice(&id.to_le_bytes());
-    }
-    hash(FNV_OFFSET, &bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,11 +184,5 @@ mod tests {
                 "n={n}: {moved} moved, {to_new} to the new one"
             );
         }
-    }
-
-    #[test]
-    fn fingerprint_tells_tables_apart() {
-        assert_eq!(fingerprint(&[1, 2, 3]), fingerprint(&[1, 2, 3]));
-        assert_ne!(fingerprint(&[1, 2, 3]), fingerprint(&[1, 3, 2]));
     }
 }

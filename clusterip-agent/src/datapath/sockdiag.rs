@@ -24,8 +24,8 @@ use clusterip_common::{
 };
 use tracing::{debug, warn};
 
-use crate::maps::{self, Installed, MapsError};
-use crate::table::Protocol;
+use crate::datapath::maps::{self, Installed, MapsError};
+use crate::model::table::Protocol;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SockDiagError {
@@ -94,7 +94,7 @@ pub type UdpMembers = BTreeSet<(u32, SocketAddr)>;
 /// The UDP backends of the installed frontends among `frontends`.
 pub fn udp_members_of<'a>(
     installed: &Installed,
-    frontends: impl IntoIterator<Item = &'a crate::table::Frontend>,
+    frontends: impl IntoIterator<Item = &'a crate::model::table::Frontend>,
 ) -> UdpMembers {
     frontends
         .into_iter()
@@ -399,8 +399,8 @@ fn error_code(msg: &[u8]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maps::{BackendAddr, InstalledFrontend};
-    use crate::table::Frontend;
+    use crate::datapath::maps::{BackendAddr, InstalledFrontend};
+    use crate::model::table::Frontend;
 
     #[test]
     fn udp_members_are_the_udp_frontends_backends() {

@@ -16,7 +16,7 @@ use clusterip_common::{
     map_names, port_from_net,
 };
 
-use crate::table::{Frontend, Protocol};
+use crate::model::table::{Frontend, Protocol};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -64,7 +64,7 @@ pub struct Installed {
     pub backends: BTreeMap<u32, BackendAddr>,
     /// Slot entries (slot >= 1) that belong to no frontend or lie beyond its count.
     pub stray_slots: Vec<(Frontend, u16)>,
-    /// svc_id -> fingerprint ([`crate::maglev::fingerprint`]) of its Maglev table, for every
+    /// svc_id -> fingerprint ([`maglev_fingerprint`]) of its Maglev table, for every
     /// table in `CIP_MAGLEV` (empty without the per-packet maps).
     pub maglev: BTreeMap<u32, u64>,
 }
@@ -387,11 +387,20 @@ impl PinnedMaps {
             for item in p.maglev.iter() {
                 let (svc_id, table) = item.map_err(op_err(map_names::MAGLEV, "iterate"))?;
                 out.maglev
-                    .insert(svc_id, crate::maglev::fingerprint(&table.backend_ids));
+                    .insert(svc_id, maglev_fingerprint(&table.backend_ids));
             }
         }
         Ok(out)
     }
+}
+
+/// A fingerprint of a Maglev table's contents, to tell whether an installed table is the wanted
+/// one without keeping a copy of every table (4 KiB each). Only compared within one process.
+pub fn maglev_fingerprint(ids: &[u32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ids.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -470,5 +479,17 @@ mod tests {
         let r = k6.reply_key(&v6).view(&v6);
         assert_eq!(r.src, "[fd00::2]:5353".parse().unwrap());
         assert_eq!(r.dst, "[fd00::1]:40000".parse().unwrap());
+    }
+
+    #[test]
+    fn maglev_fingerprint_tells_tables_apart() {
+        assert_eq!(
+            maglev_fingerprint(&[1, 2, 3]),
+            maglev_fingerprint(&[1, 2, 3])
+        );
+        assert_ne!(
+            maglev_fingerprint(&[1, 2, 3]),
+            maglev_fingerprint(&[1, 3, 2])
+        );
     }
 }

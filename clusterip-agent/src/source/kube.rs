@@ -25,6 +25,7 @@
 
 use std::fmt::{self, Debug};
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
@@ -41,8 +42,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::Sender;
 use tracing::{debug, info, warn};
 
-use crate::cli::SourceArgs;
-use crate::store::SourceEvent;
+use crate::source::SourceEvent;
 
 /// kube-proxy's label selector for Services.
 pub const SERVICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
@@ -56,8 +56,8 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// A client for the Kubernetes API: `--kubeconfig PATH` when given; else the in-cluster
 /// configuration when running in a pod (`KUBERNETES_SERVICE_HOST` set); else `$KUBECONFIG` /
 /// `~/.kube/config`.
-pub async fn client(source: &SourceArgs) -> anyhow::Result<Client> {
-    let config = match &source.kubeconfig {
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -114,10 +114,10 @@ pub fn spawn(
 
 /// One list of each kind, with the same selectors as the watchers (for `explain`).
 pub async fn list_once(
-    source: &SourceArgs,
+    kubeconfig: Option<&Path>,
     node_name: &str,
-) -> anyhow::Result<crate::manifests::Objects> {
-    let client = client(source).await?;
+) -> anyhow::Result<crate::source::Objects> {
+    let client = client(kubeconfig).await?;
     let services = list_all(
         &Api::<Service>::all(client.clone()),
         ListParams::default()
@@ -141,7 +141,7 @@ pub async fn list_once(
             "node not found in the Kubernetes API: no zone"
         );
     }
-    Ok(crate::manifests::Objects {
+    Ok(crate::source::Objects {
         services,
         slices,
         node_zone: nodes.first().and_then(node_zone),

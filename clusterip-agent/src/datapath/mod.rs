@@ -1,0 +1,14 @@
+//! The kernel side as the agent sees it: loading and attaching the programs ([`loader`]),
+//! the pinned maps ([`maps`], [`batch`]), what the kernel offers ([`probe`]), the interfaces
+//! the per-packet programs go on ([`interfaces`]) and destroying sockets of removed backends
+//! ([`sockdiag`]).
+
+pub mod batch;
+pub mod interfaces;
+mod links;
+pub mod loader;
+pub mod maps;
+pub mod probe;
+pub mod sockdiag;
+
+pub use loader::{Datapath, DatapathConfig, DatapathError, cleanup, default_cgroup_root};

@@ -1,0 +1,352 @@
+//! The model: Kubernetes Services and EndpointSlices in, the [`DesiredTable`] out.
+//!
+//! Pure: no I/O, no clock, no logging. The caller (the manifest source, the object store) logs
+//! the [`Problem`]s. The semantics are kube-proxy's (kubernetes `pkg/proxy`:
+//! `servicechangetracker.go`/`serviceport.go`, `endpointslicecache.go`, `topology.go` and the
+//! iptables proxier's REJECT/DROP choice), as of Kubernetes 1.37:
+//!
+//! * **Frontends**: one per (cluster IP, ServicePort) and one per (external IP, ServicePort).
+//!   The cluster IPs are `spec.clusterIPs` (both families; falls back to `spec.clusterIP`); the
+//!   external IPs are `spec.externalIPs` (any number, either family; an invalid one is a
+//!   warning and is skipped, the rest of the service is unaffected). Types ClusterIP, NodePort
+//!   and LoadBalancer all get these frontends (node ports and load balancer IPs are not
+//!   handled here). Protocols TCP and UDP (absent = TCP); SCTP ports are skipped with a
+//!   warning.
+//! * **Ignored silently**: type ExternalName, headless services (`clusterIP: None`), services
+//!   without a cluster IP, and services labelled `service.kubernetes.io/service-proxy-name`
+//!   (they belong to another proxy) or `service.kubernetes.io/headless` (kube-proxy's label
+//!   selector excludes both). EndpointSlices carrying one of these two labels are ignored too
+//!   (kube-proxy applies the same selector to them).
+//! * **Endpoints**: the EndpointSlices labelled `kubernetes.io/service-name: <service>` in the
+//!   service's namespace, IPv4 slices for IPv4 VIPs and IPv6 slices for IPv6 VIPs (FQDN slices
+//!   are ignored). Several slices are merged; only `addresses[0]` of an endpoint is used; an
+//!   endpoint that appears in several slices (same IP and port) is used once, preferring a
+//!   copy on this node (as kube-proxy does). See [`build_table`] for how the backend port is
+//!   found.
+//! * **Conditions** (nil ready = true, nil serving = true, nil terminating = false, as the API
+//!   documents and kube-proxy implements). The *Cluster* endpoints are the ready ones (subject
+//!   to topology, below); if there is none, every endpoint that is serving *and* terminating
+//!   (topology ignored). The *Local* endpoints are computed separately over this node's
+//!   endpoints only: the ready local ones, else the serving-and-terminating local ones.
+//! * **Topology** (`CategorizeEndpoints`/`topologyModeFromHints`): kube-proxy looks only at the
+//!   EndpointSlice hints, never at the Service's `trafficDistribution` or
+//!   `service.kubernetes.io/topology-mode` (legacy `topology-aware-hints`): those tell the
+//!   EndpointSlice controller to write the hints (PreferClose / PreferSameZone / the annotation
+//!   `Auto`: `hints.forZones`; PreferSameNode: `hints.forNodes` *and* `hints.forZones`). Over the
+//!   ready endpoints of a frontend: if every one has a node hint and at least one is hinted for
+//!   this node, only the ready endpoints hinted for this node are used (PreferSameNode); else,
+//!   if every one has a zone hint and at least one is hinted for this node's zone (which must be
+//!   known), only those hinted for this zone (PreferSameZone); else all ready endpoints.
+//!   Topology applies to the Cluster endpoints only.
+//! * **Traffic policy**: a cluster IP frontend of an `internalTrafficPolicy: Local` service uses
+//!   the Local endpoints. No local endpoint while the service has usable endpoints elsewhere →
+//!   no backends and [`NoEndpoints::Drop`]; no usable endpoint anywhere →
+//!   [`NoEndpoints::Reject`] (the iptables proxier's "has no endpoints" REJECT wins over its
+//!   "has no local endpoints" DROP). External IP frontends always use the Cluster endpoints:
+//!   the agent only sees traffic that originates on this node, and kube-proxy sends locally
+//!   originated traffic to an external IP to the Cluster endpoints whatever the traffic
+//!   policies ("subject to neither form of traffic policy").
+//! * **Session affinity** ClientIP: `sessionAffinityConfig.clientIP.timeoutSeconds`, default
+//!   10800 s (valid: 1..=86400).
+//! * **Validation**: an invalid object yields a [`Problem`] and contributes nothing; everything
+//!   else is unaffected. Two services claiming the same frontend: the one that comes first in
+//!   the input keeps it, the later one is rejected as a whole.
+//! * Everything is a pure function of the current objects: a changed Service (affinity, type,
+//!   labels, ports, IP families) is simply rebuilt ([`build_service`]).
+//! * Not implemented (no effect): node ports, load balancer IPs, externalTrafficPolicy (no
+//!   effect on locally originated traffic, see above), SCTP.
+
+use std::collections::{HashMap, HashSet};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+mod endpoints;
+mod explain;
+mod problem;
+pub mod table;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use endpoints::{NotUsed, Topology, TrafficPolicy};
+pub use explain::{ExplainedEndpoint, Explanation, FrontendStatus, explain};
+pub use problem::{ObjectKind, ObjectRef, Problem, ProblemKind, Severity};
+pub use validate::FrontendKind;
+
+use endpoints::analyze;
+use table::{DesiredTable, Frontend, ServiceEntry};
+use validate::{ValidService, ValidSlice, validate_service, validate_slice};
+
+/// Label joining an EndpointSlice to its Service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Services (and slices) with this label (any value) are handled by another proxy and ignored.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Services (and slices) with this label (any value) are headless and ignored, as kube-proxy's
+/// label selector does.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// The Node label naming its zone.
+pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+/// Service annotation asking the EndpointSlice controller for zone hints (informational here).
+pub const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
+/// Deprecated name of [`ANNOTATION_TOPOLOGY_MODE`] (informational here).
+pub const ANNOTATION_TOPOLOGY_AWARE_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
+/// ClientIP affinity timeout when the service does not set one (kube-proxy's default).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10800;
+/// Largest valid ClientIP affinity timeout (API validation).
+pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86400;
+/// Namespace of an object without one.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// This node, as the model needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct NodeInfo {
+    /// Selects the endpoints of `internalTrafficPolicy: Local` services and `forNodes` hints.
+    pub name: String,
+    /// The node's `topology.kubernetes.io/zone` label; selects `forZones` hints.
+    pub zone: Option<String>,
+}
+
+impl NodeInfo {
+    pub fn new(name: impl Into<String>, zone: Option<String>) -> Self {
+        NodeInfo {
+            name: name.into(),
+            zone: zone.filter(|z| !z.is_empty()),
+        }
+    }
+}
+
+/// The model's result: the table, and what was wrong with the input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelOutput {
+    pub table: DesiredTable,
+    pub problems: Vec<Problem>,
+}
+
+/// What one Service contributes, on its own (see [`build_service`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceBuild {
+    /// Its frontends, in cluster IP order then external IP order, each in port order. Empty
+    /// when the service is ignored or rejected.
+    pub entries: Vec<(Frontend, ServiceEntry)>,
+    /// What is wrong with it (warnings and errors). With an [`Severity::Error`] the service is
+    /// rejected and `entries` is empty.
+    pub problems: Vec<ProblemKind>,
+    /// Not for this proxy: ExternalName, headless (`clusterIP: None` or the
+    /// `service.kubernetes.io/headless` label), no cluster IP, or another proxy's
+    /// (`service.kubernetes.io/service-proxy-name`).
+    pub ignored: bool,
+}
+
+impl ServiceBuild {
+    /// True if the service contributes its frontends (not ignored, no error).
+    pub fn accepted(&self) -> bool {
+        !self.ignored
+            && !self
+                .problems
+                .iter()
+                .any(|p| p.severity() == Severity::Error)
+    }
+}
+
+/// The (namespace, service name) an EndpointSlice belongs to, from its
+/// `kubernetes.io/service-name` label. None when unlabelled, or when the slice is not this
+/// proxy's (labelled `service.kubernetes.io/service-proxy-name` or
+/// `service.kubernetes.io/headless`, which kube-proxy's selector excludes).
+pub fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
+    let labels = slice.metadata.labels.as_ref()?;
+    if not_ours(&slice.metadata) {
+        return None;
+    }
+    let service = labels.get(LABEL_SERVICE_NAME).filter(|s| !s.is_empty())?;
+    let (ns, _) = ns_name(&slice.metadata);
+    Some((ns.to_owned(), service.clone()))
+}
+
+/// What is wrong with an EndpointSlice on its own (a slice with an error contributes nothing).
+/// Empty for a slice that is not this proxy's. Does not check that its Service exists.
+pub fn slice_problems(slice: &EndpointSlice) -> Vec<ProblemKind> {
+    if not_ours(&slice.metadata) {
+        return Vec::new();
+    }
+    match validate_slice(slice) {
+        Ok(_) => Vec::new(),
+        Err(kinds) => kinds,
+    }
+}
+
+/// Computes what one Service contributes: its frontends with their backends from `slices`, and
+/// its problems. `slices` should be the service's (see [`slice_service`]); others, invalid ones
+/// and ones that are not this proxy's are skipped (their problems are [`slice_problems`]'s).
+/// No check against other services (duplicate frontends: [`build_table`] or the caller).
+pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) -> ServiceBuild {
+    let (valid, problems) = validate_service(svc);
+    let Some(valid) = valid else {
+        return ServiceBuild {
+            entries: Vec::new(),
+            problems,
+            ignored: true,
+        };
+    };
+    if problems.iter().any(|p| p.severity() == Severity::Error) {
+        return ServiceBuild {
+            entries: Vec::new(),
+            problems,
+            ignored: false,
+        };
+    }
+    let group = service_slices(&valid, slices);
+    let entries = valid
+        .frontends()
+        .map(|(frontend, port, kind)| {
+            let analysis = analyze(&valid, port, kind, frontend.vip, &group, node);
+            let mut entry = analysis.entry(&valid, port);
+            entry.external = kind == FrontendKind::ExternalIp;
+            (frontend, entry)
+        })
+        .collect();
+    ServiceBuild {
+        entries,
+        problems,
+        ignored: false,
+    }
+}
+
+/// The valid slices of `svc` among `slices`, sorted by name (a deterministic merge order
+/// whatever the input order; stable: equal names keep their order).
+fn service_slices<'a>(svc: &ValidService<'_>, slices: &[&'a EndpointSlice]) -> Vec<ValidSlice<'a>> {
+    let mut group: Vec<ValidSlice<'a>> = slices
+        .iter()
+        .filter(|s| !not_ours(&s.metadata))
+        .filter_map(|s| validate_slice(s).ok().flatten())
+        .filter(|s| s.namespace == svc.namespace && s.service == svc.name)
+        .collect();
+    group.sort_by(|a, b| a.name.cmp(b.name));
+    group
+}
+
+/// Computes the desired table for this node from all Services and EndpointSlices.
+///
+/// `services` order matters only for duplicate frontends: the service that comes first keeps a
+/// frontend, later ones claiming it are rejected (callers put established services first).
+/// `node` selects the endpoints of `internalTrafficPolicy: Local` services and the topology
+/// hints.
+///
+/// # Backend port
+/// As kube-proxy: for a ServicePort, the backend port in a slice is the port of the slice's
+/// EndpointPort with the same name (unnamed: `""` and absent match each other) and the same
+/// protocol; the EndpointSlice controller has already resolved the targetPort into it.
+///
+/// Fallback, for hand-written slices: when *no* slice of the service (of either family) has
+/// a port with that name and protocol, the ServicePort's `targetPort` decides: a name selects
+/// the slice port with that name (and protocol) in each slice; a number (also a string of
+/// digits), or no targetPort (= the service port), is used as the backend port for every
+/// endpoint of every slice, even of a slice that lists no ports.
+///
+/// A slice port with no port number contributes no backends.
+pub fn build_table(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) -> ModelOutput {
+    let mut problems = Vec::new();
+
+    // Every named service, accepted or not: a slice for one of them is not "unknown".
+    let known_services: HashSet<(&str, &str)> = services
+        .iter()
+        .map(|s| ns_name(&s.metadata))
+        .filter(|(_, name)| !name.is_empty())
+        .collect();
+
+    // Slices: validate, group by service.
+    let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+    let mut slice_problem_list = Vec::new();
+    for slice in slices {
+        let object = ObjectRef::of_slice(slice);
+        let kinds = slice_problems(slice);
+        if !kinds.is_empty() {
+            slice_problem_list.extend(kinds.into_iter().map(|kind| Problem {
+                object: object.clone(),
+                kind,
+            }));
+            continue;
+        }
+        let Some(key) = slice_service(slice) else {
+            continue;
+        };
+        if slice.address_type == "FQDN" {
+            continue;
+        }
+        if !known_services.contains(&(key.0.as_str(), key.1.as_str())) {
+            slice_problem_list.push(Problem {
+                object,
+                kind: ProblemKind::UnknownService {
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                },
+            });
+        }
+        by_service.entry(key).or_default().push(slice);
+    }
+
+    // Services: build each, then claim frontends in input order.
+    let mut claimed: HashMap<Frontend, String> = HashMap::new();
+    let mut table = DesiredTable::default();
+    for svc in services {
+        let object = ObjectRef::of_service(svc);
+        let (ns, name) = ns_name(&svc.metadata);
+        let group = by_service
+            .get(&(ns.to_owned(), name.to_owned()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let built = build_service(svc, group, node);
+        let accepted = built.accepted();
+        problems.extend(built.problems.into_iter().map(|kind| Problem {
+            object: object.clone(),
+            kind,
+        }));
+        if !accepted {
+            continue;
+        }
+        let conflicts: Vec<ProblemKind> = built
+            .entries
+            .iter()
+            .filter_map(|(fe, _)| {
+                claimed.get(fe).map(|owner| ProblemKind::DuplicateFrontend {
+                    frontend: *fe,
+                    owner: owner.clone(),
+                })
+            })
+            .collect();
+        if !conflicts.is_empty() {
+            problems.extend(conflicts.into_iter().map(|kind| Problem {
+                object: object.clone(),
+                kind,
+            }));
+            continue;
+        }
+        let owner = format!("{ns}/{name}");
+        for (fe, entry) in built.entries {
+            claimed.insert(fe, owner.clone());
+            table.services.insert(fe, entry);
+        }
+    }
+    problems.extend(slice_problem_list);
+
+    ModelOutput { table, problems }
+}
+
+/// The metadata namespace (default "default") and name (default "").
+pub(super) fn ns_name(meta: &ObjectMeta) -> (&str, &str) {
+    let ns = meta
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(DEFAULT_NAMESPACE);
+    (ns, meta.name.as_deref().unwrap_or(""))
+}
+
+/// Labelled for another proxy, or headless: excluded by kube-proxy's label selector.
+pub(super) fn not_ours(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS))
+}
