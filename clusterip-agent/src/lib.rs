@@ -18,6 +18,7 @@ pub mod telemetry;
 
 pub use cmd::{main, run};
 
-/// The eBPF object built by `cargo xtask build-ebpf`; empty when the agent was built without it.
+/// The eBPF object, built and embedded by `build.rs`; empty when the agent was built without the
+/// eBPF toolchain (debug builds only: a release build fails instead).
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/clusterip.bpf.o"));

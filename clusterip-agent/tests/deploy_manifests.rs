@@ -617,7 +617,7 @@ fn dockerfile_uses_the_pinned_toolchain() {
         format!("llvm-{llvm}-dev"),
         format!("--features llvm-{llvm}"),
         format!("LLVM_PREFIX=/usr/lib/llvm-{llvm}"),
-        "CLUSTERIP_EBPF_OBJECT=".to_string(),
+        "cargo build --release --locked -p clusterip-agent".to_string(),
         "FROM debian:bookworm-slim".to_string(),
         "ENTRYPOINT [\"/usr/local/bin/clusterip-agent\"]".to_string(),
     ] {

@@ -3,7 +3,7 @@
 //! etherparse, checksums verified by recomputing them.
 //!
 //! [`Datapath::load`] loads the eBPF object embedded in `clusterip-agent`
-//! (`CLUSTERIP_EBPF_OBJECT` at build time) with its maps pinned in a fresh directory
+//! (built by its build script) with its maps pinned in a fresh directory
 //! `/sys/fs/bpf/cip-pkt-<pid>x<n>`, removed again in `Drop`.
 
 use std::collections::BTreeMap;
@@ -50,7 +50,7 @@ fn check() -> Result<(), String> {
     }
     if clusterip_agent::EBPF_OBJECT.is_empty() {
         return Err(
-            "clusterip-agent was built without the eBPF object (set CLUSTERIP_EBPF_OBJECT)".into(),
+            "clusterip-agent was built without the eBPF object (run `cargo xtask setup`, then build again)".into(),
         );
     }
     crate::env::ensure_bpffs()

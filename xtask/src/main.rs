@@ -30,13 +30,12 @@ enum Cmd {
     /// Check the eBPF toolchain (root, bpffs, BTF, Debian packages, stable and pinned nightly
     /// Rust, bpf-linker) and install what is missing. Idempotent.
     Setup,
-    /// `setup`, then build the eBPF object with the pinned nightly and bpf-linker.
-    BuildEbpf,
     /// `cargo fmt --check` and `cargo clippy -D warnings` on the userspace workspace and on the
     /// eBPF crate (with the pinned nightly).
     Lint,
-    /// `build-ebpf`, then the workspace's binaries and test binaries, with the eBPF object
-    /// embedded in target/debug/clusterip-agent.
+    /// `setup`, then the workspace's binaries and test binaries; the agent's build script
+    /// builds the eBPF object (aya-build, pinned nightly) and embeds it, as a plain
+    /// `cargo build` does.
     Build,
     /// `build`, then `cargo test --workspace` with the privileged e2e tests required to run.
     /// Arguments go to `cargo test`: `cargo xtask test -- some_filter -- --nocapture`.
@@ -132,7 +131,6 @@ fn main() -> ExitCode {
     let root = tasks::workspace_root();
     let result = match cli.command {
         Cmd::Setup => setup::setup(),
-        Cmd::BuildEbpf => tasks::build_ebpf(&root).map(|_| ()),
         Cmd::Build => tasks::build(&root).map(|_| ()),
         Cmd::Test { args } => tasks::test(&root, &args),
         Cmd::Bench {

@@ -1,17 +1,18 @@
-//! `build-ebpf`, `build`, `test`.
+//! `build`, `test`, `lint`, `bench`. The eBPF object is built by the agent's build script
+//! (aya-build), so a plain `cargo build` and these tasks take the same path.
 
 use std::{
-    env, fs,
+    env,
     path::{Path, PathBuf},
     time::Instant,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{
     proc::{cargo, run},
     setup::setup,
-    toolchain::{EBPF_BIN, EBPF_NIGHTLY, EBPF_TARGET, STABLE},
+    toolchain::{EBPF_NIGHTLY, EBPF_TARGET, STABLE},
 };
 
 /// The workspace root (xtask lives in `<root>/xtask`).
@@ -28,52 +29,14 @@ pub fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
-/// The eBPF crate gets its own target dir (its own workspace, another toolchain and target).
+/// The eBPF crate's own target dir (its own workspace, another toolchain and target), for
+/// `lint`'s clippy run; the agent's build script builds the object under its OUT_DIR.
 fn ebpf_target_dir(root: &Path) -> PathBuf {
     root.join("clusterip-ebpf").join("target")
 }
 
-pub fn ebpf_object_path(root: &Path) -> PathBuf {
-    ebpf_target_dir(root)
-        .join(EBPF_TARGET)
-        .join("release")
-        .join(EBPF_BIN)
-}
-
 pub fn agent_bin_path(root: &Path) -> PathBuf {
     target_dir(root).join("debug").join("clusterip-agent")
-}
-
-/// Runs setup, builds the eBPF object, returns its absolute path.
-pub fn build_ebpf(root: &Path) -> Result<PathBuf> {
-    setup()?;
-    eprintln!("==> build-ebpf: clusterip-ebpf with {EBPF_NIGHTLY}");
-    let started = Instant::now();
-    let crate_dir = root.join("clusterip-ebpf");
-    // Rust flags (`-C debuginfo=2 -C link-arg=--btf`) come from clusterip-ebpf/.cargo/config.toml;
-    // `cargo()` removes RUSTFLAGS & co. so that they are not overridden.
-    run(cargo(EBPF_NIGHTLY)
-        .current_dir(&crate_dir)
-        .args([
-            "build",
-            "-Z",
-            "build-std=core",
-            "--target",
-            EBPF_TARGET,
-            "--release",
-        ])
-        .arg("--target-dir")
-        .arg(ebpf_target_dir(root)))?;
-    let object = ebpf_object_path(root);
-    let size = fs::metadata(&object)
-        .with_context(|| format!("the build succeeded but {} is missing", object.display()))?
-        .len();
-    eprintln!(
-        "ebpf object: {} ({size} bytes, built in {:.1}s)",
-        object.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(object)
 }
 
 /// `cargo fmt --check` and `cargo clippy -D warnings` on both workspaces: userspace with
@@ -112,25 +75,22 @@ pub fn lint(root: &Path) -> Result<()> {
         .args(["--", "-D", "warnings"]))
 }
 
-/// Builds the eBPF object and then the workspace's binaries and test binaries with the object
-/// embedded in the agent. Returns (object, agent binary).
-pub fn build(root: &Path) -> Result<(PathBuf, PathBuf)> {
-    let object = build_ebpf(root)?;
-    eprintln!("==> build: workspace binaries and tests with {STABLE}");
+/// `setup`, then the workspace's binaries and test binaries; the agent's build script builds
+/// the eBPF object with the pinned nightly and embeds it. Returns the agent binary.
+pub fn build(root: &Path) -> Result<PathBuf> {
+    setup()?;
+    eprintln!("==> build: workspace binaries and tests with {STABLE} (eBPF with {EBPF_NIGHTLY})");
     let started = Instant::now();
     // xtask is excluded: it is the running program and is built by `cargo xtask` with the
     // default toolchain; rebuilding it here with another one would make them take turns.
-    run(cargo(STABLE)
-        .current_dir(root)
-        .env("CLUSTERIP_EBPF_OBJECT", &object)
-        .args([
-            "build",
-            "--workspace",
-            "--exclude",
-            "xtask",
-            "--bins",
-            "--tests",
-        ]))?;
+    run(cargo(STABLE).current_dir(root).args([
+        "build",
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--bins",
+        "--tests",
+    ]))?;
     let agent = agent_bin_path(root);
     if !agent.is_file() {
         bail!("the build succeeded but {} is missing", agent.display());
@@ -140,18 +100,17 @@ pub fn build(root: &Path) -> Result<(PathBuf, PathBuf)> {
         agent.display(),
         started.elapsed().as_secs_f64()
     );
-    Ok((object, agent))
+    Ok(agent)
 }
 
 /// Builds everything, then `cargo test` with the e2e tests required to run. `args` go to
 /// `cargo test` (`cargo xtask test -- some_filter -- --nocapture`).
 pub fn test(root: &Path, args: &[String]) -> Result<()> {
-    let (object, agent) = build(root)?;
+    let agent = build(root)?;
     eprintln!("==> test");
     let started = Instant::now();
     let mut cmd = cargo(STABLE);
     cmd.current_dir(root)
-        .env("CLUSTERIP_EBPF_OBJECT", &object)
         .env("CLUSTERIP_AGENT_BIN", &agent)
         .env("CLUSTERIP_E2E_REQUIRED", "1")
         .arg("test");
@@ -224,14 +183,13 @@ const MICRO_BENCHES: [&str; 2] = ["socket_lb", "packet_lb"];
 /// With `--smoke`: the debug build and [`bench_smoke`] instead.
 pub fn bench(root: &Path, opts: &BenchOpts) -> Result<()> {
     if opts.smoke {
-        let (_object, agent) = build(root)?;
+        let agent = build(root)?;
         return bench_smoke(root, &agent);
     }
-    let object = build_ebpf(root)?;
+    setup()?;
     eprintln!("==> bench: release agent");
     run(cargo(STABLE)
         .current_dir(root)
-        .env("CLUSTERIP_EBPF_OBJECT", &object)
         .args(["build", "--release", "-p", "clusterip-agent"]))?;
     let agent = target_dir(root).join("release").join("clusterip-agent");
     let out = target_dir(root).join("bench");
@@ -398,10 +356,19 @@ mod tests {
     }
 
     #[test]
-    fn object_and_agent_paths_are_absolute() {
+    fn agent_path_is_absolute() {
         let root = workspace_root();
-        assert!(ebpf_object_path(&root).is_absolute());
-        assert!(ebpf_object_path(&root).ends_with("bpfel-unknown-none/release/clusterip"));
+        assert!(agent_bin_path(&root).is_absolute());
         assert!(agent_bin_path(&root).ends_with("debug/clusterip-agent"));
+    }
+
+    #[test]
+    fn build_script_pins_the_same_nightly() {
+        // The agent's build script cannot import xtask: it names the nightly itself.
+        let script = include_str!("../../clusterip-agent/build.rs");
+        assert!(
+            script.contains(&format!("const EBPF_NIGHTLY: &str = \"{EBPF_NIGHTLY}\";")),
+            "clusterip-agent/build.rs must pin {EBPF_NIGHTLY}"
+        );
     }
 }

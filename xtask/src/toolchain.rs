@@ -20,8 +20,6 @@ pub const MIN_STABLE: (u32, u32) = (1, 98);
 pub const STABLE_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// Target triple of the eBPF object.
 pub const EBPF_TARGET: &str = "bpfel-unknown-none";
-/// Name of the eBPF crate's binary (the object file).
-pub const EBPF_BIN: &str = "clusterip";
 
 /// Debian packages: LLVM for bpf-linker, bpftool to inspect maps, iproute2 for the demo/tests,
 /// and for the benchmark (`cargo xtask bench`, and its smoke mode in `test`): iptables and

@@ -123,8 +123,8 @@ pub struct DatapathConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error(
-        "this clusterip-agent was built without the eBPF object: build it with \
-         `cargo xtask build-ebpf` (or start it with `cargo xtask run`)"
+        "this clusterip-agent was built without the eBPF object (its build script found no \
+         eBPF toolchain): run `cargo xtask setup`, then build the agent again"
     )]
     NoObject,
     #[error("{path}: not permitted ({source}): {FIX_PRIVILEGES}")]
@@ -148,11 +148,11 @@ pub enum DatapathError {
         dir: PathBuf,
         source: Box<aya::EbpfError>,
     },
-    #[error("the eBPF object has no program {0}: rebuild it with `cargo xtask build-ebpf`")]
+    #[error("the eBPF object has no program {0}: rebuild the agent (`cargo build`)")]
     MissingProgram(&'static str),
     #[error(
         "--{flag} needs the program {program}, which this agent's eBPF object does not have: \
-         rebuild the object (`cargo xtask build-ebpf`) and the agent"
+         rebuild the agent (`cargo build`; its build script builds the object)"
     )]
     MissingPacketProgram {
         flag: &'static str,
@@ -1065,7 +1065,7 @@ mod tests {
     #[test]
     fn empty_object_gives_a_build_hint() {
         let msg = DatapathError::NoObject.to_string();
-        assert!(msg.contains("cargo xtask build-ebpf"), "{msg}");
+        assert!(msg.contains("cargo xtask setup"), "{msg}");
     }
 
     #[test]

@@ -95,7 +95,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn run(keep: bool) -> Result<()> {
     let root = tasks::workspace_root();
-    let (_object, agent_bin) = tasks::build(&root)?;
+    let agent_bin = tasks::build(&root)?;
     sys::catch_signals()?;
     let manifests = root.join(MANIFESTS);
     if !manifests.is_dir() {
