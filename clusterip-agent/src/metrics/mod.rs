@@ -9,6 +9,8 @@
 //! Paths: `/metrics`; `/healthz`: 200 `ok` while the process serves; `/readyz`: 200 once the
 //! agent has programmed the datapath (see [`Metrics::set_ready`]), else 503 with the reason.
 
+pub mod server;
+
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
