@@ -1,36 +1,34 @@
 //! Prometheus metrics, /healthz and /readyz.
 //!
-//! [`Metrics`] holds the agent's counters, gauges and histograms and renders them in the
-//! Prometheus text exposition format (version 0.0.4) by hand. [`serve`] runs a deliberately
-//! small HTTP/1.1 server on tokio: one request per connection (`Connection: close`), GET and
-//! HEAD only, a bounded request head, a deadline for reading it (slow or silent clients are
-//! dropped) and a cap on concurrent connections, so that nothing a client sends can stop it.
+//! [`Metrics`] holds the agent's counters, gauges and histograms in a prometheus-client
+//! [`Registry`], and its readiness. [`serve`] answers on [`server`] (hyper, with its limits):
+//! `/metrics` in the Prometheus text format 0.0.4 (what the agent always served: the same
+//! `# TYPE` lines, no `# EOF`, readable by every scraper); `/healthz`: 200 `ok` while the
+//! process serves; `/readyz`: 200 once the agent has programmed the datapath (see
+//! [`Metrics::set_ready`]), else 503 with the reason.
 //!
-//! Paths: `/metrics`; `/healthz`: 200 `ok` while the process serves; `/readyz`: 200 once the
-//! agent has programmed the datapath (see [`Metrics::set_ready`]), else 503 with the reason.
+//! To add a metric: a field in [`Metrics`], its registration in [`Metrics::default`] (the
+//! order there is the order in `/metrics`) and a method that updates it. A family with labels
+//! is a `Family<L, _>` with `L` a `#[derive(EncodeLabelSet)]` struct, like [`MapLabels`].
 
 pub mod server;
 
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    io,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
+    sync::{Arc, Mutex, MutexGuard, atomic::AtomicU64},
 };
 
-use thiserror::Error;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-    task::JoinHandle,
+use hyper::StatusCode;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, prometheus_text},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
+    registry::{Registry, Unit},
 };
+use thiserror::Error;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+
+use self::server::{Limits, Routes};
 
 /// Upper bounds of `clusterip_sync_duration_seconds` (one apply of the table to the maps).
 pub const SYNC_BUCKETS: &[f64] = &[
@@ -47,12 +45,6 @@ pub const PROGRAMMING_BUCKETS: &[f64] = &[
 /// The watched resources whose restart counters exist (at 0) before any restart.
 const WATCHED_RESOURCES: &[&str] = &["services", "endpointslices", "nodes"];
 
-/// How long a client may take to send its request head.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request head accepted (request line and headers).
-const MAX_HEAD: usize = 8 * 1024;
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
 /// What /readyz says before the first successful sync.
 const NOT_SYNCED: &str = "the datapath has not been programmed yet";
 
@@ -84,304 +76,240 @@ pub fn parse_addr(s: &str) -> Result<Option<SocketAddr>, MetricsError> {
         })
 }
 
-/// A histogram with fixed upper bounds; counts are per bucket (not cumulative) until rendered.
-#[derive(Debug)]
-struct Histogram {
-    bounds: &'static [f64],
-    state: Mutex<HistogramState>,
+/// A count that is set, not added to (prometheus-client's default gauge is signed).
+type Count = Gauge<u64, AtomicU64>;
+
+/// The `map` label: a BPF map by its pinned name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: String,
 }
 
-#[derive(Debug, Default, Clone)]
-struct HistogramState {
-    /// `counts[i]` observations fell in `(bounds[i-1], bounds[i]]`; the last one above all.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            state: Mutex::new(HistogramState {
-                counts: vec![0; bounds.len() + 1],
-                ..HistogramState::default()
-            }),
-        }
-    }
-
-    fn observe(&self, seconds: f64) {
-        if !seconds.is_finite() {
-            debug!(seconds, "ignoring a non-finite duration");
-            return;
-        }
-        let value = seconds.max(0.0);
-        let idx = self
-            .bounds
-            .iter()
-            .position(|&b| value <= b)
-            .unwrap_or(self.bounds.len());
-        let mut state = lock(&self.state);
-        if let Some(c) = state.counts.get_mut(idx) {
-            *c += 1;
-        }
-        state.sum += value;
-        state.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let state = lock(&self.state).clone();
-        header(out, name, help, "histogram");
-        let mut cumulative = 0u64;
-        for (bound, count) in self.bounds.iter().zip(&state.counts) {
-            cumulative += count;
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                fmt_float(*bound)
-            );
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", state.count);
-        let _ = writeln!(out, "{name}_sum {}", fmt_float(state.sum));
-        let _ = writeln!(out, "{name}_count {}", state.count);
-    }
+/// The `resource` label: a watched Kubernetes resource (`services`, ...).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
 }
 
 /// The agent's metrics and readiness. Cheap to update from any thread.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Holds clones of the handles below (they share their values); only read after
+    /// [`Metrics::default`].
+    registry: Registry,
+    ready: Count,
     sync_duration: Histogram,
     programming_latency: Histogram,
-    services: AtomicU64,
-    frontends: AtomicU64,
-    endpoints: AtomicU64,
-    sync_errors: AtomicU64,
-    syncs: AtomicU64,
-    /// Unix time (seconds, as f64 bits) of the last successful sync; 0 before the first.
-    last_sync: AtomicU64,
-    /// map name -> (entries, capacity)
-    maps: Mutex<BTreeMap<String, (u64, u64)>>,
-    watch_restarts: Mutex<BTreeMap<String, u64>>,
-    ready: AtomicBool,
-    not_ready_reason: Mutex<String>,
+    syncs: Counter,
+    sync_errors: Counter,
+    /// Unix time of the last successful sync; 0 before the first.
+    last_sync: Gauge<f64, AtomicU64>,
+    services: Count,
+    frontends: Count,
+    endpoints: Count,
+    map_entries: Family<MapLabels, Count>,
+    map_capacity: Family<MapLabels, Count>,
+    watch_restarts: Family<ResourceLabels, Counter>,
+    /// `None` while ready, else why not. Changed together with `ready` under this lock, so
+    /// /readyz and `clusterip_ready` agree.
+    not_ready: Mutex<Option<String>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self {
-            sync_duration: Histogram::new(SYNC_BUCKETS),
-            programming_latency: Histogram::new(PROGRAMMING_BUCKETS),
-            services: AtomicU64::new(0),
-            frontends: AtomicU64::new(0),
-            endpoints: AtomicU64::new(0),
-            sync_errors: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
-            last_sync: AtomicU64::new(0),
-            maps: Mutex::new(BTreeMap::new()),
-            watch_restarts: Mutex::new(BTreeMap::new()),
-            ready: AtomicBool::new(false),
-            not_ready_reason: Mutex::new(NOT_SYNCED.to_string()),
+        let m = Self {
+            registry: Registry::with_prefix("clusterip"),
+            ready: Count::default(),
+            sync_duration: Histogram::new(SYNC_BUCKETS.iter().copied()),
+            programming_latency: Histogram::new(PROGRAMMING_BUCKETS.iter().copied()),
+            syncs: Counter::default(),
+            sync_errors: Counter::default(),
+            last_sync: Gauge::default(),
+            services: Count::default(),
+            frontends: Count::default(),
+            endpoints: Count::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            watch_restarts: Family::default(),
+            not_ready: Mutex::new(Some(NOT_SYNCED.to_string())),
+        };
+        // The restart counters exist at 0 from the start, so a rate over them is defined
+        // before the first restart.
+        for resource in WATCHED_RESOURCES {
+            let _created = m.watch_restarts.get_or_create(&ResourceLabels {
+                resource: (*resource).to_string(),
+            });
         }
+        m.register()
     }
 }
 
 impl Metrics {
+    /// Registers every metric, in the order `/metrics` lists them. The registry adds the
+    /// `clusterip_` prefix, the unit (`_seconds`), `_total` to counters, `_info` to the info
+    /// metric, and a full stop to each help text.
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "build",
+            "The agent's version; always 1",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        r.register(
+            "ready",
+            "1 when the datapath is attached and holds the current table",
+            self.ready.clone(),
+        );
+        r.register_with_unit(
+            "sync_duration",
+            "Time to apply a table (or part of one) to the BPF maps",
+            Unit::Seconds,
+            self.sync_duration.clone(),
+        );
+        r.register_with_unit(
+            "network_programming_duration",
+            "Time from receiving a Service or EndpointSlice change to having it in the BPF maps",
+            Unit::Seconds,
+            self.programming_latency.clone(),
+        );
+        r.register(
+            "syncs",
+            "Successful applies of the table to the BPF maps",
+            self.syncs.clone(),
+        );
+        r.register(
+            "sync_errors",
+            "Failed applies of the table to the BPF maps",
+            self.sync_errors.clone(),
+        );
+        r.register_with_unit(
+            "last_sync_timestamp",
+            "Unix time of the last successful apply; 0 before the first",
+            Unit::Seconds,
+            self.last_sync.clone(),
+        );
+        r.register(
+            "programmed_services",
+            "Services programmed in the datapath",
+            self.services.clone(),
+        );
+        r.register(
+            "programmed_frontends",
+            "Frontends (VIP, port, protocol) programmed in the datapath",
+            self.frontends.clone(),
+        );
+        r.register(
+            "programmed_endpoints",
+            "Backends programmed in the datapath",
+            self.endpoints.clone(),
+        );
+        r.register(
+            "map_entries",
+            "Entries in use in a BPF map",
+            self.map_entries.clone(),
+        );
+        r.register(
+            "map_capacity",
+            "Maximum entries of a BPF map",
+            self.map_capacity.clone(),
+        );
+        r.register(
+            "watch_restarts",
+            "Restarts of a Kubernetes API watch after an error or its end",
+            self.watch_restarts.clone(),
+        );
+        self
+    }
+
     /// One successful apply of the table to the maps took `seconds`.
     pub fn observe_sync(&self, seconds: f64) {
-        self.sync_duration.observe(seconds);
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        observe(&self.sync_duration, seconds);
+        self.syncs.inc();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        self.last_sync.store(now.to_bits(), Ordering::Relaxed);
+        self.last_sync.set(now);
     }
 
     /// An event (Service/EndpointSlice change) was received `seconds` before the maps held it.
     pub fn observe_programming_latency(&self, seconds: f64) {
-        self.programming_latency.observe(seconds);
+        observe(&self.programming_latency, seconds);
     }
 
     /// What the maps hold now.
     pub fn set_programmed(&self, services: u64, frontends: u64, endpoints: u64) {
-        self.services.store(services, Ordering::Relaxed);
-        self.frontends.store(frontends, Ordering::Relaxed);
-        self.endpoints.store(endpoints, Ordering::Relaxed);
+        self.services.set(services);
+        self.frontends.set(frontends);
+        self.endpoints.set(endpoints);
     }
 
     /// Entries in use and capacity of one BPF map (by its pinned name).
     pub fn set_map_usage(&self, map: &str, used: u64, capacity: u64) {
-        lock(&self.maps).insert(map.to_string(), (used, capacity));
+        let labels = MapLabels {
+            map: map.to_string(),
+        };
+        self.map_entries.get_or_create(&labels).set(used);
+        self.map_capacity.get_or_create(&labels).set(capacity);
     }
 
     pub fn inc_sync_errors(&self) {
-        self.sync_errors.fetch_add(1, Ordering::Relaxed);
+        self.sync_errors.inc();
     }
 
     /// A watch of `resource` (`services`, `endpointslices`, `nodes`) was restarted.
     pub fn inc_watch_restarts(&self, resource: &str) {
-        *lock(&self.watch_restarts)
-            .entry(resource.to_string())
-            .or_insert(0) += 1;
+        self.watch_restarts
+            .get_or_create(&ResourceLabels {
+                resource: resource.to_string(),
+            })
+            .inc();
     }
 
     /// Ready: the datapath is attached and holds the current table. `false` gives /readyz the
     /// generic reason; [`Metrics::set_not_ready`] gives a specific one.
     pub fn set_ready(&self, ready: bool) {
-        if !ready {
-            *lock(&self.not_ready_reason) = NOT_SYNCED.to_string();
-        }
-        self.ready.store(ready, Ordering::Release);
+        let mut not_ready = lock(&self.not_ready);
+        *not_ready = (!ready).then(|| NOT_SYNCED.to_string());
+        self.ready.set(u64::from(ready));
     }
 
     /// Not ready, for `reason` (shown by /readyz).
     pub fn set_not_ready(&self, reason: &str) {
-        *lock(&self.not_ready_reason) = reason.to_string();
-        self.ready.store(false, Ordering::Release);
+        let mut not_ready = lock(&self.not_ready);
+        *not_ready = Some(reason.to_string());
+        self.ready.set(0);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        lock(&self.not_ready).is_none()
     }
 
-    /// Why /readyz fails (meaningless while ready).
-    pub fn not_ready_reason(&self) -> String {
-        lock(&self.not_ready_reason).clone()
+    /// `Ok` while ready, else why not (what /readyz answers).
+    pub fn readiness(&self) -> Result<(), String> {
+        lock(&self.not_ready).clone().map_or(Ok(()), Err)
     }
 
     /// Every metric in the Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        header(
-            &mut out,
-            "clusterip_build_info",
-            "The agent's version; always 1.",
-            "gauge",
-        );
-        let _ = writeln!(
-            out,
-            "clusterip_build_info{{version=\"{}\"}} 1",
-            escape_label(env!("CARGO_PKG_VERSION"))
-        );
-
-        gauge(
-            &mut out,
-            "clusterip_ready",
-            "1 when the datapath is attached and holds the current table.",
-            u64::from(self.is_ready()),
-        );
-
-        self.sync_duration.render(
-            &mut out,
-            "clusterip_sync_duration_seconds",
-            "Time to apply a table (or part of one) to the BPF maps.",
-        );
-        self.programming_latency.render(
-            &mut out,
-            "clusterip_network_programming_duration_seconds",
-            "Time from receiving a Service or EndpointSlice change to having it in the BPF maps.",
-        );
-
-        header(
-            &mut out,
-            "clusterip_syncs_total",
-            "Successful applies of the table to the BPF maps.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "clusterip_syncs_total {}",
-            self.syncs.load(Ordering::Relaxed)
-        );
-        header(
-            &mut out,
-            "clusterip_sync_errors_total",
-            "Failed applies of the table to the BPF maps.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "clusterip_sync_errors_total {}",
-            self.sync_errors.load(Ordering::Relaxed)
-        );
-        header(
-            &mut out,
-            "clusterip_last_sync_timestamp_seconds",
-            "Unix time of the last successful apply; 0 before the first.",
-            "gauge",
-        );
-        let _ = writeln!(
-            out,
-            "clusterip_last_sync_timestamp_seconds {}",
-            fmt_float(f64::from_bits(self.last_sync.load(Ordering::Relaxed)))
-        );
-
-        gauge(
-            &mut out,
-            "clusterip_programmed_services",
-            "Services programmed in the datapath.",
-            self.services.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "clusterip_programmed_frontends",
-            "Frontends (VIP, port, protocol) programmed in the datapath.",
-            self.frontends.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "clusterip_programmed_endpoints",
-            "Backends programmed in the datapath.",
-            self.endpoints.load(Ordering::Relaxed),
-        );
-
-        let maps = lock(&self.maps).clone();
-        header(
-            &mut out,
-            "clusterip_map_entries",
-            "Entries in use in a BPF map.",
-            "gauge",
-        );
-        for (map, (used, _)) in &maps {
-            let _ = writeln!(
-                out,
-                "clusterip_map_entries{{map=\"{}\"}} {used}",
-                escape_label(map)
-            );
-        }
-        header(
-            &mut out,
-            "clusterip_map_capacity",
-            "Maximum entries of a BPF map.",
-            "gauge",
-        );
-        for (map, (_, capacity)) in &maps {
-            let _ = writeln!(
-                out,
-                "clusterip_map_capacity{{map=\"{}\"}} {capacity}",
-                escape_label(map)
-            );
-        }
-
-        let mut restarts = lock(&self.watch_restarts).clone();
-        for resource in WATCHED_RESOURCES {
-            restarts.entry((*resource).to_string()).or_insert(0);
-        }
-        header(
-            &mut out,
-            "clusterip_watch_restarts_total",
-            "Restarts of a Kubernetes API watch after an error or its end.",
-            "counter",
-        );
-        for (resource, n) in &restarts {
-            let _ = writeln!(
-                out,
-                "clusterip_watch_restarts_total{{resource=\"{}\"}} {n}",
-                escape_label(resource)
-            );
+        // Writing to a String cannot fail, nor can encoding these label values; were it to,
+        // a partial page beats none.
+        if let Err(e) = prometheus_text::encode(&mut out, &self.registry) {
+            warn!(error = %e, "encoding the metrics");
         }
         out
     }
+}
+
+/// Observes a duration: a non-finite one is dropped (it would poison `_sum`), a negative one
+/// (clock step) counts as 0.
+fn observe(histogram: &Histogram, seconds: f64) {
+    if !seconds.is_finite() {
+        debug!(seconds, "ignoring a non-finite duration");
+        return;
+    }
+    histogram.observe(seconds.max(0.0));
 }
 
 /// Locks, ignoring poisoning: every critical section leaves the data consistent.
@@ -389,292 +317,50 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// `/metrics`, `/healthz` and `/readyz` of `metrics`.
+pub fn routes(metrics: Arc<Metrics>) -> Routes {
+    let readiness = Arc::clone(&metrics);
+    Routes::new()
+        .get("/metrics", move |_| {
+            server::with_type(
+                StatusCode::OK,
+                prometheus_text::CONTENT_TYPE,
+                metrics.render(),
+            )
+        })
+        .get("/healthz", |_| server::text(StatusCode::OK, "ok\n"))
+        .get("/readyz", move |_| match readiness.readiness() {
+            Ok(()) => server::text(StatusCode::OK, "ok\n"),
+            Err(reason) => server::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+            ),
+        })
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
-    header(out, name, help, "gauge");
-    let _ = writeln!(out, "{name} {value}");
-}
-
-/// Prometheus floats: `+Inf`, `-Inf`, `NaN`, else Rust's shortest round-trip form (never an
-/// exponent, which Prometheus would also accept).
-fn fmt_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_string()
-    } else if v == f64::INFINITY {
-        "+Inf".to_string()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".to_string()
-    } else {
-        format!("{v}")
-    }
-}
-
-fn escape_help(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Binds `addr` (an error names it) and serves /metrics, /healthz and /readyz on a task of
-/// its own until the runtime shuts down or the handle is aborted.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<JoinHandle<()>> {
-    serve_with_timeout(addr, metrics, READ_TIMEOUT).await
-}
-
-/// [`serve`] with another deadline for reading a request head.
-pub async fn serve_with_timeout(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    read_timeout: Duration,
-) -> io::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot serve metrics on {addr} (--metrics-addr): {e}"),
-        )
-    })?;
+/// Binds `addr` (an error names it) and serves [`routes`] on a task of its own, within the
+/// default [`Limits`], until the runtime shuts down or the handle is aborted.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<JoinHandle<()>> {
+    let listener = server::bind(addr, "metrics (--metrics-addr)").await?;
     let local = listener.local_addr().unwrap_or(addr);
+    // The tests read the address from this line (`--metrics-addr 127.0.0.1:0`).
     info!(addr = %local, "serving /metrics, /healthz and /readyz");
-    Ok(tokio::spawn(accept_loop(listener, metrics, read_timeout)))
-}
-
-/// Like [`serve`] on an already bound listener (port 0 in tests).
-pub fn serve_listener(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    read_timeout: Duration,
-) -> JoinHandle<()> {
-    tokio::spawn(accept_loop(listener, metrics, read_timeout))
-}
-
-async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, read_timeout: Duration) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return; // the semaphore is never closed
-        };
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let metrics = Arc::clone(&metrics);
-                tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &metrics, read_timeout).await {
-                        debug!(%peer, error = %e, "metrics connection");
-                    }
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: do not spin, do not die.
-                warn!(error = %e, "metrics server: accept failed");
-                drop(permit);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-struct Response {
-    status: &'static str,
-    content_type: &'static str,
-    body: String,
-    allow: bool,
-}
-
-impl Response {
-    fn text(status: &'static str, body: impl Into<String>) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into(),
-            allow: false,
-        }
-    }
-}
-
-/// What a request head asks for, or the error response it earns.
-fn route(head: &[u8], metrics: &Metrics) -> (Response, bool) {
-    let Some(line) = head
-        .split(|&b| b == b'\n')
-        .next()
-        .and_then(|l| std::str::from_utf8(l).ok())
-    else {
-        return (Response::text("400 Bad Request", "bad request\n"), false);
-    };
-    let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return (
-            Response::text("400 Bad Request", "bad request line\n"),
-            false,
-        );
-    };
-    if !version.starts_with("HTTP/1.") {
-        return (
-            Response::text("400 Bad Request", "bad HTTP version\n"),
-            false,
-        );
-    }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => {
-            let mut r = Response::text("405 Method Not Allowed", "only GET and HEAD\n");
-            r.allow = true;
-            return (r, false);
-        }
-    };
-    let path = target.split(['?', '#']).next().unwrap_or_default();
-    let response = match path {
-        "/metrics" => Response {
-            status: "200 OK",
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: metrics.render(),
-            allow: false,
-        },
-        "/healthz" => Response::text("200 OK", "ok\n"),
-        "/readyz" if metrics.is_ready() => Response::text("200 OK", "ok\n"),
-        "/readyz" => Response::text(
-            "503 Service Unavailable",
-            format!("not ready: {}\n", metrics.not_ready_reason()),
-        ),
-        _ => Response::text(
-            "404 Not Found",
-            "not found: try /metrics, /healthz, /readyz\n",
-        ),
-    };
-    (response, head_only)
-}
-
-/// Reads until the end of the request head (`\r\n\r\n`, or `\n\n`), EOF or `MAX_HEAD` bytes.
-/// `Ok(None)`: the client closed before sending a whole head.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        head.extend_from_slice(buf.get(..n).unwrap_or_default());
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            return Ok(Some(head));
-        }
-        if head.len() >= MAX_HEAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
-        }
-    }
-}
-
-async fn handle(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-    read_timeout: Duration,
-) -> io::Result<()> {
-    let (response, head_only) =
-        match tokio::time::timeout(read_timeout, read_head(&mut stream)).await {
-            Err(_) => (
-                Response::text("408 Request Timeout", "request timeout\n"),
-                false,
-            ),
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(head))) => route(&head, metrics),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => (
-                Response::text(
-                    "431 Request Header Fields Too Large",
-                    "request head too large\n",
-                ),
-                false,
-            ),
-            Ok(Err(e)) => return Err(e),
-        };
-    let mut bytes = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        response.status,
-        response.content_type,
-        response.body.len()
-    );
-    if response.allow {
-        bytes.push_str("Allow: GET, HEAD\r\n");
-    }
-    bytes.push_str("\r\n");
-    if !head_only {
-        bytes.push_str(&response.body);
-    }
-    // A client that does not read gets the same deadline as one that does not write.
-    tokio::time::timeout(read_timeout, async {
-        stream.write_all(bytes.as_bytes()).await?;
-        stream.shutdown().await?;
-        // Drain what the client still sends so that closing does not reset the connection
-        // (and lose the response) because of unread data.
-        let mut sink = [0u8; 1024];
-        while stream.read(&mut sink).await? > 0 {}
-        Ok::<_, io::Error>(())
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client too slow"))?
+    Ok(server::spawn(listener, routes(metrics), Limits::default()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeMap;
 
-    async fn start(metrics: Arc<Metrics>, read_timeout: Duration) -> (SocketAddr, JoinHandle<()>) {
+    use tokio::net::TcpListener;
+
+    use super::{server::testing::*, *};
+
+    async fn start(metrics: Arc<Metrics>) -> (SocketAddr, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        (addr, serve_listener(listener, metrics, read_timeout))
-    }
-
-    /// Sends `request` raw and returns (status code, headers, body) of the whole response.
-    async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(request).await.expect("write");
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-            .await
-            .expect("response within 10s")
-            .expect("read");
-        parse_response(&out)
-    }
-
-    fn parse_response(out: &[u8]) -> (u16, String, String) {
-        let text = String::from_utf8(out.to_vec()).expect("utf-8 response");
-        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .and_then(|v| v.parse().ok())
-            .expect("Content-Length");
-        // HEAD responses announce the length of a body they do not carry.
-        assert!(
-            body.is_empty() || body.len() == length,
-            "length {length}: {body:?}"
-        );
-        (status, head.to_string(), body.to_string())
-    }
-
-    async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-        raw(
-            addr,
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: test\r\n\r\n").as_bytes(),
-        )
-        .await
+        let server = server::spawn(listener, routes(metrics), Limits::default());
+        (addr, server)
     }
 
     /// Checks the text format line by line: every sample belongs to a family announced by
@@ -887,18 +573,146 @@ mod tests {
         assert_eq!(check_exposition(&m.render())["clusterip_ready"], 1.0);
     }
 
+    /// Every family the hand-written renderer emitted, with its type and help, exactly: the
+    /// names dashboards, alerts and the e2e tests know (no `_total_total`, no lost unit).
+    /// One difference: a labelled family without any series (the map gauges before the first
+    /// sync) is now left out whole, where the old renderer wrote its HELP and TYPE alone.
+    #[test]
+    fn names_types_and_help_are_unchanged() {
+        let expected = [
+            (
+                "clusterip_build_info",
+                "gauge",
+                "The agent's version; always 1.",
+            ),
+            (
+                "clusterip_ready",
+                "gauge",
+                "1 when the datapath is attached and holds the current table.",
+            ),
+            (
+                "clusterip_sync_duration_seconds",
+                "histogram",
+                "Time to apply a table (or part of one) to the BPF maps.",
+            ),
+            (
+                "clusterip_network_programming_duration_seconds",
+                "histogram",
+                "Time from receiving a Service or EndpointSlice change to having it in the BPF maps.",
+            ),
+            (
+                "clusterip_syncs_total",
+                "counter",
+                "Successful applies of the table to the BPF maps.",
+            ),
+            (
+                "clusterip_sync_errors_total",
+                "counter",
+                "Failed applies of the table to the BPF maps.",
+            ),
+            (
+                "clusterip_last_sync_timestamp_seconds",
+                "gauge",
+                "Unix time of the last successful apply; 0 before the first.",
+            ),
+            (
+                "clusterip_programmed_services",
+                "gauge",
+                "Services programmed in the datapath.",
+            ),
+            (
+                "clusterip_programmed_frontends",
+                "gauge",
+                "Frontends (VIP, port, protocol) programmed in the datapath.",
+            ),
+            (
+                "clusterip_programmed_endpoints",
+                "gauge",
+                "Backends programmed in the datapath.",
+            ),
+            (
+                "clusterip_map_entries",
+                "gauge",
+                "Entries in use in a BPF map.",
+            ),
+            (
+                "clusterip_map_capacity",
+                "gauge",
+                "Maximum entries of a BPF map.",
+            ),
+            (
+                "clusterip_watch_restarts_total",
+                "counter",
+                "Restarts of a Kubernetes API watch after an error or its end.",
+            ),
+        ];
+        let m = Metrics::default();
+        let bare = m.render();
+        assert!(!bare.contains("clusterip_map_"), "{bare}");
+        m.set_map_usage("CIP_SVC4", 1, 2);
+        let text = m.render();
+        let mut families = Vec::new();
+        let mut lines = text.lines().filter(|l| l.starts_with('#')).peekable();
+        while let Some(help) = lines.next() {
+            let help = help.strip_prefix("# HELP ").expect(help);
+            let (name, help) = help.split_once(' ').expect("name help");
+            let kind = lines
+                .next()
+                .and_then(|t| t.strip_prefix(&format!("# TYPE {name} ")))
+                .expect("TYPE after HELP");
+            families.push((name, kind, help));
+        }
+        assert_eq!(families, expected);
+        assert!(!text.contains("# EOF"), "not OpenMetrics");
+
+        let samples = check_exposition(&text);
+        assert_eq!(
+            samples[&format!(
+                "clusterip_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )],
+            1.0
+        );
+        assert_eq!(samples["clusterip_last_sync_timestamp_seconds"], 0.0);
+    }
+
+    #[test]
+    fn readiness_and_its_gauge_agree() {
+        let m = Metrics::default();
+        let ready = |m: &Metrics| check_exposition(&m.render())["clusterip_ready"];
+        assert_eq!(m.readiness(), Err(NOT_SYNCED.to_string()));
+        assert!(!m.is_ready());
+        assert_eq!(ready(&m), 0.0);
+        m.set_ready(true);
+        assert_eq!(
+            (m.readiness(), m.is_ready(), ready(&m)),
+            (Ok(()), true, 1.0)
+        );
+        m.set_not_ready("the API server is unreachable");
+        assert_eq!(
+            m.readiness(),
+            Err("the API server is unreachable".to_string())
+        );
+        assert_eq!(ready(&m), 0.0);
+        m.set_ready(true);
+        m.set_ready(false);
+        assert_eq!(m.readiness(), Err(NOT_SYNCED.to_string()));
+        assert_eq!(ready(&m), 0.0);
+    }
+
     #[tokio::test]
     async fn serves_metrics_health_and_readiness_over_tcp() {
         let metrics = Arc::new(Metrics::default());
-        let (addr, server) = start(Arc::clone(&metrics), READ_TIMEOUT).await;
+        let (addr, server) = start(Arc::clone(&metrics)).await;
 
         let (status, head, body) = get(addr, "/metrics").await;
         assert_eq!(status, 200);
-        assert!(
-            head.contains("Content-Type: text/plain; version=0.0.4"),
+        assert_eq!(
+            header(&head, "content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8"),
             "{head}"
         );
-        assert!(head.contains("Connection: close"), "{head}");
+        assert_eq!(header(&head, "connection"), Some("close"), "{head}");
         let samples = check_exposition(&body);
         assert_eq!(
             samples["clusterip_network_programming_duration_seconds_count"],
@@ -936,68 +750,24 @@ mod tests {
         assert_eq!(status, 503);
         assert!(body.contains(NOT_SYNCED), "{body}");
 
-        assert_eq!(get(addr, "/nope").await.0, 404);
+        let (status, _, body) = get(addr, "/nope").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (404, "not found: try /metrics, /healthz, /readyz\n")
+        );
         assert_eq!(get(addr, "/metrics/x").await.0, 404);
 
         let (status, head, _) =
             raw(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
         assert_eq!(status, 405);
-        assert!(head.contains("Allow: GET, HEAD"), "{head}");
+        assert_eq!(header(&head, "allow"), Some("GET, HEAD"), "{head}");
 
         let (status, head, body) = raw(addr, b"HEAD /healthz HTTP/1.1\r\n\r\n").await;
         assert_eq!(status, 200);
-        assert!(head.contains("Content-Length: 3"), "{head}");
+        assert_eq!(header(&head, "content-length"), Some("3"), "{head}");
         assert!(body.is_empty(), "HEAD has no body: {body:?}");
 
         assert!(!server.is_finished());
-        server.abort();
-    }
-
-    #[tokio::test]
-    async fn survives_garbage_slow_and_oversized_clients() {
-        let metrics = Arc::new(Metrics::default());
-        let (addr, server) = start(Arc::clone(&metrics), Duration::from_millis(300)).await;
-
-        // Garbage and malformed request lines get 400.
-        for garbage in [
-            &b"\x00\xff\xfe garbage\r\n\r\n"[..],
-            b"hello\n\n",
-            b"GET /metrics\r\n\r\n",
-            b"GET /metrics SPDY/3 extra\r\n\r\n",
-            b"GET /metrics FTP/1.0\r\n\r\n",
-        ] {
-            let (status, _, _) = raw(addr, garbage).await;
-            assert_eq!(status, 400, "{garbage:?}");
-        }
-        // An oversized head gets 431 and the server goes on.
-        let mut big = b"GET /metrics HTTP/1.1\r\n".to_vec();
-        big.extend(std::iter::repeat_n(b'a', 3 * MAX_HEAD));
-        let (status, _, _) = raw(addr, &big).await;
-        assert_eq!(status, 431);
-        // A client that connects and closes without a word.
-        drop(TcpStream::connect(addr).await.expect("connect"));
-        // A slow client holding a half request does not block others...
-        let mut slow = TcpStream::connect(addr).await.expect("connect");
-        slow.write_all(b"GET /metr").await.expect("write");
-        assert_eq!(get(addr, "/healthz").await.0, 200);
-        // ...and is answered 408 and dropped at the deadline.
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut out))
-            .await
-            .expect("the server closes a slow client")
-            .expect("read");
-        assert_eq!(parse_response(&out).0, 408);
-        // A client that never reads cannot stall the server either.
-        let mut silent = TcpStream::connect(addr).await.expect("connect");
-        silent
-            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        assert_eq!(get(addr, "/metrics").await.0, 200);
-        drop(silent);
-
-        assert!(!server.is_finished(), "the server died");
-        assert_eq!(get(addr, "/readyz").await.0, 503);
         server.abort();
     }
 
@@ -1009,8 +779,10 @@ mod tests {
         let e = serve(addr, Arc::clone(&metrics))
             .await
             .expect_err("the port is taken");
-        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
-        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        let msg = e.to_string();
+        assert!(msg.contains(&addr.to_string()), "{msg}");
+        assert!(msg.contains("--metrics-addr"), "{msg}");
         drop(taken);
         let server = serve(addr, metrics).await.expect("free now");
         assert_eq!(get(addr, "/healthz").await.0, 200);
