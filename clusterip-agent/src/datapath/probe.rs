@@ -9,6 +9,12 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
+
+use netlink_packet_sock_diag::constants::AF_INET;
+use netlink_packet_sock_diag::inet::SocketId;
+
+use crate::datapath::sockdiag::{NlError, SockDiag, udp_request};
 
 // bpf(2) commands.
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -490,122 +496,48 @@ fn btf_has_name(name: &str) -> bool {
 
 // ---- sock_diag SOCK_DESTROY ---------------------------------------------------------------
 
-const NETLINK_SOCK_DIAG: libc::c_int = 4;
-use crate::datapath::sockdiag::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, SOCK_DESTROY,
-    SOCK_DIAG_BY_FAMILY,
-};
-
-/// A UDP sock_diag request (inet_diag_req_v2) for a socket that does not exist.
-fn diag_request(kind: u16, flags: u16) -> Vec<u8> {
-    let mut m = Vec::with_capacity(16 + 56);
-    m.extend_from_slice(&(16u32 + 56).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    m.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    m.push(libc::AF_INET as u8);
-    m.push(libc::IPPROTO_UDP as u8);
-    m.push(0); // ext
-    m.push(0);
-    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
-    // sockid: sport 1, dport 1, src 0.0.0.0, dst 0.0.0.0, ifindex 0, no cookie.
-    m.extend_from_slice(&1u16.to_be_bytes());
-    m.extend_from_slice(&1u16.to_be_bytes());
-    m.extend_from_slice(&[0u8; 32]);
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&[0xffu8; 8]);
-    m
+/// The probe's sock_diag requests: UDP over IPv4, ports 1 to 1 between unspecified addresses,
+/// no cookie (INET_DIAG_NOCOOKIE): a socket that does not exist, so the dump lists nothing
+/// and the destroy finds nothing.
+fn probe_socket_id() -> SocketId {
+    SocketId {
+        source_port: 1,
+        destination_port: 1,
+        cookie: [0xff; 8],
+        ..SocketId::new_v4()
+    }
 }
 
-/// Sends one request and returns the first error (negative errno) or done/ack (0).
-fn diag_exchange(req: &[u8]) -> io::Result<i32> {
-    // SAFETY: plain socket call.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let tv = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    // SAFETY: valid option buffer of its size.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    // SAFETY: sending from a live buffer.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        // SAFETY: receiving into a live buffer of its size.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut msgs = &buf[..n as usize];
-        while msgs.len() >= 16 {
-            let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
-            let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
-            if len < 16 || len > msgs.len() {
-                return Err(io::Error::other("malformed netlink message"));
-            }
-            match kind {
-                NLMSG_ERROR if len >= 20 => {
-                    return Ok(i32::from_ne_bytes([msgs[16], msgs[17], msgs[18], msgs[19]]));
-                }
-                NLMSG_DONE => return Ok(0),
-                _ => {}
-            }
-            msgs = &msgs[(len + 3) & !3..];
-        }
-    }
+/// A sock_diag socket that gives up after 2 s without an answer.
+fn probe_socket() -> Result<SockDiag, NlError> {
+    let nl = SockDiag::open().map_err(NlError::Socket)?;
+    nl.set_recv_timeout(Duration::from_secs(2))
+        .map_err(NlError::Socket)?;
+    Ok(nl)
 }
 
 /// SOCK_DESTROY of a UDP socket that does not exist: ENOENT when the kernel has it (after a
 /// dump showed that UDP sock_diag is there, which also answers ENOENT when missing),
 /// EOPNOTSUPP without CONFIG_INET_DIAG_DESTROY.
 fn probe_sock_diag_destroy() -> Result<(), String> {
-    match diag_exchange(&diag_request(
-        SOCK_DIAG_BY_FAMILY,
-        NLM_F_REQUEST | NLM_F_DUMP,
-    )) {
-        Ok(0) => {}
-        Ok(e) => {
+    let request = || udp_request(AF_INET, probe_socket_id());
+    match probe_socket().and_then(|nl| nl.dump(request())) {
+        Ok(_) => {}
+        Err(NlError::Kernel(e)) => {
             return Err(format!(
-                "UDP sock_diag is missing ({}; CONFIG_INET_UDP_DIAG, module udp_diag)",
-                io::Error::from_raw_os_error(-e)
+                "UDP sock_diag is missing ({e}; CONFIG_INET_UDP_DIAG, module udp_diag)"
             ));
         }
-        Err(e) => return Err(format!("sock_diag netlink: {e}")),
+        Err(NlError::Socket(e)) => return Err(format!("sock_diag netlink: {e}")),
     }
-    match diag_exchange(&diag_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK)) {
-        Ok(e) if e == -libc::ENOENT => Ok(()),
-        Ok(e) if e == -libc::EOPNOTSUPP => {
+    match probe_socket().and_then(|nl| nl.destroy(request())) {
+        Ok(()) => Ok(()),
+        Err(NlError::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(NlError::Kernel(e)) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
             Err("SOCK_DESTROY is not supported (CONFIG_INET_DIAG_DESTROY unset)".into())
         }
-        Ok(0) => Ok(()),
-        Ok(e) => Err(format!(
-            "SOCK_DESTROY: {}",
-            io::Error::from_raw_os_error(-e)
-        )),
-        Err(e) => Err(format!("sock_diag netlink: {e}")),
+        Err(NlError::Kernel(e)) => Err(format!("SOCK_DESTROY: {e}")),
+        Err(NlError::Socket(e)) => Err(format!("sock_diag netlink: {e}")),
     }
 }
 
@@ -636,13 +568,33 @@ mod tests {
         assert_eq!(a, [0xdead_beef_0000_0000, 7]);
     }
 
+    /// The SOCK_DESTROY request of the probe, byte for byte as the hand-written probe sent it:
+    /// nlmsghdr, then inet_diag_req_v2 for UDP over IPv4 with every state, sport 1, dport 1,
+    /// no addresses, no interface, INET_DIAG_NOCOOKIE.
     #[test]
-    fn diag_request_is_a_full_inet_diag_req_v2() {
-        let r = diag_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK);
-        assert_eq!(r.len(), 72);
-        assert_eq!(u32::from_ne_bytes([r[0], r[1], r[2], r[3]]), 72);
-        assert_eq!(r[16], libc::AF_INET as u8);
-        assert_eq!(r[17], libc::IPPROTO_UDP as u8);
+    fn sock_destroy_probe_request() {
+        use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST};
+        use netlink_packet_sock_diag::{SockDiagDestroy, SockDiagMessage};
+        let request = crate::datapath::sockdiag::message(
+            NLM_F_REQUEST | NLM_F_ACK,
+            1,
+            SockDiagDestroy::new(SockDiagMessage::InetRequest(udp_request(
+                AF_INET,
+                probe_socket_id(),
+            ))),
+        );
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&72u32.to_ne_bytes());
+        expected.extend_from_slice(&21u16.to_ne_bytes()); // SOCK_DESTROY
+        expected.extend_from_slice(&5u16.to_ne_bytes()); // NLM_F_REQUEST | NLM_F_ACK
+        expected.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        expected.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        expected.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_UDP as u8, 0, 0]);
+        expected.extend_from_slice(&u32::MAX.to_ne_bytes());
+        expected.extend_from_slice(&[0, 1, 0, 1]);
+        expected.extend_from_slice(&[0u8; 36]);
+        expected.extend_from_slice(&[0xff; 8]);
+        assert_eq!(request, expected);
     }
 
     #[test]
