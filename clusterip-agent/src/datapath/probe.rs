@@ -1,57 +1,54 @@
 //! What the running kernel offers the datapath: `clusterip-agent probe`, and the feature set
 //! [`Datapath::load`](crate::datapath::Datapath::load) decides its fallbacks from.
 //!
-//! Every probe is side-effect free: it creates a map or loads a tiny program through the raw
-//! bpf(2) syscall (as `bpftool feature probe` does) and closes it, asks sock_diag to destroy a
-//! socket that does not exist, or reads a file. Nothing is attached to a cgroup or interface.
+//! Every probe is side-effect free: it creates a map or loads a tiny program and closes it,
+//! asks sock_diag to destroy a socket that does not exist, or reads a file. Nothing is attached
+//! to a cgroup or interface.
+//!
+//! Program types, map types and helpers are aya's probes (`aya::sys::is_*_supported`, what
+//! `bpftool feature probe` and libbpf do). What aya cannot answer stays here, each saying why:
+//! the attach type of each sock_addr hook, TCX links, BPF_PROG_TEST_RUN and the
+//! `bpf_sock_destroy` kfunc; sock_diag SOCK_DESTROY goes through [`super::sockdiag`].
 
 use std::fs;
 use std::io;
+use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
-// bpf(2) commands.
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_LINK_CREATE: libc::c_long = 28;
+use aya::maps::MapType;
+use aya::programs::ProgramType;
+use aya::sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported};
+use aya_obj::generated::{
+    BPF_ALU64, BPF_EXIT, BPF_JMP, BPF_K, BPF_MOV, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn,
+    bpf_prog_type,
+};
+use netlink_packet_sock_diag::constants::AF_INET;
+use netlink_packet_sock_diag::inet::SocketId;
+use tracing::debug;
 
-// enum bpf_prog_type.
-const PROG_SCHED_CLS: u32 = 3;
-const PROG_XDP: u32 = 6;
-const PROG_CGROUP_SOCK_ADDR: u32 = 18;
+use crate::datapath::sockdiag::{NlError, SockDiag, udp_request};
 
-// enum bpf_attach_type.
-const ATTACH_INET4_CONNECT: u32 = 10;
-const ATTACH_INET6_CONNECT: u32 = 11;
-const ATTACH_UDP4_SENDMSG: u32 = 14;
-const ATTACH_UDP6_SENDMSG: u32 = 15;
-const ATTACH_UDP4_RECVMSG: u32 = 19;
-const ATTACH_UDP6_RECVMSG: u32 = 20;
-const ATTACH_INET4_GETPEERNAME: u32 = 29;
-const ATTACH_INET6_GETPEERNAME: u32 = 30;
-const ATTACH_TCX_INGRESS: u32 = 46;
-
-// enum bpf_map_type.
-const MAP_LRU_HASH: u32 = 9;
-
-// enum bpf_func_id.
-const FUNC_GET_SOCKET_COOKIE: i32 = 46;
-const FUNC_GET_NETNS_COOKIE: i32 = 122;
-const FUNC_SET_RETVAL: i32 = 187;
-
+/// `XDP_PASS` (enum xdp_action, which aya-obj does not generate).
 const XDP_PASS: u32 = 2;
 
 /// The cgroup sock_addr hooks the socket-level datapath attaches, with their attach types.
-pub const SOCK_ADDR_HOOKS: [(&str, u32); 8] = [
-    ("connect4", ATTACH_INET4_CONNECT),
-    ("connect6", ATTACH_INET6_CONNECT),
-    ("sendmsg4", ATTACH_UDP4_SENDMSG),
-    ("sendmsg6", ATTACH_UDP6_SENDMSG),
-    ("recvmsg4", ATTACH_UDP4_RECVMSG),
-    ("recvmsg6", ATTACH_UDP6_RECVMSG),
-    ("getpeername4", ATTACH_INET4_GETPEERNAME),
-    ("getpeername6", ATTACH_INET6_GETPEERNAME),
+pub const SOCK_ADDR_HOOKS: [(&str, bpf_attach_type); 8] = [
+    ("connect4", bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
+    ("connect6", bpf_attach_type::BPF_CGROUP_INET6_CONNECT),
+    ("sendmsg4", bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG),
+    ("sendmsg6", bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG),
+    ("recvmsg4", bpf_attach_type::BPF_CGROUP_UDP4_RECVMSG),
+    ("recvmsg6", bpf_attach_type::BPF_CGROUP_UDP6_RECVMSG),
+    (
+        "getpeername4",
+        bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME,
+    ),
+    (
+        "getpeername6",
+        bpf_attach_type::BPF_CGROUP_INET6_GETPEERNAME,
+    ),
 ];
 
 /// What was found, as booleans: what [`Datapath::load`](crate::datapath::Datapath::load)
@@ -79,34 +76,53 @@ impl Features {
     /// Probes the running kernel (needs root for the bpf probes; without it they all read as
     /// missing, with the reason in [`report`]).
     pub fn detect() -> Self {
-        let bpf_syscall = map_create(2 /* array */, 4, 4, 1).is_ok();
+        // Creating the simplest map is what "bpf(2) works for us" means.
+        let bpf_syscall = found("array map", is_map_supported(MapType::Array));
         let btf = Path::new("/sys/kernel/btf/vmlinux").is_file();
         let cgroup2 = crate::datapath::default_cgroup_root().is_ok();
         let missing_sock_addr_hooks = SOCK_ADDR_HOOKS
             .iter()
-            .filter(|(_, attach)| prog_load(PROG_CGROUP_SOCK_ADDR, *attach, &prog_ret(1)).is_err())
+            .filter(|(_, attach)| {
+                prog_load(
+                    bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+                    *attach as u32,
+                    1,
+                )
+                .is_err()
+            })
             .map(|(name, _)| *name)
             .collect();
-        let connect4_calling = |func: i32, arg_zero: bool| {
-            prog_load(
-                PROG_CGROUP_SOCK_ADDR,
-                ATTACH_INET4_CONNECT,
-                &prog_call(func, arg_zero, 1),
+        // aya loads its cgroup sock_addr helper probe with expected_attach_type
+        // BPF_CGROUP_INET4_CONNECT, the attach type the hand-written probe used: connect4,
+        // whose refusals bpf_set_retval turns into ECONNREFUSED, and which calls both cookies.
+        // Helpers are allowed per attach type, so this is the same question.
+        let sock_addr_helper = |what: &str, helper: BpfHelper| {
+            found(
+                what,
+                is_helper_supported(ProgramType::CgroupSockAddr, helper),
             )
-            .is_ok()
         };
         Self {
             bpf_syscall,
             btf,
             cgroup2,
             missing_sock_addr_hooks,
-            set_retval: connect4_calling(FUNC_SET_RETVAL, true),
-            socket_cookie: connect4_calling(FUNC_GET_SOCKET_COOKIE, false),
-            netns_cookie: connect4_calling(FUNC_GET_NETNS_COOKIE, false),
+            set_retval: sock_addr_helper("bpf_set_retval", BpfHelper::BPF_FUNC_set_retval),
+            socket_cookie: sock_addr_helper(
+                "bpf_get_socket_cookie",
+                BpfHelper::BPF_FUNC_get_socket_cookie,
+            ),
+            netns_cookie: sock_addr_helper(
+                "bpf_get_netns_cookie",
+                BpfHelper::BPF_FUNC_get_netns_cookie,
+            ),
             tcx: probe_tcx(),
-            sched_cls: prog_load(PROG_SCHED_CLS, 0, &prog_ret(0)).is_ok(),
-            xdp: prog_load(PROG_XDP, 0, &prog_ret(XDP_PASS as i32)).is_ok(),
-            lru_hash: map_create(MAP_LRU_HASH, 4, 4, 16).is_ok(),
+            sched_cls: found(
+                "sched_cls",
+                is_program_supported(ProgramType::SchedClassifier),
+            ),
+            xdp: found("xdp", is_program_supported(ProgramType::Xdp)),
+            lru_hash: found("lru_hash", is_map_supported(MapType::LruHash)),
             prog_test_run: probe_test_run(),
             sock_destroy_kfunc: btf_has_name("bpf_sock_destroy"),
             sock_diag_destroy: probe_sock_diag_destroy(),
@@ -362,16 +378,34 @@ fn clsact_modules() -> String {
         .join(", ")
 }
 
-// ---- raw bpf(2) probes ---------------------------------------------------------------------
+/// An answer of aya's probes. One that could not tell (EPERM without root, ENOSYS without
+/// CONFIG_BPF_SYSCALL) reads as missing, as the hand-written probes read any failure.
+fn found<E: std::fmt::Debug>(what: &str, answer: Result<bool, E>) -> bool {
+    answer.unwrap_or_else(|e| {
+        // Debug: aya's errors display the call only, the errno is in their source.
+        debug!(probe = what, error = ?e, "feature probe failed: reading it as missing");
+        false
+    })
+}
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a live, zero-padded buffer of the size passed.
+// ---- raw bpf(2) probes: what aya's probes cannot answer --------------------------------------
+//
+// aya's `is_program_supported` loads each program type with one fixed expected_attach_type (for
+// sock_addr: BPF_CGROUP_INET4_CONNECT) and keeps its loader private, it has no TCX probe (its
+// `SchedClassifier::attach` picks TCX by kernel version, not by asking), and its test run needs
+// a program loaded from an eBPF object, which `probe` must work without. The bpf_attr layout,
+// the enums and the opcodes are still the kernel's, through aya-obj's generated bindings.
+
+/// bpf(2) with a command returning a new fd.
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a live bpf_attr of the size passed; the kernel reads the fields of
+    // `cmd` and checks that the rest is zero.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr) as libc::c_uint,
+            cmd as libc::c_long,
+            std::ptr::from_mut(attr),
+            mem::size_of::<bpf_attr>() as libc::c_uint,
         )
     };
     if rc < 0 {
@@ -381,72 +415,52 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
 }
 
-/// Writes a u32 at byte offset `off` of a u64 attr buffer.
-fn put32(attr: &mut [u64], off: usize, v: u32) {
-    let word = &mut attr[off / 8];
-    let shift = (off % 8) * 8;
-    *word = (*word & !(0xffff_ffffu64 << shift)) | (u64::from(v) << shift);
+/// A zeroed bpf_attr: every command reads its fields and wants the rest zero.
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: all zeros is a valid bpf_attr (a union of plain integers).
+    unsafe { mem::zeroed() }
 }
-
-fn map_create(map_type: u32, key: u32, value: u32, entries: u32) -> io::Result<OwnedFd> {
-    let mut attr = [0u64; 8];
-    put32(&mut attr, 0, map_type);
-    put32(&mut attr, 4, key);
-    put32(&mut attr, 8, value);
-    put32(&mut attr, 12, entries);
-    bpf(BPF_MAP_CREATE, &mut attr)
-}
-
-/// An instruction: opcode, dst, src, off, imm.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    u64::from(code)
-        | (u64::from(dst & 0xf) << 8)
-        | (u64::from(src & 0xf) << 12)
-        | (u64::from(off as u16) << 16)
-        | (u64::from(imm as u32) << 32)
-}
-const MOV64_IMM: u8 = 0xb7;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
 
 /// `r0 = ret; exit`.
-fn prog_ret(ret: i32) -> Vec<u64> {
-    vec![insn(MOV64_IMM, 0, 0, 0, ret), insn(EXIT, 0, 0, 0, 0)]
+fn prog_ret(ret: i32) -> [bpf_insn; 2] {
+    // SAFETY: all zeros is a valid bpf_insn (registers r0, no offset).
+    let mut insns: [bpf_insn; 2] = unsafe { mem::zeroed() };
+    insns[0].code = (BPF_ALU64 | BPF_MOV | BPF_K) as u8;
+    insns[0].imm = ret;
+    insns[1].code = (BPF_JMP | BPF_EXIT) as u8;
+    insns
 }
 
-/// `[r1 = 0;] call func; r0 = ret; exit` (without `arg_zero`, r1 is the context).
-fn prog_call(func: i32, arg_zero: bool, ret: i32) -> Vec<u64> {
-    let mut p = Vec::new();
-    if arg_zero {
-        p.push(insn(MOV64_IMM, 1, 0, 0, 0));
-    }
-    p.push(insn(CALL, 0, 0, 0, func));
-    p.extend(prog_ret(ret));
-    p
-}
-
-fn prog_load(prog_type: u32, expected_attach: u32, insns: &[u64]) -> io::Result<OwnedFd> {
-    static LICENSE: &[u8] = b"GPL\0";
-    let mut attr = [0u64; 16];
-    put32(&mut attr, 0, prog_type);
-    put32(&mut attr, 4, insns.len() as u32);
-    attr[1] = insns.as_ptr() as u64;
-    attr[2] = LICENSE.as_ptr() as u64;
-    put32(&mut attr, 68, expected_attach);
-    bpf(BPF_PROG_LOAD, &mut attr)
+/// BPF_PROG_LOAD of `r0 = ret; exit` as `prog_type` for `expected_attach_type`. Per sock_addr
+/// hook this is the only way to ask: a kernel refuses an attach type it does not know at load
+/// (sendmsg 4.18, recvmsg 5.2, getpeername 5.8), and aya only asks for connect4.
+fn prog_load(prog_type: bpf_prog_type, expected_attach_type: u32, ret: i32) -> io::Result<OwnedFd> {
+    let insns = prog_ret(ret);
+    let license = c"GPL";
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the BPF_PROG_LOAD member of a zeroed union.
+    let load = unsafe { &mut attr.__bindgen_anon_3 };
+    load.prog_type = prog_type as u32;
+    load.insn_cnt = insns.len() as u32;
+    load.insns = insns.as_ptr() as u64;
+    load.license = license.as_ptr() as u64;
+    load.expected_attach_type = expected_attach_type;
+    bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
 }
 
 /// TCX: BPF_LINK_CREATE of a TC program with BPF_TCX_INGRESS on ifindex 0. A kernel with TCX
 /// looks the device up and fails with ENODEV; one without refuses the attach type (EINVAL).
 fn probe_tcx() -> bool {
-    let Ok(prog) = prog_load(PROG_SCHED_CLS, ATTACH_TCX_INGRESS, &prog_ret(0)) else {
+    let tcx_ingress = bpf_attach_type::BPF_TCX_INGRESS as u32;
+    let Ok(prog) = prog_load(bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS, tcx_ingress, 0) else {
         return false;
     };
-    let mut attr = [0u64; 8];
-    put32(&mut attr, 0, prog.as_raw_fd() as u32);
-    put32(&mut attr, 4, 0 /* target_ifindex */);
-    put32(&mut attr, 8, ATTACH_TCX_INGRESS);
-    match bpf(BPF_LINK_CREATE, &mut attr) {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the BPF_LINK_CREATE member of a zeroed union (target_ifindex stays 0).
+    let link = unsafe { &mut attr.link_create };
+    link.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    link.attach_type = tcx_ingress;
+    match bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr) {
         Err(e) => e.raw_os_error() == Some(libc::ENODEV),
         // Cannot happen (no device 0); the link goes with the fd.
         Ok(_link) => true,
@@ -455,28 +469,34 @@ fn probe_tcx() -> bool {
 
 /// Runs an XDP program returning XDP_PASS on a 64-byte packet.
 fn probe_test_run() -> bool {
-    let Ok(prog) = prog_load(PROG_XDP, 0, &prog_ret(XDP_PASS as i32)) else {
+    let Ok(prog) = prog_load(bpf_prog_type::BPF_PROG_TYPE_XDP, 0, XDP_PASS as i32) else {
         return false;
     };
     let data = [0u8; 64];
-    let mut attr = [0u64; 6];
-    put32(&mut attr, 0, prog.as_raw_fd() as u32);
-    put32(&mut attr, 8, data.len() as u32);
-    attr[2] = data.as_ptr() as u64;
-    put32(&mut attr, 32, 1 /* repeat */);
-    // SAFETY: as in bpf(); TEST_RUN returns 0, not an fd.
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the BPF_PROG_TEST_RUN member of a zeroed union.
+    let test = unsafe { &mut attr.test };
+    test.prog_fd = prog.as_raw_fd() as u32;
+    test.data_size_in = data.len() as u32;
+    test.data_in = data.as_ptr() as u64;
+    test.repeat = 1;
+    // TEST_RUN returns 0, not an fd.
+    // SAFETY: as in bpf(): a live bpf_attr of the size passed.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr) as libc::c_uint,
+            bpf_cmd::BPF_PROG_TEST_RUN as libc::c_long,
+            &raw mut attr,
+            mem::size_of::<bpf_attr>() as libc::c_uint,
         )
     };
-    rc == 0 && (attr[0] >> 32) as u32 == XDP_PASS
+    // SAFETY: reading back the member written above.
+    rc == 0 && unsafe { attr.test.retval } == XDP_PASS
 }
 
 /// Whether `name` is a string of the kernel's BTF (functions, kfuncs included, are named there).
+/// aya has no kfunc probe; `aya::Btf::from_sys_fs` could look the function up, but parses all of
+/// vmlinux's BTF (megabytes, again after the loader) for a feature the agent only reports.
 fn btf_has_name(name: &str) -> bool {
     let Ok(btf) = fs::read("/sys/kernel/btf/vmlinux") else {
         return false;
@@ -490,122 +510,48 @@ fn btf_has_name(name: &str) -> bool {
 
 // ---- sock_diag SOCK_DESTROY ---------------------------------------------------------------
 
-const NETLINK_SOCK_DIAG: libc::c_int = 4;
-use crate::datapath::sockdiag::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, SOCK_DESTROY,
-    SOCK_DIAG_BY_FAMILY,
-};
-
-/// A UDP sock_diag request (inet_diag_req_v2) for a socket that does not exist.
-fn diag_request(kind: u16, flags: u16) -> Vec<u8> {
-    let mut m = Vec::with_capacity(16 + 56);
-    m.extend_from_slice(&(16u32 + 56).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    m.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    m.push(libc::AF_INET as u8);
-    m.push(libc::IPPROTO_UDP as u8);
-    m.push(0); // ext
-    m.push(0);
-    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
-    // sockid: sport 1, dport 1, src 0.0.0.0, dst 0.0.0.0, ifindex 0, no cookie.
-    m.extend_from_slice(&1u16.to_be_bytes());
-    m.extend_from_slice(&1u16.to_be_bytes());
-    m.extend_from_slice(&[0u8; 32]);
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&[0xffu8; 8]);
-    m
+/// The probe's sock_diag requests: UDP over IPv4, ports 1 to 1 between unspecified addresses,
+/// no cookie (INET_DIAG_NOCOOKIE): a socket that does not exist, so the dump lists nothing
+/// and the destroy finds nothing.
+fn probe_socket_id() -> SocketId {
+    SocketId {
+        source_port: 1,
+        destination_port: 1,
+        cookie: [0xff; 8],
+        ..SocketId::new_v4()
+    }
 }
 
-/// Sends one request and returns the first error (negative errno) or done/ack (0).
-fn diag_exchange(req: &[u8]) -> io::Result<i32> {
-    // SAFETY: plain socket call.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let tv = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    // SAFETY: valid option buffer of its size.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    // SAFETY: sending from a live buffer.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        // SAFETY: receiving into a live buffer of its size.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut msgs = &buf[..n as usize];
-        while msgs.len() >= 16 {
-            let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
-            let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
-            if len < 16 || len > msgs.len() {
-                return Err(io::Error::other("malformed netlink message"));
-            }
-            match kind {
-                NLMSG_ERROR if len >= 20 => {
-                    return Ok(i32::from_ne_bytes([msgs[16], msgs[17], msgs[18], msgs[19]]));
-                }
-                NLMSG_DONE => return Ok(0),
-                _ => {}
-            }
-            msgs = &msgs[(len + 3) & !3..];
-        }
-    }
+/// A sock_diag socket that gives up after 2 s without an answer.
+fn probe_socket() -> Result<SockDiag, NlError> {
+    let nl = SockDiag::open().map_err(NlError::Socket)?;
+    nl.set_recv_timeout(Duration::from_secs(2))
+        .map_err(NlError::Socket)?;
+    Ok(nl)
 }
 
 /// SOCK_DESTROY of a UDP socket that does not exist: ENOENT when the kernel has it (after a
 /// dump showed that UDP sock_diag is there, which also answers ENOENT when missing),
 /// EOPNOTSUPP without CONFIG_INET_DIAG_DESTROY.
 fn probe_sock_diag_destroy() -> Result<(), String> {
-    match diag_exchange(&diag_request(
-        SOCK_DIAG_BY_FAMILY,
-        NLM_F_REQUEST | NLM_F_DUMP,
-    )) {
-        Ok(0) => {}
-        Ok(e) => {
+    let request = || udp_request(AF_INET, probe_socket_id());
+    match probe_socket().and_then(|nl| nl.dump(request())) {
+        Ok(_) => {}
+        Err(NlError::Kernel(e)) => {
             return Err(format!(
-                "UDP sock_diag is missing ({}; CONFIG_INET_UDP_DIAG, module udp_diag)",
-                io::Error::from_raw_os_error(-e)
+                "UDP sock_diag is missing ({e}; CONFIG_INET_UDP_DIAG, module udp_diag)"
             ));
         }
-        Err(e) => return Err(format!("sock_diag netlink: {e}")),
+        Err(NlError::Socket(e)) => return Err(format!("sock_diag netlink: {e}")),
     }
-    match diag_exchange(&diag_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK)) {
-        Ok(e) if e == -libc::ENOENT => Ok(()),
-        Ok(e) if e == -libc::EOPNOTSUPP => {
+    match probe_socket().and_then(|nl| nl.destroy(request())) {
+        Ok(()) => Ok(()),
+        Err(NlError::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(NlError::Kernel(e)) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
             Err("SOCK_DESTROY is not supported (CONFIG_INET_DIAG_DESTROY unset)".into())
         }
-        Ok(0) => Ok(()),
-        Ok(e) => Err(format!(
-            "SOCK_DESTROY: {}",
-            io::Error::from_raw_os_error(-e)
-        )),
-        Err(e) => Err(format!("sock_diag netlink: {e}")),
+        Err(NlError::Kernel(e)) => Err(format!("SOCK_DESTROY: {e}")),
+        Err(NlError::Socket(e)) => Err(format!("sock_diag netlink: {e}")),
     }
 }
 
@@ -615,34 +561,52 @@ mod tests {
 
     #[test]
     fn encodes_instructions() {
+        // SAFETY: bpf_insn is 8 plain bytes.
+        let bytes = |i: bpf_insn| unsafe { mem::transmute::<bpf_insn, [u8; 8]>(i) };
+        let [mov, exit] = prog_ret(1);
         // r0 = 1 -> b7 00 0000 01000000
-        assert_eq!(
-            insn(MOV64_IMM, 0, 0, 0, 1).to_le_bytes(),
-            [0xb7, 0, 0, 0, 1, 0, 0, 0]
-        );
-        assert_eq!(
-            insn(CALL, 0, 0, 0, FUNC_SET_RETVAL).to_le_bytes(),
-            [0x85, 0, 0, 0, 187, 0, 0, 0]
-        );
-        assert_eq!(insn(MOV64_IMM, 1, 0, 0, -1).to_le_bytes()[1], 1);
-        assert_eq!(prog_call(FUNC_SET_RETVAL, true, 1).len(), 4);
+        assert_eq!(bytes(mov), [0xb7, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(bytes(exit), [0x95, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes(prog_ret(-1)[0])[4..], [0xff; 4]);
     }
 
     #[test]
-    fn puts_u32_at_offsets() {
-        let mut a = [0u64; 2];
-        put32(&mut a, 4, 0xdead_beef);
-        put32(&mut a, 8, 7);
-        assert_eq!(a, [0xdead_beef_0000_0000, 7]);
+    fn attach_types_are_the_kernels() {
+        let attach = |hook| SOCK_ADDR_HOOKS.iter().find(|(h, _)| *h == hook).unwrap().1 as u32;
+        assert_eq!(attach("connect4"), 10);
+        assert_eq!(attach("sendmsg6"), 15);
+        assert_eq!(attach("recvmsg4"), 19);
+        assert_eq!(attach("getpeername6"), 30);
+        assert_eq!(bpf_attach_type::BPF_TCX_INGRESS as u32, 46);
     }
 
+    /// The SOCK_DESTROY request of the probe, byte for byte as the hand-written probe sent it:
+    /// nlmsghdr, then inet_diag_req_v2 for UDP over IPv4 with every state, sport 1, dport 1,
+    /// no addresses, no interface, INET_DIAG_NOCOOKIE.
     #[test]
-    fn diag_request_is_a_full_inet_diag_req_v2() {
-        let r = diag_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK);
-        assert_eq!(r.len(), 72);
-        assert_eq!(u32::from_ne_bytes([r[0], r[1], r[2], r[3]]), 72);
-        assert_eq!(r[16], libc::AF_INET as u8);
-        assert_eq!(r[17], libc::IPPROTO_UDP as u8);
+    fn sock_destroy_probe_request() {
+        use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST};
+        use netlink_packet_sock_diag::{SockDiagDestroy, SockDiagMessage};
+        let request = crate::datapath::sockdiag::message(
+            NLM_F_REQUEST | NLM_F_ACK,
+            1,
+            SockDiagDestroy::new(SockDiagMessage::InetRequest(udp_request(
+                AF_INET,
+                probe_socket_id(),
+            ))),
+        );
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&72u32.to_ne_bytes());
+        expected.extend_from_slice(&21u16.to_ne_bytes()); // SOCK_DESTROY
+        expected.extend_from_slice(&5u16.to_ne_bytes()); // NLM_F_REQUEST | NLM_F_ACK
+        expected.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        expected.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        expected.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_UDP as u8, 0, 0]);
+        expected.extend_from_slice(&u32::MAX.to_ne_bytes());
+        expected.extend_from_slice(&[0, 1, 0, 1]);
+        expected.extend_from_slice(&[0u8; 36]);
+        expected.extend_from_slice(&[0xff; 8]);
+        assert_eq!(request, expected);
     }
 
     #[test]
