@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
-use clusterip_common::{DEFAULT_CONNTRACK_ENTRIES, DatapathConfigValue};
+use clusterip_common::DatapathConfigValue;
+
+use crate::datapath::sizing::{
+    DEFAULT_BACKEND_ENTRIES, DEFAULT_MAGLEV_ENTRIES, DEFAULT_RATIO, DEFAULT_SERVICE_ENTRIES,
+};
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/clusterip";
 
@@ -82,10 +86,30 @@ pub struct RunArgs {
         action = ArgAction::Set
     )]
     pub socket_lb: bool,
-    /// Conntrack entries per address family (LRU). Changing it replaces the pinned conntrack
-    /// maps (their flows are forgotten).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONNTRACK_ENTRIES)]
-    pub ct_max: u32,
+    /// Conntrack entries per address family (LRU, preallocated) [default: a share of the
+    /// node's memory, see --map-dynamic-size-ratio; `probe` shows it]. A changed size migrates
+    /// the pinned maps with their flows.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub ct_max: Option<u32>,
+    /// Socket reverse-NAT entries per address family (LRU, preallocated: one per connected
+    /// socket through a VIP) [default: a share of the node's memory].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sock_revnat_max: Option<u32>,
+    /// Share of the node's memory (MemTotal) the preallocated flow and socket maps may use,
+    /// capped at 64 MiB; each map gets its part, within its bounds (Cilium's
+    /// --bpf-map-dynamic-size-ratio). Maps of a path that is off stay minimal.
+    #[arg(long, value_name = "RATIO", default_value_t = DEFAULT_RATIO, value_parser = parse_ratio)]
+    pub map_dynamic_size_ratio: f64,
+    /// Capacity of each service map (frontends, wildcards and backend slots; per family).
+    /// Costs 16 bytes per entry up front, the rest as entries are used.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SERVICE_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub service_map_entries: u32,
+    /// Capacity of each backend map (per family).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKEND_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub backend_map_entries: u32,
+    /// Maglev tables (one per frontend of the per-packet path, 4 KiB each, allocated as used).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAGLEV_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub maglev_map_entries: u32,
     /// Idle timeout of an established TCP flow.
     #[arg(long, value_name = "SECS", default_value_t = DatapathConfigValue::DEFAULT.ct_tcp_timeout_s)]
     pub ct_tcp_timeout: u32,
@@ -102,6 +126,18 @@ pub struct RunArgs {
 }
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9964";
+
+/// A share of memory: a number in 0..=1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!("{s} is not between 0 and 1"))
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
@@ -136,6 +172,10 @@ pub struct DumpArgs {
     /// the services.
     #[arg(long)]
     pub conntrack: bool,
+    /// List the pinned maps instead of the services: entries, key and value sizes, and the
+    /// kernel memory each takes (charged to the agent's memory cgroup).
+    #[arg(long, conflicts_with = "conntrack")]
+    pub maps: bool,
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +202,9 @@ mod tests {
         let r = run_args(&[]);
         assert!(r.socket_lb);
         assert!(r.tc_ifaces.is_empty() && r.xdp_ifaces.is_empty());
-        assert_eq!(r.ct_max, DEFAULT_CONNTRACK_ENTRIES);
+        assert_eq!(r.ct_max, None);
+        assert_eq!(r.map_dynamic_size_ratio, DEFAULT_RATIO);
+        assert_eq!(r.service_map_entries, DEFAULT_SERVICE_ENTRIES);
         assert_eq!(r.ct_tcp_timeout, 21_600);
         assert_eq!(r.ct_tcp_closing_timeout, 10);
         assert_eq!(r.ct_udp_timeout, 30);
@@ -185,7 +227,17 @@ mod tests {
         assert_eq!(r.tc_ifaces, ["veth*", "eth1"]);
         assert_eq!(r.xdp_ifaces, ["eth0"]);
         assert!(!r.socket_lb);
-        assert_eq!(r.ct_max, 1024);
+        assert_eq!(r.ct_max, Some(1024));
+        for bad in [
+            ["--ct-max", "0"],
+            ["--map-dynamic-size-ratio", "2"],
+            ["--map-dynamic-size-ratio", "-0.1"],
+            ["--service-map-entries", "0"],
+        ] {
+            let mut argv = vec!["clusterip-agent", "run", "--manifests", "/m"];
+            argv.extend(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?} accepted");
+        }
         assert_eq!(r.ct_udp_timeout, 5);
         assert!(run_args(&["--socket-lb"]).socket_lb);
         assert!(!run_args(&["--socket-lb", "false"]).socket_lb);

@@ -468,7 +468,9 @@ fn daemonset_runs_the_agent_as_the_datapath_needs() {
         .as_ref()
         .and_then(|r| r.limits.clone())
         .unwrap_or_default();
-    assert_eq!(limits.get("memory").map(|q| q.0.as_str()), Some("128Mi"));
+    // Derived in deploy/README.md ("Memory"); tests/tests/memory_limit.rs runs the agent under
+    // exactly this limit.
+    assert_eq!(limits.get("memory").map(|q| q.0.as_str()), Some("192Mi"));
     assert!(
         agent
             .resources

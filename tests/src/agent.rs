@@ -291,6 +291,12 @@ impl Agent {
         Ok(())
     }
 
+    /// Starts the agent again with `extra` arguments instead of the earlier ones.
+    pub fn restart_with_args(&mut self, extra: &[&str]) -> Result<()> {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart()
+    }
+
     /// Starts the agent again (after [`Agent::kill9`]) with the same arguments.
     pub fn restart(&mut self) -> Result<()> {
         self.kill9()?;

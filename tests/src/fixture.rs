@@ -89,11 +89,18 @@ impl Fixture {
 
     /// Starts the agent on the manifests, this cgroup and pin dir; waits for "synced".
     pub fn start_agent(&mut self) -> Result<&mut Agent> {
-        let agent = Agent::start(
+        self.start_agent_with(&[])
+    }
+
+    /// [`Fixture::start_agent`] with `extra` arguments.
+    pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<&mut Agent> {
+        let agent = Agent::start_in(
             &self.env.agent_bin,
             &self.manifests.dir(),
             self.cgroup.path(),
             self.pins.path(),
+            None,
+            extra,
         )?;
         let agent = self.agent.insert(agent);
         agent.wait_synced(Duration::from_secs(15))?;

@@ -22,6 +22,7 @@ pub mod fakeapi;
 pub mod fixture;
 pub mod kubeproxy;
 pub mod manifests;
+pub mod memcg;
 pub mod netns;
 pub mod node;
 pub mod packet;

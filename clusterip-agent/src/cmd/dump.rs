@@ -11,7 +11,8 @@ use clusterip_common::{
 };
 use serde::Serialize;
 
-use crate::datapath::maps::{CtKey, Installed, MapsError, PacketMaps, PinnedMaps};
+use crate::datapath::maps::{CtKey, Installed, MapsError, PacketMaps, PinnedMapInfo, PinnedMaps};
+use crate::datapath::sizing::Mib;
 use crate::model::table::Protocol;
 
 /// One frontend as `dump --json` prints it.
@@ -299,6 +300,28 @@ pub fn print_conntrack(out: &mut impl Write, d: &ConntrackDump) -> std::io::Resu
         )?;
     }
     Ok(())
+}
+
+/// `dump --maps`: one line per pinned map.
+pub fn print_maps(out: &mut impl Write, maps: &[PinnedMapInfo]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<14} {:>5} {:>6} {:>12} {:>12}",
+        "map", "key", "value", "entries", "kernel mem"
+    )?;
+    for m in maps {
+        writeln!(
+            out,
+            "{:<14} {:>4}B {:>5}B {:>12} {:>12}",
+            m.name,
+            m.key_size,
+            m.value_size,
+            m.max_entries,
+            Mib(m.bytes_memlock).to_string()
+        )?;
+    }
+    let total: u64 = maps.iter().map(|m| m.bytes_memlock).sum();
+    writeln!(out, "{:<14} {:>44}", "total", Mib(total).to_string())
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ use tracing::{info, warn};
 use crate::cli::{Cli, Command, RunArgs};
 use crate::cmd::dump;
 use crate::datapath::interfaces::Pattern;
+use crate::datapath::maps::pinned_map_info;
+use crate::datapath::migrate::possible_cpus;
+use crate::datapath::sizing::{Mib, Sizing, SizingInput};
 use crate::datapath::{self, sockdiag};
 use crate::datapath::{Datapath, DatapathConfig};
 use crate::metrics::{self, Metrics};
@@ -55,6 +58,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
+            if args.maps {
+                let maps = pinned_map_info(&args.bpffs)?;
+                if args.json {
+                    serde_json::to_writer_pretty(&mut out, &maps)?;
+                    writeln!(out)?;
+                } else {
+                    dump::print_maps(&mut out, &maps)?;
+                }
+                return Ok(());
+            }
             let entries = dump::read(&args.bpffs)?;
             if args.json {
                 serde_json::to_writer_pretty(&mut out, &entries)?;
@@ -62,6 +75,14 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             } else {
                 let config = dump::read_config(&args.bpffs)?;
                 dump::print_text(&mut out, &entries, &config)?;
+                let maps = pinned_map_info(&args.bpffs)?;
+                let total: u64 = maps.iter().map(|m| m.bytes_memlock).sum();
+                writeln!(
+                    out,
+                    "maps: {} of kernel memory in {} maps (`dump --maps`: each)",
+                    Mib(total),
+                    maps.len()
+                )?;
             }
             Ok(())
         }
@@ -87,7 +108,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 /// agent left that is no longer wanted); the others write only the touched frontends.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_addr = metrics::parse_addr(&args.metrics_addr)?;
-    let cgroup = match (args.socket_lb, args.cgroup) {
+    let cgroup = match (args.socket_lb, args.cgroup.clone()) {
         (false, _) => None,
         (true, Some(c)) => Some(c),
         (true, None) => {
@@ -118,7 +139,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         debug_logs,
         tc_ifaces: args.tc_ifaces.iter().map(|p| Pattern::new(p)).collect(),
         xdp_ifaces: args.xdp_ifaces.iter().map(|p| Pattern::new(p)).collect(),
-        ct_max: args.ct_max,
+        sizing: sizing(&args)?,
         ct_config: DatapathConfigValue {
             ct_tcp_timeout_s: args.ct_tcp_timeout,
             ct_tcp_closing_timeout_s: args.ct_tcp_closing_timeout,
@@ -133,6 +154,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("forwarding eBPF logs")?;
     }
     let mut syncer = Syncer::open(&args.bpffs).context("opening the pinned maps")?;
+    // The programs go on once the maps hold the table (after the first sync).
     // Only the per-packet programs read Maglev tables (10,000 services: 40 MiB, 10,000 writes).
     syncer.set_maglev(per_packet);
     let source_name = match &args.source.manifests {
@@ -145,7 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         node = %node_name,
         source = %source_name,
         adopted_frontends = syncer.installed().frontends.len(),
-        "datapath attached"
+        "datapath loaded"
     );
 
     let (tx, mut rx) = mpsc::channel::<(Instant, SourceEvent)>(EVENT_QUEUE);
@@ -183,12 +205,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     }
                 }
                 if store.initialized() {
-                    state.sync(&mut store, &mut syncer).await;
+                    state.sync(&mut store, &mut syncer, &mut datapath).await?;
                 }
 
             }
             _ = retry.tick(), if state.full_needed && store.initialized() => {
-                state.sync(&mut store, &mut syncer).await;
+                state.sync(&mut store, &mut syncer, &mut datapath).await?;
             }
             _ = iface_tick.tick(), if datapath.watches_interfaces() => {
                 datapath.sync_interfaces();
@@ -225,11 +247,18 @@ struct SyncState {
 }
 
 impl SyncState {
-    async fn sync(&mut self, store: &mut Store, syncer: &mut Syncer) {
+    /// One sync; after the first successful one the datapath is attached (a failure to attach
+    /// is fatal: the agent cannot do its job).
+    async fn sync(
+        &mut self,
+        store: &mut Store,
+        syncer: &mut Syncer,
+        datapath: &mut Datapath,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         let changes = store.compute();
         if !self.full_needed && changes.touched.is_empty() {
-            return;
+            return Ok(());
         }
         let full = self.full_needed;
         let udp_before = self.cgroup.as_ref().map(|_| {
@@ -249,6 +278,9 @@ impl SyncState {
         match result {
             Ok(stats) => {
                 self.full_needed = false;
+                if !datapath.is_attached() {
+                    datapath.attach().context("attaching the eBPF datapath")?;
+                }
                 let latency = changes.since.map(|t| written.saturating_duration_since(t));
                 syncer::log_stats(&stats, full, written - write_start, latency);
                 self.metrics
@@ -274,6 +306,7 @@ impl SyncState {
                 self.full_needed = true;
             }
         }
+        Ok(())
     }
 
     /// Gauges: what is programmed and how full the maps are.
@@ -317,6 +350,35 @@ fn spawn_manifest_source(
             std::thread::sleep(POLL_INTERVAL);
         }
     })
+}
+
+/// The maps' sizes from the flags, the node's memory and the paths that are on.
+fn sizing(args: &RunArgs) -> anyhow::Result<Sizing> {
+    let node_memory = node_memory().context("reading the node's memory from /proc/meminfo")?;
+    let mut input = SizingInput::defaults(
+        node_memory,
+        u32::try_from(possible_cpus()).unwrap_or(u32::MAX),
+        args.socket_lb,
+        !args.tc_ifaces.is_empty() || !args.xdp_ifaces.is_empty(),
+    );
+    input.ratio = args.map_dynamic_size_ratio;
+    input.ct_max = args.ct_max;
+    input.sock_revnat_max = args.sock_revnat_max;
+    input.service_entries = args.service_map_entries;
+    input.backend_entries = args.backend_map_entries;
+    input.maglev_entries = args.maglev_map_entries;
+    Ok(Sizing::compute(&input))
+}
+
+/// `MemTotal` of /proc/meminfo, in bytes.
+pub fn node_memory() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no MemTotal line")?;
+    Ok(kib * 1024)
 }
 
 fn node_name(source: &crate::cli::SourceArgs) -> anyhow::Result<String> {

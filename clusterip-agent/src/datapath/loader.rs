@@ -49,6 +49,8 @@ use clusterip_common::{DatapathConfigValue, map_names};
 
 use super::interfaces::{self, Pattern};
 use super::links::{detach_link, link_info, link_update, open_pin, take_pinned_link};
+use super::migrate::{self, MigrateError, Migration};
+use super::sizing::{Mib, Sizing};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     task::JoinHandle,
@@ -114,8 +116,8 @@ pub struct DatapathConfig {
     pub tc_ifaces: Vec<Pattern>,
     /// Interfaces (names or patterns) that get `xdp_ingress`.
     pub xdp_ifaces: Vec<Pattern>,
-    /// Conntrack capacity per family.
-    pub ct_max: u32,
+    /// Every map's size ([`Sizing::compute`]).
+    pub sizing: Sizing,
     /// Timeouts, written to `CIP_CONFIG[0]`.
     pub ct_config: DatapathConfigValue,
 }
@@ -139,14 +141,31 @@ pub enum DatapathError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error(
-        "loading the eBPF object (maps pinned in {dir}) failed: {source}. Fix: {FIX_PRIVILEGES}; \
-         if maps pinned there by another clusterip version have a different layout, remove \
-         them with `clusterip-agent cleanup --bpffs {dir}`",
+        "loading the eBPF object (maps pinned in {dir}) failed: {source}. Fix: {FIX_PRIVILEGES}",
         dir = dir.display()
     )]
     Load {
         dir: PathBuf,
         source: Box<aya::EbpfError>,
+    },
+    #[error(
+        "creating the maps failed. {limit}. Since Linux 5.11 the kernel charges BPF \
+         map memory to the memory cgroup of the process that creates the maps; at these sizes \
+         they take about {need} (`clusterip-agent probe` shows each map). Fix: raise the memory \
+         limit (deploy/daemonset.yaml sets it for these defaults) or make the maps smaller \
+         (--map-dynamic-size-ratio, --ct-max, --sock-revnat-max, --service-map-entries)"
+    )]
+    MemoryLimit {
+        #[source]
+        source: Box<aya::EbpfError>,
+        /// The cgroup's limit and usage, as text.
+        limit: String,
+        need: Mib,
+    },
+    #[error("preparing the pinned maps in {dir}: {source}", dir = dir.display())]
+    Migrate {
+        dir: PathBuf,
+        source: Box<MigrateError>,
     },
     #[error("the eBPF object has no program {0}: rebuild the agent (`cargo build`)")]
     MissingProgram(&'static str),
@@ -158,8 +177,6 @@ pub enum DatapathError {
         flag: &'static str,
         program: &'static str,
     },
-    #[error("--ct-max {0}: must be at least 1")]
-    BadCtMax(u32),
     #[error("{what}: {source}")]
     Map {
         what: String,
@@ -223,6 +240,12 @@ pub struct Datapath {
     xdp: IfaceHook,
     /// The kernel has TCX links (else TC programs go straight to netlink clsact).
     tcx: bool,
+    /// The cgroup the socket programs go on (None: socket-level load balancing off).
+    cgroup: Option<(PathBuf, File)>,
+    /// [`Datapath::attach`] has run.
+    attached: bool,
+    /// Maps replaced because their definition changed, until the new programs are attached.
+    migration: Option<Migration>,
 }
 
 /// Which per-packet program a hook attaches.
@@ -311,18 +334,16 @@ impl Drop for Datapath {
 }
 
 impl Datapath {
-    /// Ensures /sys/fs/bpf is bpffs (mounts it if missing), creates `cfg.bpffs`, loads the
-    /// object with its maps pinned in (or adopted from) `cfg.bpffs`, sets the programs' log
-    /// level, attaches the 8 programs to `cfg.cgroup` (as BPF links, which are multi-program
-    /// attachments) and pins each link at `<bpffs>/links/<program>`, replacing a previous
-    /// agent's links make-before-break.
+    /// Ensures /sys/fs/bpf is bpffs (mounts it if missing), creates `cfg.bpffs`, migrates
+    /// pinned maps whose definition changed (see [`super::migrate`]), loads the object with its
+    /// maps pinned in (or adopted from) `cfg.bpffs` at `cfg.sizing`'s sizes, sets the programs'
+    /// log level and loads the programs. Nothing is attached yet: [`Datapath::attach`] does
+    /// that once the maps hold the table (the programs a previous agent attached keep serving
+    /// until then).
     pub fn load(cfg: &DatapathConfig) -> Result<Self, DatapathError> {
         let object = crate::EBPF_OBJECT;
         if object.is_empty() {
             return Err(DatapathError::NoObject);
-        }
-        if cfg.ct_max == 0 {
-            return Err(DatapathError::BadCtMax(cfg.ct_max));
         }
         ensure_bpffs()?;
         fs::create_dir_all(&cfg.bpffs).map_err(|e| DatapathError::io(&cfg.bpffs, e))?;
@@ -334,31 +355,12 @@ impl Datapath {
         let links_dir = cfg.bpffs.join(LINKS_DIR);
         fs::create_dir_all(&links_dir).map_err(|e| DatapathError::io(&links_dir, e))?;
         let cgroup = match &cfg.cgroup {
-            Some(path) => Some(File::open(path).map_err(|e| DatapathError::io(path, e))?),
+            Some(path) => Some((
+                path.clone(),
+                File::open(path).map_err(|e| DatapathError::io(path, e))?,
+            )),
             None => None,
         };
-        // A conntrack map pinned with another size cannot be adopted (aya refuses it): its pin
-        // goes and the load creates one of the new size. The flows' state is lost; Maglev
-        // sends most of them to the same backend again.
-        for name in [map_names::CONNTRACK_V4, map_names::CONNTRACK_V6] {
-            let pinned =
-                crate::datapath::maps::pinned_max_entries(&cfg.bpffs, name).map_err(|e| {
-                    DatapathError::Map {
-                        what: format!("reading the size of {name}"),
-                        source: Box::new(e),
-                    }
-                })?;
-            if let Some(n) = pinned.filter(|n| *n != cfg.ct_max) {
-                let path = cfg.bpffs.join(name);
-                fs::remove_file(&path).map_err(|e| DatapathError::io(&path, e))?;
-                tracing::info!(
-                    map = name,
-                    old = n,
-                    new = cfg.ct_max,
-                    "conntrack size changed: replacing the pinned map (its flows are forgotten)"
-                );
-            }
-        }
 
         let features = crate::datapath::probe::Features::detect();
         if cfg.cgroup.is_some() {
@@ -385,26 +387,41 @@ impl Datapath {
         }
         let have_set_retval = u8::from(features.set_retval);
 
+        let migrate_err = |source| DatapathError::Migrate {
+            dir: cfg.bpffs.clone(),
+            source: Box::new(source),
+        };
+        let wanted = migrate::wanted(&cfg.sizing);
+        let migration = Migration::prepare(&cfg.bpffs, &wanted).map_err(migrate_err)?;
+
         let level: u8 = if cfg.debug_logs {
             aya_log::Level::Debug as u8
         } else {
             0 /* off */
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .default_map_pin_directory(&cfg.bpffs)
             .override_global(LOG_LEVEL_GLOBAL, &level, true)
-            .override_global(SET_RETVAL_GLOBAL, &have_set_retval, false)
-            .map_max_entries(map_names::CONNTRACK_V4, cfg.ct_max)
-            .map_max_entries(map_names::CONNTRACK_V6, cfg.ct_max)
+            .override_global(SET_RETVAL_GLOBAL, &have_set_retval, false);
+        for map in &cfg.sizing.maps {
+            loader.map_max_entries(map.name, map.entries);
+        }
+        let mut ebpf = loader
             .load(object)
-            .map_err(|source| DatapathError::Load {
-                dir: cfg.bpffs.clone(),
-                source: Box::new(source),
-            })?;
+            .map_err(|source| load_error(cfg, source))?;
+        tracing::info!(
+            node_memory = %Mib(cfg.sizing.node_memory),
+            ratio = cfg.sizing.ratio,
+            budget = %Mib(cfg.sizing.budget),
+            maps = %Mib(cfg.sizing.fixed_bytes()),
+            "maps sized"
+        );
 
         match crate::datapath::maps::write_config(&cfg.bpffs, &cfg.ct_config) {
             Ok(true) => tracing::info!(
-                ct_max = cfg.ct_max,
+                ct_max_v4 = cfg.sizing.entries(map_names::CONNTRACK_V4),
+                ct_max_v6 = cfg.sizing.entries(map_names::CONNTRACK_V6),
                 tcp_timeout_s = cfg.ct_config.ct_tcp_timeout_s,
                 tcp_closing_timeout_s = cfg.ct_config.ct_tcp_closing_timeout_s,
                 udp_timeout_s = cfg.ct_config.ct_udp_timeout_s,
@@ -418,29 +435,20 @@ impl Datapath {
                 });
             }
         }
+        migration.copy(migrate::Pass::BeforeAttach);
 
-        let mut links = Vec::with_capacity(PROGRAMS.len());
-        match (&cfg.cgroup, &cgroup) {
-            (Some(path), Some(cgroup)) => {
-                attach_socket_programs(&mut ebpf, path, cgroup, &links_dir, &mut links)?;
-                tracing::info!(cgroup = %path.display(), "socket-level load balancing attached");
-            }
-            _ => {
-                let mut n = 0;
-                for name in PROGRAMS {
-                    let path = links_dir.join(name);
-                    if let Some(link) = take_pinned_link(&path)? {
-                        detach_link(&path, &link);
-                        n += 1;
-                    }
-                }
-                tracing::info!(
-                    detached_previous = n,
-                    "socket-level load balancing off (--socket-lb=false)"
-                );
+        if cgroup.is_some() {
+            for name in PROGRAMS {
+                let prog_err = program_err(name);
+                let program: &mut CgroupSockAddr = ebpf
+                    .program_mut(name)
+                    .ok_or(DatapathError::MissingProgram(name))?
+                    .try_into()
+                    .map_err(prog_err)?;
+                // A verifier rejection's message carries the verifier log.
+                program.load().map_err(prog_err)?;
             }
         }
-
         // The per-packet programs: loaded only when asked for.
         for (kind, patterns) in [
             (HookKind::Tc, &cfg.tc_ifaces),
@@ -465,26 +473,73 @@ impl Datapath {
             }
         }
 
-        let mut dp = Self {
+        Ok(Self {
             ebpf,
-            links,
+            links: Vec::with_capacity(PROGRAMS.len()),
             pin_dir: cfg.bpffs.clone(),
             log_task: None,
             tc: IfaceHook::new(cfg.tc_ifaces.clone()),
             tc_egress: IfaceHook::new(cfg.tc_ifaces.clone()),
             xdp: IfaceHook::new(cfg.xdp_ifaces.clone()),
             tcx: features.tcx,
-        };
-        dp.adopt_interface_links()?;
-        dp.sync_interfaces();
+            cgroup,
+            attached: false,
+            migration: (!migration.is_empty()).then_some(migration),
+        })
+    }
+
+    /// Whether [`Datapath::attach`] has run.
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+
+    /// Attaches the 8 socket programs to the cgroup (as BPF links, which are multi-program
+    /// attachments) and pins each link at `<bpffs>/links/<program>`, and the per-packet
+    /// programs to their interfaces, replacing a previous agent's links make-before-break;
+    /// then finishes a map migration (the old programs' last state is copied over and the old
+    /// maps let go). Called once the maps hold the table; again is a no-op.
+    pub fn attach(&mut self) -> Result<(), DatapathError> {
+        if self.attached {
+            return Ok(());
+        }
+        let links_dir = self.pin_dir.join(LINKS_DIR);
+        match &self.cgroup {
+            Some((path, cgroup)) => {
+                attach_socket_programs(&mut self.ebpf, path, cgroup, &links_dir, &mut self.links)?;
+                tracing::info!(cgroup = %path.display(), "socket-level load balancing attached");
+            }
+            None => {
+                let mut n = 0;
+                for name in PROGRAMS {
+                    let path = links_dir.join(name);
+                    if let Some(link) = take_pinned_link(&path)? {
+                        detach_link(&path, &link);
+                        n += 1;
+                    }
+                }
+                tracing::info!(
+                    detached_previous = n,
+                    "socket-level load balancing off (--socket-lb=false)"
+                );
+            }
+        }
+        self.adopt_interface_links()?;
+        self.attached = true;
+        self.sync_interfaces();
+        if let Some(migration) = self.migration.take() {
+            migration.copy(migrate::Pass::AfterAttach);
+            let maps: Vec<String> = migration.maps().map(str::to_owned).collect();
+            migration.finish();
+            tracing::info!(?maps, "map migration finished");
+        }
         tracing::info!(
-            bpffs = %cfg.bpffs.display(),
-            socket_lb = cfg.cgroup.is_some(),
-            tc = ?dp.tc.attached.keys().collect::<Vec<_>>(),
-            xdp = ?dp.xdp.attached.keys().collect::<Vec<_>>(),
+            bpffs = %self.pin_dir.display(),
+            socket_lb = self.cgroup.is_some(),
+            tc = ?self.tc.attached.keys().collect::<Vec<_>>(),
+            xdp = ?self.xdp.attached.keys().collect::<Vec<_>>(),
             "eBPF datapath attached"
         );
-        Ok(dp)
+        Ok(())
     }
 
     /// Whether any per-packet hook was asked for (then interfaces are re-scanned).
@@ -583,7 +638,7 @@ impl Datapath {
     /// drops the links of interfaces that are gone. Called at start and every second; errors
     /// are logged (once per interface), never fatal.
     pub fn sync_interfaces(&mut self) {
-        if !self.watches_interfaces() {
+        if !self.attached || !self.watches_interfaces() {
             return;
         }
         let all = match interfaces::list() {
@@ -778,6 +833,27 @@ impl Datapath {
     }
 }
 
+/// The error of a failed load: when map creation ran out of memory inside a memory cgroup
+/// with a limit, say so (the usual cause in a pod), else the generic one.
+fn load_error(cfg: &DatapathConfig, source: aya::EbpfError) -> DatapathError {
+    let enomem = error_chain(&source).contains("Cannot allocate memory")
+        || std::error::Error::source(&source).is_some_and(|s| {
+            s.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOMEM))
+        });
+    if enomem && let Some(limit) = super::memcg::describe_limit() {
+        return DatapathError::MemoryLimit {
+            source: Box::new(source),
+            limit,
+            need: Mib(cfg.sizing.fixed_bytes()),
+        };
+    }
+    DatapathError::Load {
+        dir: cfg.bpffs.clone(),
+        source: Box::new(source),
+    }
+}
+
 /// What the socket programs need and the kernel lacks, for [`DatapathError::NoSocketLb`].
 fn socket_lb_missing(f: &crate::datapath::probe::Features) -> String {
     let mut missing: Vec<String> = Vec::new();
@@ -828,8 +904,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Attaches the 8 socket programs to `cgroup` and pins their links, replacing a previous
-/// agent's make-before-break.
+/// Attaches the 8 socket programs (loaded by [`Datapath::load`]) to `cgroup` and pins their
+/// links, replacing a previous agent's make-before-break.
 fn attach_socket_programs(
     ebpf: &mut Ebpf,
     cgroup_path: &Path,
@@ -844,8 +920,6 @@ fn attach_socket_programs(
             .ok_or(DatapathError::MissingProgram(name))?
             .try_into()
             .map_err(prog_err)?;
-        // A verifier rejection's message carries the verifier log.
-        program.load().map_err(prog_err)?;
         let attach_err = |source| DatapathError::Attach {
             name,
             cgroup: cgroup_path.to_path_buf(),
@@ -910,11 +984,14 @@ pub fn cleanup(bpffs: &Path) -> Result<(), DatapathError> {
         Err(e) => return Err(DatapathError::io(&links_dir, e)),
     }
     for name in map_names::ALL {
-        let path = bpffs.join(name);
-        match fs::remove_file(&path) {
-            Ok(()) => tracing::debug!(map = %path.display(), "unpinned"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DatapathError::io(&path, e)),
+        // `<name>_old`: a map being migrated by an agent that did not finish.
+        for pin in [name.to_string(), format!("{name}{}", migrate::OLD_SUFFIX)] {
+            let path = bpffs.join(pin);
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(map = %path.display(), "unpinned"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DatapathError::io(&path, e)),
+            }
         }
     }
     remove_dir_if_exists(bpffs)

@@ -36,6 +36,12 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A backend as the maps hold it.
@@ -392,6 +398,55 @@ impl PinnedMaps {
         }
         Ok(out)
     }
+}
+
+/// One pinned map as the kernel describes it, for `dump --maps`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PinnedMapInfo {
+    pub name: String,
+    /// The kernel's map type number (`enum bpf_map_type`).
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    /// Kernel memory the map takes (`memlock` in its fdinfo, what bpftool shows as
+    /// `bytes_memlock`; charged to the creator's memory cgroup).
+    pub bytes_memlock: u64,
+}
+
+/// Every map of [`map_names::ALL`] pinned in `dir`, with its size and kernel memory.
+pub fn pinned_map_info(dir: &Path) -> Result<Vec<PinnedMapInfo>, MapsError> {
+    let mut out = Vec::new();
+    for name in map_names::ALL {
+        let path = dir.join(name);
+        let io = |e: std::io::Error| MapsError::Io {
+            path: path.clone(),
+            source: e,
+        };
+        let Some(fd) = super::sys::obj_get(&path).map_err(io)? else {
+            continue;
+        };
+        let info = super::sys::map_info(std::os::fd::AsFd::as_fd(&fd)).map_err(io)?;
+        let fdinfo = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))
+        .map_err(io)?;
+        let bytes_memlock = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push(PinnedMapInfo {
+            name: name.to_string(),
+            map_type: info.type_,
+            key_size: info.key_size,
+            value_size: info.value_size,
+            max_entries: info.max_entries,
+            bytes_memlock,
+        });
+    }
+    Ok(out)
 }
 
 /// A fingerprint of a Maglev table's contents, to tell whether an installed table is the wanted

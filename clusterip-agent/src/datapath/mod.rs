@@ -8,7 +8,11 @@ pub mod interfaces;
 mod links;
 pub mod loader;
 pub mod maps;
+pub mod memcg;
+pub mod migrate;
 pub mod probe;
+pub mod sizing;
 pub mod sockdiag;
+mod sys;
 
 pub use loader::{Datapath, DatapathConfig, DatapathError, cleanup, default_cgroup_root};
