@@ -75,6 +75,13 @@ pub struct RunArgs {
     /// generic). Repeatable; patterns as for --tc-iface.
     #[arg(long = "xdp-iface", value_name = "NAME", action = ArgAction::Append)]
     pub xdp_ifaces: Vec<String>,
+    /// The node's external interfaces, where traffic from outside the node reaches node
+    /// ports, load-balancer IPs and external IPs (Cilium's `--devices`): `tc_nodeport` at
+    /// their ingress (DNAT, and SNAT to the node's address for a backend on another node) and
+    /// `tc_nodeport_egress` at their egress (replies of local backends). Repeatable; patterns
+    /// as for --tc-iface.
+    #[arg(long = "nodeport-iface", value_name = "NAME", action = ArgAction::Append)]
+    pub nodeport_ifaces: Vec<String>,
     /// Socket-level load balancing (cgroup hooks). `--socket-lb=false` leaves the socket hooks
     /// out (and detaches those of a previous agent), so the per-packet path carries everything.
     #[arg(

@@ -40,6 +40,29 @@ pub const SVC_FLAG_WILDCARD: u16 = 1 << 2;
 /// On a wildcard entry: the address is only an external IP (`spec.externalIPs`), often a real
 /// address of a node, so a port without a frontend passes untouched instead of being refused.
 pub const SVC_FLAG_OPEN: u16 = 1 << 3;
+/// On a frontend: reachable from outside the node (external IP, node port, load-balancer
+/// IP). The per-packet program on the node's external interfaces serves only these.
+pub const SVC_FLAG_EXTERNAL: u16 = 1 << 4;
+/// On a scope-0 frontend (`externalTrafficPolicy: Local`): traffic from outside the node uses
+/// the frontend of scope [`SCOPE_EXTERNAL`] (this node's endpoints only); traffic from this
+/// node (socket hooks, pod interfaces) uses scope 0 (every endpoint, kube-proxy's
+/// short-circuit).
+pub const SVC_FLAG_EXT_LOCAL: u16 = 1 << 5;
+/// On a frontend: only sources in its `loadBalancerSourceRanges` (`CIP_SRCRANGE4/6`) may use it
+/// from outside; others are dropped.
+pub const SVC_FLAG_SOURCE_RANGE: u16 = 1 << 6;
+/// On a frontend: its address is this node's own (a node port). Traffic from outside to a
+/// remote backend is source-NATed to it; otherwise to the node address in `CIP_CONFIG`.
+pub const SVC_FLAG_NODE_ADDR: u16 = 1 << 7;
+
+/// Service key scopes: every frontend has scope 0; a frontend with [`SVC_FLAG_EXT_LOCAL`] has a
+/// second one of scope 1 (its own service id, count and slots) for traffic from outside.
+pub const SCOPE_DEFAULT: u8 = 0;
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// Backend flag: the endpoint runs on this node. Traffic from outside to a remote backend is
+/// source-NATed to the node's address so that the replies come back through this node.
+pub const BE_FLAG_LOCAL: u8 = 1 << 0;
 
 /// Kinds of client identity in [`AffinityKey`].
 pub const AFFINITY_CLIENT_NETNS: u8 = 0;
@@ -63,8 +86,11 @@ pub mod map_names {
     pub const CONNTRACK_V6: &str = "CIP_CT6";
     pub const STATS: &str = "CIP_STATS";
     pub const CONFIG: &str = "CIP_CONFIG";
+    /// `loadBalancerSourceRanges` (LPM tries).
+    pub const SOURCE_RANGES_V4: &str = "CIP_SRCRANGE4";
+    pub const SOURCE_RANGES_V6: &str = "CIP_SRCRANGE6";
     /// All maps the agent owns, in the order `dump` and `cleanup` walk them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         SERVICES_V4,
         SERVICES_V6,
         BACKENDS_V4,
@@ -78,6 +104,8 @@ pub mod map_names {
         CONNTRACK_V6,
         STATS,
         CONFIG,
+        SOURCE_RANGES_V4,
+        SOURCE_RANGES_V6,
     ];
 }
 
@@ -95,6 +123,15 @@ pub const MAX_MAGLEV_SERVICES: u32 = 65_536;
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 262_144;
 /// Size of the statistics array: indexed by svc_id, so service ids stay below this.
 pub const MAX_SVC_ID: u32 = 65_536;
+/// Default capacity of each source-range trie (prefixes of all services together).
+pub const MAX_SOURCE_RANGES: u32 = 16_384;
+
+/// Source ports the per-packet path gives connections it source-NATs to the node's address
+/// (traffic from outside to a remote backend). Above Linux's default ephemeral range
+/// (32768-60999) and the NodePort range (30000-32767), so they never collide with the node's
+/// own connections; 4,536 concurrent flows per backend address and port.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// Maglev lookup table size per service: a prime. Each backend owns about M/N entries; adding
 /// or removing one of N backends moves about 1/N of the entries (and so of new flows).
@@ -163,17 +200,24 @@ pub struct Service4Key {
     pub slot: u16,
     /// PROTO_TCP / PROTO_UDP; 0 in the wildcard entry.
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// SCOPE_DEFAULT, or SCOPE_EXTERNAL for the outside view of an `externalTrafficPolicy:
+    /// Local` frontend.
+    pub scope: u8,
+    pub _pad: [u8; 2],
 }
 
 impl Service4Key {
     pub const fn new(vip: Ipv4Addr, port: u16, proto: u8, slot: u16) -> Self {
+        Self::scoped(vip, port, proto, slot, SCOPE_DEFAULT)
+    }
+    pub const fn scoped(vip: Ipv4Addr, port: u16, proto: u8, slot: u16, scope: u8) -> Self {
         Self {
             addr: ip4_to_net(vip),
             port: port_to_net(port),
             slot,
             proto,
-            _pad: [0; 3],
+            scope,
+            _pad: [0; 2],
         }
     }
     pub const fn wildcard(vip: Ipv4Addr) -> Self {
@@ -190,17 +234,22 @@ pub struct Service6Key {
     pub port: u16,
     pub slot: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    pub scope: u8,
+    pub _pad: [u8; 2],
 }
 
 impl Service6Key {
     pub const fn new(vip: Ipv6Addr, port: u16, proto: u8, slot: u16) -> Self {
+        Self::scoped(vip, port, proto, slot, SCOPE_DEFAULT)
+    }
+    pub const fn scoped(vip: Ipv6Addr, port: u16, proto: u8, slot: u16, scope: u8) -> Self {
         Self {
             addr: ip6_to_net(vip),
             port: port_to_net(port),
             slot,
             proto,
-            _pad: [0; 3],
+            scope,
+            _pad: [0; 2],
         }
     }
     pub const fn wildcard(vip: Ipv6Addr) -> Self {
@@ -237,7 +286,8 @@ pub struct Backend4 {
     pub addr: u32,
     pub port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// BE_FLAG_*.
+    pub flags: u8,
 }
 
 impl Backend4 {
@@ -246,7 +296,7 @@ impl Backend4 {
             addr: ip4_to_net(addr),
             port: port_to_net(port),
             proto,
-            _pad: 0,
+            flags: 0,
         }
     }
 }
@@ -258,7 +308,8 @@ pub struct Backend6 {
     pub addr: [u32; 4],
     pub port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// BE_FLAG_*.
+    pub flags: u8,
 }
 
 impl Backend6 {
@@ -267,7 +318,7 @@ impl Backend6 {
             addr: ip6_to_net(addr),
             port: port_to_net(port),
             proto,
-            _pad: 0,
+            flags: 0,
         }
     }
 }
@@ -395,6 +446,12 @@ pub const CT_DIR_REPLY: u8 = 1;
 pub const CT_FLAG_HAIRPIN: u16 = 1 << 0;
 /// TCP: FIN or RST seen; the entry expires with the short (closing) timeout.
 pub const CT_FLAG_CLOSING: u16 = 1 << 1;
+/// The flow's source was translated too (traffic from outside to a remote backend): forward
+/// packets leave from `nat_addr:nat_port`, replies to it go back to the client.
+pub const CT_FLAG_SNAT: u16 = 1 << 2;
+/// Made by the per-packet program on the node's external interfaces: its replies are
+/// translated there (at egress for a local backend), not on the pod's interface.
+pub const CT_FLAG_NODEPORT: u16 = 1 << 3;
 
 /// Key of `CIP_CT4` (LRU). Forward entries are keyed by the packet as the client sends it
 /// (client -> VIP:port); reply entries by the packet as the backend sends it (backend ->
@@ -413,9 +470,10 @@ pub struct Ct4Key {
 }
 
 /// Value of `CIP_CT4`.
-/// Forward: `addr:port` = the backend to send to; `nat_addr` = the new source when hairpinned.
+/// Forward: `addr:port` = the backend to send to; `nat_addr` = the new source when hairpinned
+/// (with `nat_port` too when CT_FLAG_SNAT).
 /// Reply: `addr:port` = the VIP:port to show as source; `nat_addr` = the client to restore as
-/// destination when hairpinned.
+/// destination when hairpinned (with `nat_port`, the client's port, when CT_FLAG_SNAT).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Ct4Value {
@@ -426,7 +484,9 @@ pub struct Ct4Value {
     pub flags: u16,
     pub svc_id: u32,
     pub backend_id: u32,
-    pub _pad: u32,
+    /// With CT_FLAG_SNAT: forward, the new source port; reply, the client's port.
+    pub nat_port: u16,
+    pub _pad: u16,
     /// bpf_ktime_get_ns() of the last packet.
     pub last_seen_ns: u64,
 }
@@ -454,7 +514,8 @@ pub struct Ct6Value {
     pub flags: u16,
     pub svc_id: u32,
     pub backend_id: u32,
-    pub _pad: u32,
+    pub nat_port: u16,
+    pub _pad: u16,
     pub last_seen_ns: u64,
 }
 
@@ -477,7 +538,12 @@ pub struct DatapathConfigValue {
     /// timeout: SYN_SENT is not tracked).
     pub ct_tcp_closing_timeout_s: u32,
     pub ct_udp_timeout_s: u32,
-    pub _pad: u32,
+    /// The node's IPv4 address that traffic from outside is source-NATed to when it goes to a
+    /// remote backend through a load-balancer or external IP (a node port keeps the node
+    /// address it was reached on); 0: none, such traffic is dropped.
+    pub snat4: u32,
+    /// The same for IPv6 (all zero: none).
+    pub snat6: [u32; 4],
 }
 
 impl DatapathConfigValue {
@@ -487,8 +553,29 @@ impl DatapathConfigValue {
         ct_tcp_timeout_s: 21_600,
         ct_tcp_closing_timeout_s: 10,
         ct_udp_timeout_s: 30,
-        _pad: 0,
+        snat4: 0,
+        snat6: [0; 4],
     };
+}
+
+/// Data of a `CIP_SRCRANGE4` key (an LPM trie key is `{prefix_len, data}`): a frontend's
+/// `loadBalancerSourceRanges` entry. The prefix covers the service id (32 bits, always whole)
+/// and then the range's prefix, so one lookup with prefix length 64 and the client's address
+/// finds whether any range of that service contains it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRange4 {
+    /// The frontend's service id, big-endian (the trie compares bytes in order).
+    pub svc_id_be: u32,
+    pub addr: u32,
+}
+
+/// Data of a `CIP_SRCRANGE6` key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRange6 {
+    pub svc_id_be: u32,
+    pub addr: [u32; 4],
 }
 
 const _: () = {
@@ -499,7 +586,9 @@ const _: () = {
     assert!(size_of::<Ct6Key>() == 40);
     assert!(size_of::<Ct6Value>() == 56);
     assert!(size_of::<SvcStats>() == 16);
-    assert!(size_of::<DatapathConfigValue>() == 16);
+    assert!(size_of::<DatapathConfigValue>() == 32);
+    assert!(size_of::<SourceRange4>() == 8);
+    assert!(size_of::<SourceRange6>() == 20);
     assert!(size_of::<Service4Key>() == 12);
     assert!(size_of::<Service6Key>() == 24);
     assert!(size_of::<ServiceValue>() == 16);
@@ -540,6 +629,8 @@ mod pod {
     unsafe impl aya::Pod for Ct6Value {}
     unsafe impl aya::Pod for SvcStats {}
     unsafe impl aya::Pod for DatapathConfigValue {}
+    unsafe impl aya::Pod for SourceRange4 {}
+    unsafe impl aya::Pod for SourceRange6 {}
 }
 
 #[cfg(test)]

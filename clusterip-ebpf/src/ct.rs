@@ -16,10 +16,12 @@ use crate::pkt::PROTO_TCP;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 const ANY: u64 = 0;
+const NOEXIST: u64 = 1;
 
 pub type Addr = [u32; 4];
 
 /// A flow as the packet carries it.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Tuple {
     pub saddr: Addr,
@@ -44,11 +46,14 @@ impl Tuple {
 }
 
 /// A conntrack value of either family.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Ct {
     pub addr: Addr,
     pub nat_addr: Addr,
     pub port: u16,
+    /// With CT_FLAG_SNAT: forward, the new source port; reply, the client's port.
+    pub nat_port: u16,
     pub flags: u16,
     pub svc_id: u32,
     pub backend_id: u32,
@@ -77,7 +82,8 @@ pub fn config() -> DatapathConfigValue {
             d.ct_tcp_closing_timeout_s,
         ),
         ct_udp_timeout_s: or_default(c.ct_udp_timeout_s, d.ct_udp_timeout_s),
-        _pad: 0,
+        snat4: c.snat4,
+        snat6: c.snat6,
     }
 }
 
@@ -139,6 +145,7 @@ pub fn lookup<const V6: bool>(t: &Tuple, dir: u8) -> Option<(Ct, Slot<V6>)> {
                 addr: v.addr,
                 nat_addr: v.nat_addr,
                 port: v.port,
+                nat_port: v.nat_port,
                 flags: v.flags,
                 svc_id: v.svc_id,
                 backend_id: v.backend_id,
@@ -158,6 +165,7 @@ pub fn lookup<const V6: bool>(t: &Tuple, dir: u8) -> Option<(Ct, Slot<V6>)> {
                 flags: v.flags,
                 svc_id: v.svc_id,
                 backend_id: v.backend_id,
+                nat_port: v.nat_port,
                 last_seen_ns: v.last_seen_ns,
             },
             Slot(p.cast()),
@@ -190,6 +198,17 @@ pub fn touch<const V6: bool>(slot: Slot<V6>, now: u64, set_flags: u16) {
 /// Writes (creates or replaces) the entry of `t` in direction `dir`.
 #[inline(always)]
 pub fn insert<const V6: bool>(t: &Tuple, dir: u8, v: &Ct) -> Result<(), i32> {
+    put::<V6>(t, dir, v, ANY)
+}
+
+/// Creates the entry of `t` in direction `dir`; `Err` when there is one already.
+#[inline(always)]
+pub fn insert_new<const V6: bool>(t: &Tuple, dir: u8, v: &Ct) -> Result<(), i32> {
+    put::<V6>(t, dir, v, NOEXIST)
+}
+
+#[inline(always)]
+fn put<const V6: bool>(t: &Tuple, dir: u8, v: &Ct, flags: u64) -> Result<(), i32> {
     if V6 {
         let value = Ct6Value {
             addr: v.addr,
@@ -198,10 +217,11 @@ pub fn insert<const V6: bool>(t: &Tuple, dir: u8, v: &Ct) -> Result<(), i32> {
             flags: v.flags,
             svc_id: v.svc_id,
             backend_id: v.backend_id,
+            nat_port: v.nat_port,
             _pad: 0,
             last_seen_ns: v.last_seen_ns,
         };
-        CIP_CT6.insert(&key6(t, dir), &value, ANY)
+        CIP_CT6.insert(&key6(t, dir), &value, flags)
     } else {
         let value = Ct4Value {
             addr: v.addr[0],
@@ -210,9 +230,10 @@ pub fn insert<const V6: bool>(t: &Tuple, dir: u8, v: &Ct) -> Result<(), i32> {
             flags: v.flags,
             svc_id: v.svc_id,
             backend_id: v.backend_id,
+            nat_port: v.nat_port,
             _pad: 0,
             last_seen_ns: v.last_seen_ns,
         };
-        CIP_CT4.insert(&key4(t, dir), &value, ANY)
+        CIP_CT4.insert(&key4(t, dir), &value, flags)
     }
 }

@@ -77,7 +77,8 @@ impl Family for V4 {
             port: 0,
             slot: 0,
             proto: 0,
-            _pad: [0; 3],
+            scope: 0,
+            _pad: [0; 2],
         }
     }
 }
@@ -107,7 +108,8 @@ impl Family for V6 {
             port: 0,
             slot: 0,
             proto: 0,
-            _pad: [0; 3],
+            scope: 0,
+            _pad: [0; 2],
         }
     }
 }
@@ -399,7 +401,8 @@ pub fn forward6(ctx: &SockAddrContext, hook: Hook) -> Result<(), i32> {
         port,
         slot: 0,
         proto: proto as u8,
-        _pad: [0; 3],
+        scope: 0,
+        _pad: [0; 2],
     };
     let flow = flow_key(ctx, hook, vip, 6, proto, port);
     match select::<V6>(ctx, &key, flow.as_ref()) {
@@ -446,7 +449,8 @@ fn forward_v4_addr(
         port,
         slot: 0,
         proto: proto as u8,
-        _pad: [0; 3],
+        scope: 0,
+        _pad: [0; 2],
     };
     let flow = flow_key(ctx, hook, [vip, 0, 0, 0], 4, proto, port);
     match select::<V4>(ctx, &key, flow.as_ref()) {

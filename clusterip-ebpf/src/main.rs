@@ -22,6 +22,7 @@ mod ctx;
 mod lb;
 mod maps;
 mod nat;
+mod nodeport;
 mod pkt;
 mod reject;
 mod select;

@@ -6,16 +6,19 @@
 //! identifier *is* the map name in `clusterip_common::map_names` (checked by the const block
 //! below).
 
+use crate::ct::{Ct, Tuple};
+use crate::select::Chosen;
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use clusterip_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value,
     DEFAULT_CONNTRACK_ENTRIES, DatapathConfigValue, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_MAGLEV_SERVICES, MAX_SERVICE_ENTRIES, MAX_SOCK_FLOWS, MAX_SOCK_REVNAT, MAX_SVC_ID,
-    MaglevValue, Service4Key, Service6Key, ServiceValue, SockFlowKey, SockFlowValue,
-    SockRevNat4Key, SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, SvcStats, map_names,
+    MAX_MAGLEV_SERVICES, MAX_SERVICE_ENTRIES, MAX_SOCK_FLOWS, MAX_SOCK_REVNAT, MAX_SOURCE_RANGES,
+    MAX_SVC_ID, MaglevValue, Service4Key, Service6Key, ServiceValue, SockFlowKey, SockFlowValue,
+    SockRevNat4Key, SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, SourceRange4, SourceRange6,
+    SvcStats, map_names,
 };
 
 const SVC: usize = MAX_SERVICE_ENTRIES as usize;
@@ -86,6 +89,39 @@ pub static CIP_STATS: PerCpuArray<SvcStats, SVC_IDS> = PerCpuArray::new();
 #[btf_map(pin_by_name)]
 pub static CIP_CONFIG: Array<DatapathConfigValue, 1> = Array::new();
 
+const SRC_RANGES: usize = MAX_SOURCE_RANGES as usize;
+
+/// Per-CPU scratch space of the external path (not pinned: nothing outlives a packet). A new
+/// flow's conntrack entries are built here: on the stack they would not fit the 512 bytes the
+/// verifier allows a call chain.
+#[btf_map]
+pub static CIP_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// What [`CIP_SCRATCH`] holds: the state the external path's stages hand on.
+#[repr(C)]
+pub struct Scratch {
+    /// The packet's flow.
+    pub t: Tuple,
+    /// The entry to apply (kept, or the new flow's forward entry).
+    pub e: Ct,
+    /// A new flow's reply entry and its key.
+    pub rev: Ct,
+    pub rev_t: Tuple,
+    /// The frontend (scope applied) and the chosen backend.
+    pub fe: ServiceValue,
+    pub b: Chosen,
+    pub tcp_flags: u8,
+}
+
+/// `loadBalancerSourceRanges`: (service id, IPv4 prefix) -> 1. LPM tries are never
+/// preallocated.
+#[btf_map(pin_by_name)]
+pub static CIP_SRCRANGE4: LpmTrie<SourceRange4, u8, SRC_RANGES> = LpmTrie::new();
+
+/// `loadBalancerSourceRanges` for IPv6.
+#[btf_map(pin_by_name)]
+pub static CIP_SRCRANGE6: LpmTrie<SourceRange6, u8, SRC_RANGES> = LpmTrie::new();
+
 /// The symbol names above must be the contract's map names.
 const _: () = {
     const fn eq(a: &str, b: &str) -> bool {
@@ -115,4 +151,6 @@ const _: () = {
     assert!(eq(map_names::CONNTRACK_V6, "CIP_CT6"));
     assert!(eq(map_names::STATS, "CIP_STATS"));
     assert!(eq(map_names::CONFIG, "CIP_CONFIG"));
+    assert!(eq(map_names::SOURCE_RANGES_V4, "CIP_SRCRANGE4"));
+    assert!(eq(map_names::SOURCE_RANGES_V6, "CIP_SRCRANGE6"));
 };

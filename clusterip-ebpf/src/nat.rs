@@ -12,12 +12,30 @@
 //! - ICMP errors (TC only) about a translated flow are rewritten so the client's stack matches
 //!   them to its socket (inner destination and outer source become VIP:port).
 //! - a VIP without usable endpoints, or a port it does not define: [`Verdict::Reject`] (the
-//!   caller answers) or [`Verdict::Drop`] (SVC_FLAG_DROP).
+//!   caller answers) or [`Verdict::DROP`] (SVC_FLAG_DROP).
+//!
+//! On the node's external interfaces (`EXT`, `tc_nodeport`) the same code serves traffic from
+//! outside the node to node ports, load-balancer IPs and external IPs (frontends with
+//! SVC_FLAG_EXTERNAL), as kube-proxy does:
+//! - `externalTrafficPolicy: Local` (SVC_FLAG_EXT_LOCAL): the frontend's scope-1 entry, this
+//!   node's endpoints only (none: dropped); the client's address is kept;
+//! - `Cluster`: any endpoint; to a backend on another node the source becomes this node's
+//!   address and a port of [`SNAT_PORT_MIN`]..=[`SNAT_PORT_MAX`] (unique per backend through the
+//!   reply conntrack entry), and the packet leaves by a FIB lookup and redirect
+//!   ([`Verdict::Route`]: the stack would drop a packet that arrives with its own address as
+//!   source), as do the replies translated back to the client;
+//! - `loadBalancerSourceRanges` (SVC_FLAG_SOURCE_RANGE): other sources are dropped;
+//! - replies of every flow the datapath translated come back through here (also ClusterIP
+//!   flows of pods whose backend is on another node); replies from a local backend to an
+//!   outside client are translated at egress ([`egress`]), after the stack has routed them.
+//!   Conntrack entries of these flows carry CT_FLAG_NODEPORT, and the pod-side program leaves
+//!   their replies alone (translated there, they would enter the stack with the node's own
+//!   address as source).
 
 use aya_log_ebpf::debug;
 use clusterip_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, MAX_SVC_ID, SVC_FLAG_AFFINITY,
-    SVC_FLAG_DROP, SVC_FLAG_OPEN, ServiceValue,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, CT_FLAG_NODEPORT, CT_FLAG_SNAT,
+    MAX_SVC_ID, SCOPE_DEFAULT, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_OPEN, ServiceValue,
 };
 
 use crate::ct::{self, Addr, Ct, Tuple};
@@ -28,17 +46,80 @@ use crate::pkt::{
 };
 use crate::select;
 
-/// What the entry point does with the packet.
+/// What the entry point does with the packet: a kind, and for `Route` the family, for
+/// `Reject` the family and whether TCP. A plain integer rather than an enum with fields: the
+/// unused fields of an enum variant are undefined, and LLVM reads them anyway when it packs the
+/// value into a register, which the verifier refuses when the register holds a pointer.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub struct Verdict(u32);
+
+/// What a [`Verdict`] says to do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     /// Untouched.
     Pass,
     /// Rewritten; let it go on.
     Translated,
     /// Drop silently.
     Drop,
-    /// Answer with a TCP RST / ICMP port unreachable (IPv6 if `v6`).
-    Reject { v6: bool, tcp: bool },
+    /// Rewritten with the node's own address as source: send it by a FIB lookup and redirect.
+    Route,
+    /// Answer with a TCP RST / ICMP port unreachable.
+    Reject,
+}
+
+impl Verdict {
+    pub const PASS: Verdict = Verdict(0);
+    pub const TRANSLATED: Verdict = Verdict(1);
+    pub const DROP: Verdict = Verdict(2);
+    const ROUTE: u32 = 3;
+    const REJECT: u32 = 4;
+    const V6: u32 = 1 << 8;
+    const TCP: u32 = 1 << 9;
+
+    #[inline(always)]
+    pub const fn route(v6: bool) -> Verdict {
+        Verdict(Self::ROUTE | if v6 { Self::V6 } else { 0 })
+    }
+
+    #[inline(always)]
+    pub const fn reject(v6: bool, tcp: bool) -> Verdict {
+        Verdict(Self::REJECT | if v6 { Self::V6 } else { 0 } | if tcp { Self::TCP } else { 0 })
+    }
+
+    #[inline(always)]
+    pub fn kind(self) -> Kind {
+        match self.0 & 0xff {
+            1 => Kind::Translated,
+            2 => Kind::Drop,
+            Self::ROUTE => Kind::Route,
+            Self::REJECT => Kind::Reject,
+            _ => Kind::Pass,
+        }
+    }
+
+    /// IPv6 (Route, Reject).
+    #[inline(always)]
+    pub fn v6(self) -> bool {
+        self.0 & Self::V6 != 0
+    }
+
+    /// TCP (Reject).
+    #[inline(always)]
+    pub fn tcp(self) -> bool {
+        self.0 & Self::TCP != 0
+    }
+
+    /// A scalar for crossing a BPF subprogram boundary.
+    #[inline(always)]
+    pub fn encode(self) -> u32 {
+        self.0
+    }
+
+    #[inline(always)]
+    pub fn decode(code: u32) -> Verdict {
+        Verdict(code)
+    }
 }
 
 /// Which program runs the code: XDP only does the forward translation.
@@ -82,17 +163,44 @@ const fn daddr_off(v6: bool) -> usize {
 /// IPv4 header checksum offset.
 const IP4_CSUM: usize = ETH_LEN + 10;
 
-/// Entry of both programs.
+/// Entry of the pod-side programs.
 #[inline(always)]
 pub fn process<P: Packet, const XDP: bool>(p: &P) -> Verdict {
     let Some(ethertype) = p.load::<u16>(12) else {
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     match u16::from_be(ethertype) {
-        ETH_P_IP => process_ip::<P, false, XDP>(p).unwrap_or(Verdict::Pass),
-        ETH_P_IPV6 => process_ip::<P, true, XDP>(p).unwrap_or(Verdict::Pass),
-        _ => Verdict::Pass,
+        ETH_P_IP => process_ip::<P, false, XDP>(p).unwrap_or(Verdict::PASS),
+        ETH_P_IPV6 => process_ip::<P, true, XDP>(p).unwrap_or(Verdict::PASS),
+        _ => Verdict::PASS,
     }
+}
+
+/// The tuple and TCP flags of a TCP or UDP packet with a plain IP header; None otherwise.
+#[inline(always)]
+pub(crate) fn parse_l4<P: Packet, const V6: bool>(p: &P) -> Option<(Tuple, u8)> {
+    let (saddr, daddr, proto) = parse_l3::<P, V6>(p, ETH_LEN)?;
+    let l4 = l4_off(V6);
+    let flags = if proto == PROTO_TCP {
+        // The whole fixed header must be there (checksum at +16, flags at +13).
+        let _: u32 = p.load(l4 + 16)?;
+        p.load::<u8>(l4 + 13)?
+    } else if proto == PROTO_UDP {
+        let _: u16 = p.load(l4 + 6)?;
+        0
+    } else {
+        return None;
+    };
+    Some((
+        Tuple {
+            saddr,
+            daddr,
+            sport: p.load(l4)?,
+            dport: p.load(l4 + 2)?,
+            proto,
+        },
+        flags,
+    ))
 }
 
 /// Reads an address of the family at `off`.
@@ -108,7 +216,7 @@ fn load_addr<P: Packet, const V6: bool>(p: &P, off: usize) -> Option<Addr> {
 /// `(saddr, daddr, protocol)` of a plain IP header (IPv4 without options and not a fragment,
 /// IPv6 without extension headers) at `l3`; None for anything else.
 #[inline(always)]
-fn parse_l3<P: Packet, const V6: bool>(p: &P, l3: usize) -> Option<(Addr, Addr, u8)> {
+pub(crate) fn parse_l3<P: Packet, const V6: bool>(p: &P, l3: usize) -> Option<(Addr, Addr, u8)> {
     let proto: u8 = if V6 {
         let ver: u8 = p.load(l3)?;
         if ver >> 4 != 6 {
@@ -138,53 +246,37 @@ fn parse_l3<P: Packet, const V6: bool>(p: &P, l3: usize) -> Option<(Addr, Addr, 
 #[inline(always)]
 fn process_ip<P: Packet, const V6: bool, const XDP: bool>(p: &P) -> Option<Verdict> {
     let (saddr, daddr, proto) = parse_l3::<P, V6>(p, ETH_LEN)?;
-    let l4 = l4_off(V6);
     let icmp = if V6 { PROTO_ICMPV6 } else { PROTO_ICMP };
     if proto == icmp {
         if XDP {
             return None;
         }
-        return icmp_error::<P, V6>(p, &saddr, &daddr);
+        return icmp_error::<P, V6, false>(p, &saddr, &daddr);
     }
-    let flags = if proto == PROTO_TCP {
-        // The whole fixed header must be there (checksum at +16, flags at +13).
-        let _: u32 = p.load(l4 + 16)?;
-        p.load::<u8>(l4 + 13)?
-    } else if proto == PROTO_UDP {
-        let _: u16 = p.load(l4 + 6)?;
-        0
-    } else {
-        return None;
-    };
-    let t = Tuple {
-        saddr,
-        daddr,
-        sport: p.load(l4)?,
-        dport: p.load(l4 + 2)?,
-        proto,
-    };
+    let (t, flags) = parse_l4::<P, V6>(p)?;
     if !XDP && let Some((e, slot)) = ct::lookup::<V6>(&t, CT_DIR_REPLY) {
-        return reverse::<P, V6>(p, &t, flags, &e, slot);
+        if e.flags & CT_FLAG_NODEPORT != 0 {
+            // The external side translates these (see the module docs).
+            return None;
+        }
+        return Some(reverse::<P, V6>(p, &t, flags, &e, slot));
     }
     // Most packets are not for a VIP: one lookup (the VIP's wildcard entry) says so. The
     // agent writes a VIP's wildcard before its frontends and removes it after them.
     let vip = select::vip_flags::<V6>(&t.daddr)?;
-    if let Some(fe) = select::frontend::<V6>(&t.daddr, t.dport, t.proto) {
-        return Some(forward::<P, V6>(p, &t, flags, &fe));
-    }
-    if vip & SVC_FLAG_OPEN != 0 {
-        // Only an external IP: other ports are the address's own.
-        return None;
-    }
-    debug!(
-        p,
-        "clusterip: port {} not defined on VIP: reject",
-        u16::from_be(t.dport)
-    );
-    Some(Verdict::Reject {
-        v6: V6,
-        tcp: proto == PROTO_TCP,
-    })
+    let Some(fe) = select::frontend::<V6>(&t.daddr, t.dport, t.proto, SCOPE_DEFAULT) else {
+        if vip & SVC_FLAG_OPEN != 0 {
+            // An external IP or node address: other ports are the address's own.
+            return None;
+        }
+        debug!(
+            p,
+            "clusterip: port {} not defined on VIP: reject",
+            u16::from_be(t.dport)
+        );
+        return Some(Verdict::reject(V6, proto == PROTO_TCP));
+    };
+    Some(forward::<P, V6>(p, &t, flags, &fe))
 }
 
 /// The L4 checksum's offset and `csum_l4` flags for `proto`.
@@ -236,7 +328,7 @@ fn set_port<P: Packet>(p: &P, off: usize, old: u16, new: u16, l4: (usize, u64)) 
 }
 
 #[inline(always)]
-fn count(svc_id: u32, bytes: u32) {
+pub(crate) fn count(svc_id: u32, bytes: u32) {
     if svc_id >= MAX_SVC_ID {
         return;
     }
@@ -250,20 +342,17 @@ fn count(svc_id: u32, bytes: u32) {
 }
 
 #[inline(always)]
-fn reject(fe: &ServiceValue, v6: bool, proto: u8) -> Verdict {
+pub(crate) fn reject(fe: &ServiceValue, v6: bool, proto: u8) -> Verdict {
     if fe.flags & SVC_FLAG_DROP != 0 {
-        Verdict::Drop
+        Verdict::DROP
     } else {
-        Verdict::Reject {
-            v6,
-            tcp: proto == PROTO_TCP,
-        }
+        Verdict::reject(v6, proto == PROTO_TCP)
     }
 }
 
 /// CT_FLAG_CLOSING if the segment ends its connection (FIN or RST), else 0.
 #[inline(always)]
-fn closing(tcp_flags: u8) -> u16 {
+pub(crate) fn closing(tcp_flags: u8) -> u16 {
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         CT_FLAG_CLOSING
     } else {
@@ -274,9 +363,14 @@ fn closing(tcp_flags: u8) -> u16 {
 /// Rewrites the service side of a TCP/UDP packet of a tracked flow: forward (`REPLY` false),
 /// the destination VIP:port becomes the backend `e.addr:e.port`; reply, the backend source
 /// becomes the VIP:port `e.addr:e.port` again. A hairpinned flow also has its other address
-/// replaced by `e.nat_addr`. `None`: a helper failed, possibly half-way.
+/// replaced by `e.nat_addr`, a source-NATed one its other address and port by
+/// `e.nat_addr:e.nat_port`. `None`: a helper failed, possibly half-way.
 #[inline(always)]
-fn rewrite<P: Packet, const V6: bool, const REPLY: bool>(p: &P, t: &Tuple, e: &Ct) -> Option<()> {
+pub(crate) fn rewrite<P: Packet, const V6: bool, const REPLY: bool>(
+    p: &P,
+    t: &Tuple,
+    e: &Ct,
+) -> Option<()> {
     // (offset, current value) of the service side's address and port, and of the other address.
     let (svc, other) = if REPLY {
         ((saddr_off(V6), &t.saddr), (daddr_off(V6), &t.daddr))
@@ -293,13 +387,22 @@ fn rewrite<P: Packet, const V6: bool, const REPLY: bool>(p: &P, t: &Tuple, e: &C
     let pseudo = Some((l4c.0, l4c.1 | F_PSEUDO_HDR));
     set_addr::<P, V6>(p, svc.0, svc.1, &e.addr, l3c, pseudo)?;
     set_port(p, port.0, port.1, e.port, l4c)?;
-    if e.flags & CT_FLAG_HAIRPIN != 0 {
+    if e.flags & (CT_FLAG_HAIRPIN | CT_FLAG_SNAT) != 0 {
         set_addr::<P, V6>(p, other.0, other.1, &e.nat_addr, l3c, pseudo)?;
+    }
+    if e.flags & CT_FLAG_SNAT != 0 {
+        // The client side's port: forward, the source port; reply, the destination port.
+        let other_port = if REPLY {
+            (l4_off(V6) + 2, t.dport)
+        } else {
+            (l4_off(V6), t.sport)
+        };
+        set_port(p, other_port.0, other_port.1, e.nat_port, l4c)?;
     }
     Some(())
 }
 
-/// client -> VIP:port.
+/// client -> VIP:port, pod side.
 #[inline(always)]
 fn forward<P: Packet, const V6: bool>(
     p: &P,
@@ -333,41 +436,11 @@ fn forward<P: Packet, const V6: bool>(
     let e = match kept {
         Some(e) => e,
         None => {
-            let Some(b) = select::choose::<V6>(t, fe, now) else {
+            let Some(b) = select::choose::<V6>(t, fe, SCOPE_DEFAULT, now) else {
                 debug!(p, "clusterip: svc {} no usable backend", fe.svc_id);
                 return reject(fe, V6, t.proto);
             };
-            let hairpin = b.addr == t.saddr;
-            let flags = closing | if hairpin { CT_FLAG_HAIRPIN } else { 0 };
-            let fwd = Ct {
-                addr: b.addr,
-                nat_addr: if hairpin { t.daddr } else { [0; 4] },
-                port: b.port,
-                flags,
-                svc_id: fe.svc_id,
-                backend_id: b.id,
-                last_seen_ns: now,
-            };
-            let rev_t = Tuple {
-                saddr: b.addr,
-                daddr: if hairpin { t.daddr } else { t.saddr },
-                sport: b.port,
-                dport: t.sport,
-                proto: t.proto,
-            };
-            let rev = Ct {
-                addr: t.daddr,
-                nat_addr: if hairpin { t.saddr } else { [0; 4] },
-                port: t.dport,
-                flags,
-                svc_id: fe.svc_id,
-                backend_id: b.id,
-                last_seen_ns: now,
-            };
-            // LRU inserts only fail without memory; the flow still maps the same way
-            // through Maglev, so go on.
-            let _ = ct::insert::<V6>(&rev_t, CT_DIR_REPLY, &rev);
-            let _ = ct::insert::<V6>(t, CT_DIR_FORWARD, &fwd);
+            let e = new_flow::<V6>(t, fe, &b, closing, now);
             if fe.flags & SVC_FLAG_AFFINITY != 0 {
                 select::write_affinity::<V6>(&t.saddr, fe.svc_id, b.id, now);
             }
@@ -375,33 +448,84 @@ fn forward<P: Packet, const V6: bool>(
                 p,
                 "clusterip: svc {} new flow -> backend {}", fe.svc_id, b.id
             );
-            fwd
+            e
         }
     };
     if rewrite::<P, V6, false>(p, t, &e).is_none() {
         // Offsets were checked while parsing; a failure here is a helper error. Never let a
         // half-rewritten packet go.
-        return Verdict::Drop;
+        return Verdict::DROP;
     }
     count(fe.svc_id, p.len());
-    Verdict::Translated
+    Verdict::TRANSLATED
 }
 
-/// backend -> client (or -> VIP when hairpinned): source back to VIP:port.
+/// Records a new pod-side flow `t` to backend `b`: the forward entry, and the reply entry the
+/// backend's answers are found by. Returns the forward entry.
 #[inline(always)]
-fn reverse<P: Packet, const V6: bool>(
+fn new_flow<const V6: bool>(
+    t: &Tuple,
+    fe: &ServiceValue,
+    b: &select::Chosen,
+    closing: u16,
+    now: u64,
+) -> Ct {
+    let hairpin = b.addr == t.saddr;
+    let flags = closing | if hairpin { CT_FLAG_HAIRPIN } else { 0 };
+    let fwd = Ct {
+        addr: b.addr,
+        nat_addr: if hairpin { t.daddr } else { [0; 4] },
+        port: b.port,
+        nat_port: 0,
+        flags,
+        svc_id: fe.svc_id,
+        backend_id: b.id,
+        last_seen_ns: now,
+    };
+    let rev_t = Tuple {
+        saddr: b.addr,
+        daddr: if hairpin { t.daddr } else { t.saddr },
+        sport: b.port,
+        dport: t.sport,
+        proto: t.proto,
+    };
+    let rev = Ct {
+        addr: t.daddr,
+        nat_addr: if hairpin { t.saddr } else { [0; 4] },
+        port: t.dport,
+        nat_port: 0,
+        flags,
+        svc_id: fe.svc_id,
+        backend_id: b.id,
+        last_seen_ns: now,
+    };
+    // LRU inserts only fail without memory; the flow still maps the same way through Maglev,
+    // so go on.
+    let _ = ct::insert::<V6>(&rev_t, CT_DIR_REPLY, &rev);
+    let _ = ct::insert::<V6>(t, CT_DIR_FORWARD, &fwd);
+    fwd
+}
+
+/// backend -> client (or -> VIP when hairpinned): source back to VIP:port, and the
+/// destination back to the client for a source-NATed flow ([`Verdict::Route`]).
+#[inline(always)]
+pub(crate) fn reverse<P: Packet, const V6: bool>(
     p: &P,
     t: &Tuple,
     tcp_flags: u8,
     e: &Ct,
     slot: ct::Slot<V6>,
-) -> Option<Verdict> {
+) -> Verdict {
     if rewrite::<P, V6, true>(p, t, e).is_none() {
-        return Some(Verdict::Drop);
+        return Verdict::DROP;
     }
     ct::touch(slot, ct::now_ns(), closing(tcp_flags));
     count(e.svc_id, p.len());
-    Some(Verdict::Translated)
+    if e.flags & CT_FLAG_SNAT != 0 {
+        Verdict::route(V6)
+    } else {
+        Verdict::TRANSLATED
+    }
 }
 
 /// An ICMP error about a packet of a translated flow, sent by the backend side (the quoted
@@ -412,7 +536,11 @@ fn reverse<P: Packet, const V6: bool>(
 /// pseudo header). The quoted L4 checksum is left as it is (the quote may be truncated and no
 /// stack checks it).
 #[inline(always)]
-fn icmp_error<P: Packet, const V6: bool>(p: &P, saddr: &Addr, daddr: &Addr) -> Option<Verdict> {
+pub(crate) fn icmp_error<P: Packet, const V6: bool, const EXT: bool>(
+    p: &P,
+    saddr: &Addr,
+    daddr: &Addr,
+) -> Option<Verdict> {
     let l4 = l4_off(V6);
     let ty: u8 = p.load(l4)?;
     let is_error = if V6 {
@@ -439,7 +567,13 @@ fn icmp_error<P: Packet, const V6: bool>(p: &P, saddr: &Addr, daddr: &Addr) -> O
         proto: iproto,
     };
     let (e, _) = ct::lookup::<V6>(&it.reversed(), CT_DIR_REPLY)?;
-    let hairpin = e.flags & CT_FLAG_HAIRPIN != 0;
+    if !EXT && e.flags & CT_FLAG_NODEPORT != 0 {
+        return None;
+    }
+    let snat = e.flags & CT_FLAG_SNAT != 0;
+    // The quoted source (and, when addressed to it, the outer destination) goes back to the
+    // client: the hairpin source or the source-NAT address was put there.
+    let client_side = snat || e.flags & CT_FLAG_HAIRPIN != 0;
     let icmp_csum = l4 + 2;
     let inner_saddr = inner + ip_saddr(V6);
     let inner_daddr = inner + ip_daddr(V6);
@@ -459,11 +593,14 @@ fn icmp_error<P: Packet, const V6: bool>(p: &P, saddr: &Addr, daddr: &Addr) -> O
     let ok = (|| {
         set_addr::<P, V6>(p, inner_daddr, &idaddr, &e.addr, inner_l3, inner_l4)?;
         set_port(p, il4 + 2, it.dport, e.port, (icmp_csum, 0))?;
-        if hairpin {
+        if client_side {
             set_addr::<P, V6>(p, inner_saddr, &isaddr, &e.nat_addr, inner_l3, inner_l4)?;
             if *daddr == isaddr {
                 set_addr::<P, V6>(p, daddr_off(V6), daddr, &e.nat_addr, outer_l3, outer_l4)?;
             }
+        }
+        if snat {
+            set_port(p, il4, it.sport, e.nat_port, (icmp_csum, 0))?;
         }
         if *saddr == idaddr {
             set_addr::<P, V6>(p, saddr_off(V6), saddr, &e.addr, outer_l3, outer_l4)?;
@@ -471,8 +608,12 @@ fn icmp_error<P: Packet, const V6: bool>(p: &P, saddr: &Addr, daddr: &Addr) -> O
         Some(())
     })();
     if ok.is_none() {
-        return Some(Verdict::Drop);
+        return Some(Verdict::DROP);
     }
     debug!(p, "clusterip: icmp error for svc {} translated", e.svc_id);
-    Some(Verdict::Translated)
+    if snat {
+        Some(Verdict::route(V6))
+    } else {
+        Some(Verdict::TRANSLATED)
+    }
 }

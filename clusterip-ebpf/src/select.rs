@@ -9,22 +9,26 @@
 
 use clusterip_common::{
     AFFINITY_CLIENT_IPV4, AFFINITY_CLIENT_IPV6, AffinityKey, AffinityValue, MAGLEV_TABLE_SIZE,
-    SVC_FLAG_AFFINITY, Service4Key, Service6Key, ServiceValue,
+    SVC_FLAG_AFFINITY, Service4Key, Service6Key, ServiceValue, SourceRange4, SourceRange6,
 };
 
 use crate::ct::{Addr, Tuple};
 use crate::lb::{Family, V4, V6 as Fam6};
-use crate::maps::{CIP_AFFINITY, CIP_MAGLEV};
+use crate::maps::{CIP_AFFINITY, CIP_MAGLEV, CIP_SRCRANGE4, CIP_SRCRANGE6};
+use aya_ebpf::maps::lpm_trie::Key;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 const ANY: u64 = 0;
 
 /// A chosen backend.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Chosen {
     pub id: u32,
     pub addr: Addr,
     pub port: u16,
+    /// BE_FLAG_*.
+    pub flags: u8,
 }
 
 // Keys are built from a zeroed value and then filled in: a literal `_pad: [0; 3]` makes LLVM
@@ -32,41 +36,73 @@ pub struct Chosen {
 // chain is what kernels before 6.6 (every frame rounded up to 32 bytes) refuse.
 
 #[inline(always)]
-fn svc_key4(addr: u32, port: u16, proto: u8, slot: u16) -> Service4Key {
+fn svc_key4(addr: u32, port: u16, proto: u8, slot: u16, scope: u8) -> Service4Key {
     // SAFETY: plain integers and padding; all zeros is a valid key.
     let mut k: Service4Key = unsafe { core::mem::zeroed() };
     k.addr = addr;
     k.port = port;
     k.slot = slot;
     k.proto = proto;
+    k.scope = scope;
     k
 }
 
 #[inline(always)]
-fn svc_key6(addr: Addr, port: u16, proto: u8, slot: u16) -> Service6Key {
+fn svc_key6(addr: Addr, port: u16, proto: u8, slot: u16, scope: u8) -> Service6Key {
     // SAFETY: as above.
     let mut k: Service6Key = unsafe { core::mem::zeroed() };
     k.addr = addr;
     k.port = port;
     k.slot = slot;
     k.proto = proto;
+    k.scope = scope;
     k
 }
 
-/// The frontend (slot 0) of `addr:port/proto`, if it is a service.
+/// The frontend (slot 0) of `addr:port/proto` in `scope`, if it is a service.
 #[inline(always)]
-pub fn frontend<const V6: bool>(addr: &Addr, port: u16, proto: u8) -> Option<ServiceValue> {
+pub fn frontend<const V6: bool>(
+    addr: &Addr,
+    port: u16,
+    proto: u8,
+    scope: u8,
+) -> Option<ServiceValue> {
     if V6 {
-        Fam6::service(&svc_key6(*addr, port, proto, 0))
+        Fam6::service(&svc_key6(*addr, port, proto, 0, scope))
     } else {
-        V4::service(&svc_key4(addr[0], port, proto, 0))
+        V4::service(&svc_key4(addr[0], port, proto, 0, scope))
+    }
+}
+
+/// Whether `client` is in one of the `loadBalancerSourceRanges` of service `svc_id`.
+#[inline(always)]
+pub fn source_allowed<const V6: bool>(client: &Addr, svc_id: u32) -> bool {
+    let svc_id_be = svc_id.to_be();
+    if V6 {
+        let key = Key::new(
+            160,
+            SourceRange6 {
+                svc_id_be,
+                addr: *client,
+            },
+        );
+        CIP_SRCRANGE6.get(&key).is_some()
+    } else {
+        let key = Key::new(
+            64,
+            SourceRange4 {
+                svc_id_be,
+                addr: client[0],
+            },
+        );
+        CIP_SRCRANGE4.get(&key).is_some()
     }
 }
 
 /// The flags of `addr`'s wildcard entry; None when it is not a VIP.
 #[inline(always)]
 pub fn vip_flags<const V6: bool>(addr: &Addr) -> Option<u16> {
-    frontend::<V6>(addr, 0, 0).map(|w| w.flags)
+    frontend::<V6>(addr, 0, 0, 0).map(|w| w.flags)
 }
 
 /// The backend with id `id`, if it (still) exists.
@@ -78,6 +114,7 @@ pub fn backend<const V6: bool>(id: u32) -> Option<Chosen> {
             id,
             addr: b.addr,
             port: b.port,
+            flags: b.flags,
         })
     } else {
         let b = V4::backend(id)?;
@@ -85,6 +122,7 @@ pub fn backend<const V6: bool>(id: u32) -> Option<Chosen> {
             id,
             addr: [b.addr, 0, 0, 0],
             port: b.port,
+            flags: b.flags,
         })
     }
 }
@@ -151,11 +189,12 @@ pub fn write_affinity<const V6: bool>(client: &Addr, svc_id: u32, id: u32, now: 
     let _ = CIP_AFFINITY.insert(&affinity_key::<V6>(client, svc_id), &value, ANY);
 }
 
-/// Chooses a backend for a new flow `t` to frontend `fe` (count > 0): ClientIP affinity if
-/// fresh and its backend still exists, else the Maglev entry of the flow hash, else (no table
-/// yet, or it names a backend already gone) slot `1 + hash % count`. `None`: no usable backend.
+/// Chooses a backend for a new flow `t` to frontend `fe` of `scope` (count > 0): ClientIP
+/// affinity if fresh and its backend still exists, else the Maglev entry of the flow hash, else
+/// (no table yet, or it names a backend already gone) slot `1 + hash % count`. `None`: no
+/// usable backend.
 #[inline(always)]
-pub fn choose<const V6: bool>(t: &Tuple, fe: &ServiceValue, now: u64) -> Option<Chosen> {
+pub fn choose<const V6: bool>(t: &Tuple, fe: &ServiceValue, scope: u8, now: u64) -> Option<Chosen> {
     if fe.flags & SVC_FLAG_AFFINITY != 0 {
         let akey = affinity_key::<V6>(&t.saddr, fe.svc_id);
         if let Some(p) = CIP_AFFINITY.get_ptr(&akey) {
@@ -186,9 +225,9 @@ pub fn choose<const V6: bool>(t: &Tuple, fe: &ServiceValue, now: u64) -> Option<
     }
     let slot = (1 + hash.checked_rem(u32::from(fe.count))?) as u16;
     let sv = if V6 {
-        Fam6::service(&svc_key6(t.daddr, t.dport, t.proto, slot))?
+        Fam6::service(&svc_key6(t.daddr, t.dport, t.proto, slot, scope))?
     } else {
-        V4::service(&svc_key4(t.daddr[0], t.dport, t.proto, slot))?
+        V4::service(&svc_key4(t.daddr[0], t.dport, t.proto, slot, scope))?
     };
     backend::<V6>(sv.backend_id)
 }

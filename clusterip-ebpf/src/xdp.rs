@@ -6,14 +6,14 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use crate::{
-    nat::{self, AT_XDP, Verdict},
+    nat::{self, AT_XDP, Kind},
     pkt::XdpPkt,
 };
 
 #[xdp]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
-    match nat::process::<_, AT_XDP>(&XdpPkt(&ctx)) {
-        Verdict::Pass | Verdict::Translated | Verdict::Reject { .. } => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
+    match nat::process::<_, AT_XDP>(&XdpPkt(&ctx)).kind() {
+        Kind::Drop => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
     }
 }

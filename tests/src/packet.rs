@@ -14,8 +14,9 @@ use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use clusterip_common::{
-    Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, MAGLEV_TABLE_SIZE, MaglevValue,
-    SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue, SvcStats, map_names,
+    Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, DatapathConfigValue, MAGLEV_TABLE_SIZE,
+    MaglevValue, SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue, SourceRange4,
+    SourceRange6, SvcStats, map_names,
 };
 use etherparse::{Ipv4Header, Ipv6Header, PacketBuilder, TcpHeader, UdpHeader};
 
@@ -113,6 +114,17 @@ impl Datapath {
                 panic!("tc_ingress rejected: {e:?}");
             }
         }
+        for name in ["tc_nodeport", "tc_nodeport_egress"] {
+            let p: &mut SchedClassifier = dp
+                .ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("{name} in the object"))
+                .try_into()
+                .expect("a classifier");
+            if let Err(e) = p.load() {
+                panic!("{name} rejected: {e:?}");
+            }
+        }
         {
             let p: &mut Xdp = dp
                 .ebpf
@@ -135,14 +147,33 @@ impl Datapath {
     /// Runs `pkt`; Err when the kernel refuses the input itself (BPF_PROG_TEST_RUN checks
     /// that an skb's IPv4/IPv6 header is there before running the program).
     pub fn try_run(&self, prog: &str, pkt: &[u8]) -> Result<Run, String> {
+        self.try_run_on(prog, pkt, None)
+    }
+
+    /// Runs `pkt` through `prog` as if it arrived on (or left by) interface `ifindex` of the
+    /// calling thread's network namespace (`__sk_buff.ifindex` in the test-run context): the
+    /// programs' FIB lookups then see that namespace's routes.
+    pub fn run_on(&self, prog: &str, pkt: &[u8], ifindex: u32) -> Run {
+        self.try_run_on(prog, pkt, Some(ifindex))
+            .unwrap_or_else(|e| panic!("test_run {prog} on {} bytes: {e}", pkt.len()))
+    }
+
+    fn try_run_on(&self, prog: &str, pkt: &[u8], ifindex: Option<u32>) -> Result<Run, String> {
         let mut out = vec![0u8; 4096];
+        // struct __sk_buff: ifindex at offset 40, 192 bytes in all; every other field the
+        // kernel accepts from a test run is left 0.
+        let mut ctx = [0u8; 192];
+        if let Some(i) = ifindex {
+            ctx[40..44].copy_from_slice(&i.to_ne_bytes());
+        }
         let opts = TestRunOptions {
             data_in: Some(pkt),
             data_out: Some(&mut out),
+            ctx_in: ifindex.map(|_| &ctx[..]),
             ..Default::default()
         };
         let program = self.ebpf.program(prog).expect("program");
-        let r = if prog == "tc_ingress" {
+        let r = if prog.starts_with("tc_") {
             let p: &SchedClassifier = program.try_into().expect("classifier");
             p.test_run(opts)
         } else {
@@ -196,12 +227,13 @@ impl Datapath {
                 let vip = $vip;
                 let mut be: HashMap<_, u32, $Backend> =
                     HashMap::try_from(self.ebpf.map_mut($be_map).unwrap()).unwrap();
-                for (id, (addr, port)) in ids.iter().zip(&svc.backends) {
+                for (i, (id, (addr, port))) in ids.iter().zip(&svc.backends).enumerate() {
                     let IpAddr::$Ip(a) = addr else {
                         panic!("backend {addr} of another family than the VIP {vip}")
                     };
-                    be.insert(id, &<$Backend>::new(*a, *port, svc.proto), 0)
-                        .unwrap();
+                    let mut b = <$Backend>::new(*a, *port, svc.proto);
+                    b.flags = svc.backend_flags.get(i).copied().unwrap_or(0);
+                    be.insert(id, &b, 0).unwrap();
                 }
                 let mut s: HashMap<_, $Key, ServiceValue> =
                     HashMap::try_from(self.ebpf.map_mut($svc_map).unwrap()).unwrap();
@@ -211,11 +243,15 @@ impl Datapath {
                         svc_id: svc.svc_id,
                         ..Default::default()
                     };
-                    let key = <$Key>::new(vip, svc.port, svc.proto, i as u16 + 1);
+                    let key = <$Key>::scoped(vip, svc.port, svc.proto, i as u16 + 1, svc.scope);
                     s.insert(&key, &v, 0).unwrap();
                 }
-                s.insert(&<$Key>::new(vip, svc.port, svc.proto, 0), &front, 0)
-                    .unwrap();
+                s.insert(
+                    &<$Key>::scoped(vip, svc.port, svc.proto, 0, svc.scope),
+                    &front,
+                    0,
+                )
+                .unwrap();
                 s.insert(&<$Key>::wildcard(vip), &wildcard, 0).unwrap();
             }};
         }
@@ -312,6 +348,60 @@ impl Datapath {
         be.remove(&ids[gone]).unwrap();
     }
 
+    /// Writes `addr`'s wildcard entry as `w` (e.g. with SVC_FLAG_OPEN: a node address whose
+    /// other ports are its own).
+    pub fn set_wildcard(&mut self, addr: IpAddr, w: &ServiceValue) {
+        match addr {
+            IpAddr::V4(a) => {
+                let mut s: HashMap<_, Service4Key, ServiceValue> =
+                    HashMap::try_from(self.ebpf.map_mut(map_names::SERVICES_V4).unwrap()).unwrap();
+                s.insert(&Service4Key::wildcard(a), w, 0).unwrap();
+            }
+            IpAddr::V6(a) => {
+                let mut s: HashMap<_, Service6Key, ServiceValue> =
+                    HashMap::try_from(self.ebpf.map_mut(map_names::SERVICES_V6).unwrap()).unwrap();
+                s.insert(&Service6Key::wildcard(a), w, 0).unwrap();
+            }
+        }
+    }
+
+    /// Sets the node addresses traffic from outside is source-NATed to (`CIP_CONFIG`).
+    pub fn set_snat(&mut self, v4: Option<std::net::Ipv4Addr>, v6: Option<Ipv6Addr>) {
+        let mut m: aya::maps::Array<_, DatapathConfigValue> =
+            aya::maps::Array::try_from(self.ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
+        let mut c = DatapathConfigValue::DEFAULT;
+        c.snat4 = v4.map_or(0, clusterip_common::ip4_to_net);
+        c.snat6 = v6.map_or([0; 4], clusterip_common::ip6_to_net);
+        m.set(0, &c, 0).unwrap();
+    }
+
+    /// Adds `addr/prefix` to the `loadBalancerSourceRanges` of service `svc_id`.
+    pub fn add_source_range(&mut self, svc_id: u32, addr: IpAddr, prefix: u32) {
+        use aya::maps::lpm_trie::{Key, LpmTrie};
+        match addr {
+            IpAddr::V4(a) => {
+                let mut m: LpmTrie<_, SourceRange4, u8> =
+                    LpmTrie::try_from(self.ebpf.map_mut(map_names::SOURCE_RANGES_V4).unwrap())
+                        .unwrap();
+                let data = SourceRange4 {
+                    svc_id_be: svc_id.to_be(),
+                    addr: clusterip_common::ip4_to_net(a),
+                };
+                m.insert(&Key::new(32 + prefix, data), &1, 0).unwrap();
+            }
+            IpAddr::V6(a) => {
+                let mut m: LpmTrie<_, SourceRange6, u8> =
+                    LpmTrie::try_from(self.ebpf.map_mut(map_names::SOURCE_RANGES_V6).unwrap())
+                        .unwrap();
+                let data = SourceRange6 {
+                    svc_id_be: svc_id.to_be(),
+                    addr: clusterip_common::ip6_to_net(a),
+                };
+                m.insert(&Key::new(32 + prefix, data), &1, 0).unwrap();
+            }
+        }
+    }
+
     /// Empties both conntrack maps.
     pub fn clear_ct(&mut self) {
         let mut m4: HashMap<_, Ct4Key, Ct4Value> =
@@ -372,6 +462,11 @@ pub struct Svc {
     pub flags: u16,
     pub affinity_timeout_s: u32,
     pub maglev: bool,
+    /// BE_FLAG_* per backend (missing: 0).
+    pub backend_flags: Vec<u8>,
+    /// SCOPE_DEFAULT or SCOPE_EXTERNAL (the outside view of an `externalTrafficPolicy: Local`
+    /// frontend).
+    pub scope: u8,
 }
 
 impl Svc {
@@ -385,6 +480,8 @@ impl Svc {
             flags: 0,
             affinity_timeout_s: 0,
             maglev: true,
+            backend_flags: Vec::new(),
+            scope: 0,
         }
     }
 }

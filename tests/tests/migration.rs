@@ -15,6 +15,8 @@ use clusterip_tests::require_env;
 const WEB: &str = "10.96.0.10:80";
 const ECHO: &str = "10.96.0.12:9000";
 const DNS: &str = "10.96.0.13:53";
+/// Connects made across the restart at most (see the connector).
+const MAX_CONNECTS: usize = 10_000;
 
 fn write_services(fx: &Fixture) {
     let web = Service::new("web", "10.96.0.10").port(tcp("http", 80, TCP_PORT));
@@ -73,9 +75,10 @@ fn changed_map_sizes_are_migrated_under_traffic() {
     let mut fx = Fixture::new(env, 3).unwrap();
     fx.standard_backends(3).unwrap();
     write_services(&fx);
-    fx.start_agent_with(&["--sock-revnat-max", "4096"]).unwrap();
+    fx.start_agent_with(&["--sock-revnat-max", "16384"])
+        .unwrap();
     let pins = fx.pins.path().to_owned();
-    assert_eq!(max_entries(&pins, "CIP_RNAT4"), 4096);
+    assert_eq!(max_entries(&pins, "CIP_RNAT4"), 16384);
     let before = fx.dump().unwrap();
 
     let mut udp = fx
@@ -104,7 +107,10 @@ fn changed_map_sizes_are_migrated_under_traffic() {
         };
         let connector = s.spawn(move || {
             let mut replies = Vec::new();
-            while !done.load(Ordering::SeqCst) {
+            // Bounded: each connect takes a reverse-NAT entry, and more than the 16,384 the
+            // first agent has would evict the UDP sockets' entries (LRU) whatever the
+            // migration does.
+            while !done.load(Ordering::SeqCst) && replies.len() < MAX_CONNECTS {
                 replies.extend(client.tcp(WEB.parse().unwrap(), 50).unwrap());
             }
             replies
@@ -114,7 +120,7 @@ fn changed_map_sizes_are_migrated_under_traffic() {
         agent
             .restart_with_args(&[
                 "--sock-revnat-max",
-                "8192",
+                "32768",
                 "--service-map-entries",
                 "65536",
                 "--backend-map-entries",
@@ -148,8 +154,8 @@ fn changed_map_sizes_are_migrated_under_traffic() {
     );
 
     for (map, want) in [
-        ("CIP_RNAT4", 8192),
-        ("CIP_RNAT6", 8192),
+        ("CIP_RNAT4", 32768),
+        ("CIP_RNAT6", 32768),
         ("CIP_SVC4", 65536),
         ("CIP_BE4", 32768),
     ] {

@@ -132,19 +132,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let debug_logs = telemetry::ebpf_debug_enabled();
-    let per_packet = !args.tc_ifaces.is_empty() || !args.xdp_ifaces.is_empty();
+    let per_packet = per_packet(&args);
     let cfg = DatapathConfig {
         bpffs: args.bpffs.clone(),
         cgroup: cgroup.clone(),
         debug_logs,
         tc_ifaces: args.tc_ifaces.iter().map(|p| Pattern::new(p)).collect(),
         xdp_ifaces: args.xdp_ifaces.iter().map(|p| Pattern::new(p)).collect(),
+        nodeport_ifaces: args
+            .nodeport_ifaces
+            .iter()
+            .map(|p| Pattern::new(p))
+            .collect(),
         sizing: sizing(&args)?,
         ct_config: DatapathConfigValue {
             ct_tcp_timeout_s: args.ct_tcp_timeout,
             ct_tcp_closing_timeout_s: args.ct_tcp_closing_timeout,
             ct_udp_timeout_s: args.ct_udp_timeout,
-            _pad: 0,
+            // Set from the node's addresses once they are known.
+            snat4: 0,
+            snat6: [0; 4],
         },
     };
     let mut datapath = Datapath::load(&cfg).context("loading the eBPF datapath")?;
@@ -359,7 +366,7 @@ fn sizing(args: &RunArgs) -> anyhow::Result<Sizing> {
         node_memory,
         u32::try_from(possible_cpus()).unwrap_or(u32::MAX),
         args.socket_lb,
-        !args.tc_ifaces.is_empty() || !args.xdp_ifaces.is_empty(),
+        per_packet(args),
     );
     input.ratio = args.map_dynamic_size_ratio;
     input.ct_max = args.ct_max;
@@ -368,6 +375,11 @@ fn sizing(args: &RunArgs) -> anyhow::Result<Sizing> {
     input.backend_entries = args.backend_map_entries;
     input.maglev_entries = args.maglev_map_entries;
     Ok(Sizing::compute(&input))
+}
+
+/// Whether a per-packet program runs (then conntrack and the Maglev tables are needed).
+fn per_packet(args: &RunArgs) -> bool {
+    !args.tc_ifaces.is_empty() || !args.xdp_ifaces.is_empty() || !args.nodeport_ifaces.is_empty()
 }
 
 /// `MemTotal` of /proc/meminfo, in bytes.

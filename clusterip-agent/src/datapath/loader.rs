@@ -82,10 +82,16 @@ pub const XDP_PROGRAM: &str = "xdp_ingress";
 /// On the egress of the `--tc-iface` interfaces: ICMP errors the node itself sends about
 /// translated flows (fragmentation needed, packet too big).
 pub const TC_EGRESS_PROGRAM: &str = "tc_egress";
+/// On the ingress and egress of the node's external interfaces (`--nodeport-iface`): node
+/// ports, load-balancer and external IPs from outside the node, and their replies.
+pub const NODEPORT_PROGRAM: &str = "tc_nodeport";
+pub const NODEPORT_EGRESS_PROGRAM: &str = "tc_nodeport_egress";
 /// Pin name prefixes of their per-interface links.
 pub const TC_PIN_PREFIX: &str = "tc";
 pub const XDP_PIN_PREFIX: &str = "xdp";
 pub const TC_EGRESS_PIN_PREFIX: &str = "tce";
+pub const NODEPORT_PIN_PREFIX: &str = "np";
+pub const NODEPORT_EGRESS_PIN_PREFIX: &str = "npe";
 
 /// Sub-directory of the pin directory holding the link pins.
 pub const LINKS_DIR: &str = "links";
@@ -116,10 +122,24 @@ pub struct DatapathConfig {
     pub tc_ifaces: Vec<Pattern>,
     /// Interfaces (names or patterns) that get `xdp_ingress`.
     pub xdp_ifaces: Vec<Pattern>,
+    /// The node's external interfaces (names or patterns): `tc_nodeport` at ingress,
+    /// `tc_nodeport_egress` at egress.
+    pub nodeport_ifaces: Vec<Pattern>,
     /// Every map's size ([`Sizing::compute`]).
     pub sizing: Sizing,
     /// Timeouts, written to `CIP_CONFIG[0]`.
     pub ct_config: DatapathConfigValue,
+}
+
+impl DatapathConfig {
+    /// The interface patterns of `kind`'s program.
+    fn patterns(&self, kind: HookKind) -> &[Pattern] {
+        match kind {
+            HookKind::Tc | HookKind::TcEgress => &self.tc_ifaces,
+            HookKind::Xdp => &self.xdp_ifaces,
+            HookKind::NodePort | HookKind::NodePortEgress => &self.nodeport_ifaces,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,9 +255,8 @@ pub struct Datapath {
     links: Vec<FdLink>,
     pin_dir: PathBuf,
     log_task: Option<JoinHandle<()>>,
-    tc: IfaceHook,
-    tc_egress: IfaceHook,
-    xdp: IfaceHook,
+    /// One per [`HookKind`], in [`HookKind::ALL`] order.
+    hooks: [IfaceHook; 5],
     /// The kernel has TCX links (else TC programs go straight to netlink clsact).
     tcx: bool,
     /// The cgroup the socket programs go on (None: socket-level load balancing off).
@@ -254,14 +273,26 @@ pub enum HookKind {
     Tc,
     TcEgress,
     Xdp,
+    NodePort,
+    NodePortEgress,
 }
 
 impl HookKind {
+    pub const ALL: [HookKind; 5] = [
+        HookKind::Tc,
+        HookKind::TcEgress,
+        HookKind::Xdp,
+        HookKind::NodePort,
+        HookKind::NodePortEgress,
+    ];
+
     pub fn program(self) -> &'static str {
         match self {
             HookKind::Tc => TC_PROGRAM,
             HookKind::TcEgress => TC_EGRESS_PROGRAM,
             HookKind::Xdp => XDP_PROGRAM,
+            HookKind::NodePort => NODEPORT_PROGRAM,
+            HookKind::NodePortEgress => NODEPORT_EGRESS_PROGRAM,
         }
     }
     pub fn pin_prefix(self) -> &'static str {
@@ -269,13 +300,27 @@ impl HookKind {
             HookKind::Tc => TC_PIN_PREFIX,
             HookKind::TcEgress => TC_EGRESS_PIN_PREFIX,
             HookKind::Xdp => XDP_PIN_PREFIX,
+            HookKind::NodePort => NODEPORT_PIN_PREFIX,
+            HookKind::NodePortEgress => NODEPORT_EGRESS_PIN_PREFIX,
         }
     }
     fn flag(self) -> &'static str {
         match self {
             HookKind::Tc | HookKind::TcEgress => "tc-iface",
             HookKind::Xdp => "xdp-iface",
+            HookKind::NodePort | HookKind::NodePortEgress => "nodeport-iface",
         }
+    }
+    /// TC programs attach at ingress or egress; XDP is neither.
+    fn tc_attach(self) -> Option<TcAttachType> {
+        match self {
+            HookKind::Tc | HookKind::NodePort => Some(TcAttachType::Ingress),
+            HookKind::TcEgress | HookKind::NodePortEgress => Some(TcAttachType::Egress),
+            HookKind::Xdp => None,
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
     }
     /// The error for an object without this hook's program.
     fn missing(self) -> DatapathError {
@@ -287,8 +332,8 @@ impl HookKind {
     /// BPF_LINK_TYPE_TCX / BPF_LINK_TYPE_XDP.
     fn link_type(self) -> u32 {
         match self {
-            HookKind::Tc | HookKind::TcEgress => 11,
             HookKind::Xdp => 6,
+            _ => 11,
         }
     }
 }
@@ -318,8 +363,9 @@ impl std::fmt::Debug for Datapath {
         f.debug_struct("Datapath")
             .field("pin_dir", &self.pin_dir)
             .field("links", &self.links.len())
-            .field("tc", &self.tc.attached)
-            .field("xdp", &self.xdp.attached)
+            .field("tc", &self.hook(HookKind::Tc).attached)
+            .field("xdp", &self.hook(HookKind::Xdp).attached)
+            .field("nodeport", &self.hook(HookKind::NodePort).attached)
             .field("log_forwarder", &self.log_task.is_some())
             .finish()
     }
@@ -382,7 +428,7 @@ impl Datapath {
                 );
             }
         }
-        if !cfg.tc_ifaces.is_empty() && !features.tcx {
+        if (!cfg.tc_ifaces.is_empty() || !cfg.nodeport_ifaces.is_empty()) && !features.tcx {
             tracing::warn!(feature = "tcx", "{}", crate::datapath::probe::TCX_FALLBACK);
         }
         let have_set_retval = u8::from(features.set_retval);
@@ -450,26 +496,19 @@ impl Datapath {
             }
         }
         // The per-packet programs: loaded only when asked for.
-        for (kind, patterns) in [
-            (HookKind::Tc, &cfg.tc_ifaces),
-            (HookKind::TcEgress, &cfg.tc_ifaces),
-            (HookKind::Xdp, &cfg.xdp_ifaces),
-        ] {
-            if patterns.is_empty() {
+        for kind in HookKind::ALL {
+            if cfg.patterns(kind).is_empty() {
                 continue;
             }
             let name = kind.program();
             let prog_err = program_err(name);
             let program = ebpf.program_mut(name).ok_or_else(|| kind.missing())?;
-            match kind {
-                HookKind::Tc | HookKind::TcEgress => {
-                    let p: &mut SchedClassifier = program.try_into().map_err(prog_err)?;
-                    p.load().map_err(prog_err)?;
-                }
-                HookKind::Xdp => {
-                    let p: &mut Xdp = program.try_into().map_err(prog_err)?;
-                    p.load().map_err(prog_err)?;
-                }
+            if kind.tc_attach().is_some() {
+                let p: &mut SchedClassifier = program.try_into().map_err(prog_err)?;
+                p.load().map_err(prog_err)?;
+            } else {
+                let p: &mut Xdp = program.try_into().map_err(prog_err)?;
+                p.load().map_err(prog_err)?;
             }
         }
 
@@ -478,9 +517,7 @@ impl Datapath {
             links: Vec::with_capacity(PROGRAMS.len()),
             pin_dir: cfg.bpffs.clone(),
             log_task: None,
-            tc: IfaceHook::new(cfg.tc_ifaces.clone()),
-            tc_egress: IfaceHook::new(cfg.tc_ifaces.clone()),
-            xdp: IfaceHook::new(cfg.xdp_ifaces.clone()),
+            hooks: HookKind::ALL.map(|kind| IfaceHook::new(cfg.patterns(kind).to_vec())),
             tcx: features.tcx,
             cgroup,
             attached: false,
@@ -535,8 +572,9 @@ impl Datapath {
         tracing::info!(
             bpffs = %self.pin_dir.display(),
             socket_lb = self.cgroup.is_some(),
-            tc = ?self.tc.attached.keys().collect::<Vec<_>>(),
-            xdp = ?self.xdp.attached.keys().collect::<Vec<_>>(),
+            tc = ?self.hook(HookKind::Tc).attached.keys().collect::<Vec<_>>(),
+            xdp = ?self.hook(HookKind::Xdp).attached.keys().collect::<Vec<_>>(),
+            nodeport = ?self.hook(HookKind::NodePort).attached.keys().collect::<Vec<_>>(),
             "eBPF datapath attached"
         );
         Ok(())
@@ -544,7 +582,7 @@ impl Datapath {
 
     /// Whether any per-packet hook was asked for (then interfaces are re-scanned).
     pub fn watches_interfaces(&self) -> bool {
-        !self.tc.patterns.is_empty() || !self.xdp.patterns.is_empty()
+        self.hooks.iter().any(|h| !h.patterns.is_empty())
     }
 
     /// At start: the per-interface links a previous agent pinned. A link on an interface that
@@ -569,7 +607,7 @@ impl Datapath {
         }
         pins.sort();
         for pin in pins {
-            for kind in [HookKind::Tc, HookKind::TcEgress, HookKind::Xdp] {
+            for kind in HookKind::ALL {
                 let Some(ifname) = interfaces::ifname_from_pin(kind.pin_prefix(), &pin) else {
                     continue;
                 };
@@ -620,11 +658,11 @@ impl Datapath {
     }
 
     fn hook_mut(&mut self, kind: HookKind) -> &mut IfaceHook {
-        match kind {
-            HookKind::Tc => &mut self.tc,
-            HookKind::TcEgress => &mut self.tc_egress,
-            HookKind::Xdp => &mut self.xdp,
-        }
+        &mut self.hooks[kind.index()]
+    }
+
+    fn hook(&self, kind: HookKind) -> &IfaceHook {
+        &self.hooks[kind.index()]
     }
 
     fn program_fd(&self, kind: HookKind) -> Result<std::os::fd::RawFd, DatapathError> {
@@ -648,7 +686,7 @@ impl Datapath {
                 return;
             }
         };
-        for kind in [HookKind::Tc, HookKind::TcEgress, HookKind::Xdp] {
+        for kind in HookKind::ALL {
             self.sync_hook(kind, &all);
         }
     }
@@ -713,13 +751,8 @@ impl Datapath {
         }
         let use_tcx = self.tcx;
         let program = self.ebpf.program_mut(name).ok_or_else(|| kind.missing())?;
-        let (link, mode): (Option<FdLink>, &'static str) = match kind {
-            HookKind::Tc | HookKind::TcEgress => {
-                let attach_type = if kind == HookKind::Tc {
-                    TcAttachType::Ingress
-                } else {
-                    TcAttachType::Egress
-                };
+        let (link, mode): (Option<FdLink>, &'static str) = match kind.tc_attach() {
+            Some(attach_type) => {
                 let p: &mut SchedClassifier = program.try_into().map_err(prog_err)?;
                 let tcx = TcAttach::Tcx {
                     attach_type,
@@ -765,7 +798,7 @@ impl Datapath {
                     }
                 }
             }
-            HookKind::Xdp => {
+            None => {
                 let p: &mut Xdp = program.try_into().map_err(prog_err)?;
                 let (id, mode) = match p.attach(ifindex, XdpMode::Driver) {
                     Ok(id) => (id, "native (driver)"),

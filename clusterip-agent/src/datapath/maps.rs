@@ -482,6 +482,7 @@ mod tests {
             flags,
             svc_id: 7,
             backend_id: 9,
+            nat_port: 0,
             _pad: 0,
             last_seen_ns: 42,
         };
@@ -528,6 +529,7 @@ mod tests {
             flags: 0,
             svc_id: 7,
             backend_id: 9,
+            nat_port: 0,
             _pad: 0,
             last_seen_ns: 0,
         };

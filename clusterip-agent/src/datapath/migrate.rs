@@ -195,6 +195,22 @@ pub fn wanted(sizing: &Sizing) -> BTreeMap<String, MapDef> {
             map_names::CONFIG,
             def::<u32, DatapathConfigValue>(BPF_MAP_TYPE_ARRAY, 1, 0),
         ),
+        (
+            map_names::SOURCE_RANGES_V4,
+            def::<(u32, SourceRange4), u8>(
+                BPF_MAP_TYPE_LPM_TRIE,
+                n(map_names::SOURCE_RANGES_V4),
+                NO_PREALLOC,
+            ),
+        ),
+        (
+            map_names::SOURCE_RANGES_V6,
+            def::<(u32, SourceRange6), u8>(
+                BPF_MAP_TYPE_LPM_TRIE,
+                n(map_names::SOURCE_RANGES_V6),
+                NO_PREALLOC,
+            ),
+        ),
     ];
     defs.into_iter()
         .map(|(name, d)| (name.to_string(), d))

@@ -16,9 +16,10 @@
 use std::fmt;
 
 use clusterip_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, MAX_SVC_ID,
-    MaglevValue, Service4Key, Service6Key, ServiceValue, SockFlowKey, SockFlowValue,
-    SockRevNat4Key, SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, SvcStats, map_names,
+    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value,
+    MAX_SOURCE_RANGES, MAX_SVC_ID, MaglevValue, Service4Key, Service6Key, ServiceValue,
+    SockFlowKey, SockFlowValue, SockRevNat4Key, SockRevNat4Value, SockRevNat6Key, SockRevNat6Value,
+    SvcStats, map_names,
 };
 use serde::Serialize;
 
@@ -329,6 +330,17 @@ impl Sizing {
         } else {
             (1, Basis::Unused)
         };
+        // loadBalancerSourceRanges: tries allocate per prefix, nothing up front.
+        for name in [map_names::SOURCE_RANGES_V4, map_names::SOURCE_RANGES_V6] {
+            maps.push(MapSize {
+                name,
+                entries: MAX_SOURCE_RANGES,
+                basis: Basis::Fixed,
+                alloc: Alloc::OnDemand,
+                element_bytes: 64,
+                fixed_bytes: 0,
+            });
+        }
         let stat_bytes = round8(size_of::<SvcStats>());
         maps.push(MapSize {
             name: map_names::STATS,
