@@ -517,7 +517,7 @@ mod tests {
     use crate::model::table::Protocol;
 
     fn svc(ns: &str, name: &str, ip: &str, port: u16) -> Service {
-        serde_yaml::from_str(&format!(
+        serde_saphyr::from_str(&format!(
             "metadata: {{name: {name}, namespace: {ns}}}\n\
              spec: {{clusterIP: {ip}, ports: [{{name: http, port: {port}, targetPort: 8080}}]}}"
         ))
@@ -529,7 +529,7 @@ mod tests {
             .iter()
             .map(|ip| format!("{{addresses: [{ip}], conditions: {{ready: true}}}}"))
             .collect();
-        serde_yaml::from_str(&format!(
+        serde_saphyr::from_str(&format!(
             "metadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {service}}}}}\n\
              addressType: IPv4\n\
              ports: [{{name: http, port: 8080, protocol: TCP}}]\n\

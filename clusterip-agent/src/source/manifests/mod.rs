@@ -59,7 +59,6 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::Deserialize;
 use tracing::{debug, error, warn};
 
 use crate::model::table::{DesiredTable, Frontend};
@@ -840,42 +839,92 @@ fn is_manifest_name(path: &Path) -> bool {
 
 /// Parses a whole file; Err (with the line) on a YAML syntax error anywhere in it. A version
 /// equal to the one `old` (the file's previous documents) has for the same key is shared.
+///
+/// The documents are turned into [`Doc`]s one at a time, as the parser finishes each
+/// ([`FileDocs`]): only one document is ever held as a tree, however large the file.
 fn parse_file(content: &[u8], old: &[Doc]) -> Result<Vec<Doc>, String> {
+    let parsed: FileDocs =
+        serde_saphyr::from_bytes_multiple_with_options(content, yaml_options(content.len()))
+            .map_err(|e| e.to_string())?;
     let old: HashMap<&ObjectRef, &Version> = old
         .iter()
         .filter_map(|d| d.parsed.as_ref().ok())
         .map(|v| (&v.key, v))
         .collect();
-    let mut docs = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_slice(content).enumerate() {
-        let value = serde_yaml::Value::deserialize(document).map_err(|e| e.to_string())?;
-        let location = Location {
-            document: u32::try_from(i + 1).unwrap_or(u32::MAX),
-            items: Vec::new(),
-        };
-        collect(value, location, &old, &mut docs);
+    let mut docs = parsed.docs;
+    for doc in &mut docs {
+        if let Ok(version) = &mut doc.parsed
+            && let Some(previous) = old.get(&version.key)
+            && same(previous, version)
+        {
+            *version = Arc::clone(previous);
+        }
     }
     Ok(docs)
 }
 
-fn str_field<'a>(value: &'a serde_yaml::Value, field: &str) -> Option<&'a str> {
+/// How manifest files are parsed. serde-saphyr's default budget is meant for one
+/// configuration file (1,024 documents, 250,000 nodes in all); a manifest of 10,000
+/// Services with their EndpointSlices has 20,000 documents and millions of nodes. The limits
+/// on the whole input therefore grow with its size (no YAML node is shorter than a byte, no
+/// document shorter than `---`), while the limits that guard against hostile structure (depth,
+/// aliases and anchors) keep their defaults.
+fn yaml_options(len: usize) -> serde_saphyr::Options {
+    let budget = serde_saphyr::budget! {
+        max_documents: len / 3 + 1_024,
+        max_nodes: len + 250_000,
+        max_events: 2 * len + 1_000_000,
+    };
+    serde_saphyr::options! {
+        budget: budget,
+        // Comments are never read; not collecting them saves their copies.
+        emit_comments: false,
+        // Errors name the file and line in one log line, without a source excerpt.
+        with_snippet: false,
+        // YAML 1.2 scalars, as serde_yaml read them before: `y`, `no`, `on` are strings
+        // (a Service may well be called `y`), and so are `0755` and `1_000`.
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+    }
+}
+
+/// The documents of one file, each turned into [`Doc`]s as soon as it is parsed (serde-saphyr
+/// collects a stream into any `Default + Extend`). serde-saphyr extends the collection once
+/// per document, with `None` for an empty one, so `documents` counts empty documents too and
+/// a location is the document's position in the file, as an editor shows it.
+#[derive(Default)]
+struct FileDocs {
+    documents: u32,
+    docs: Vec<Doc>,
+}
+
+impl Extend<serde_json::Value> for FileDocs {
+    fn extend<I: IntoIterator<Item = serde_json::Value>>(&mut self, values: I) {
+        self.documents = self.documents.saturating_add(1);
+        for value in values {
+            let location = Location {
+                document: self.documents,
+                items: Vec::new(),
+            };
+            collect(value, location, &mut self.docs);
+        }
+    }
+}
+
+fn str_field<'a>(value: &'a serde_json::Value, field: &str) -> Option<&'a str> {
     value.get(field).and_then(|v| v.as_str())
 }
 
 /// Turns one document (or List item) into Docs.
-fn collect(
-    value: serde_yaml::Value,
-    location: Location,
-    old: &HashMap<&ObjectRef, &Version>,
-    docs: &mut Vec<Doc>,
-) {
+fn collect(value: serde_json::Value, location: Location, docs: &mut Vec<Doc>) {
     let unusable = |location: Location, error: String| Doc {
         location,
         parsed: Err(Box::new(BadDoc { key: None, error })),
     };
     let mut value = match value {
-        serde_yaml::Value::Null => return,
-        serde_yaml::Value::Mapping(m) => m,
+        serde_json::Value::Null => return,
+        serde_json::Value::Object(m) => m,
         _ => {
             let e = "not a Kubernetes object (expected a mapping)".to_owned();
             docs.push(unusable(location, e));
@@ -895,13 +944,13 @@ fn collect(
     let object_kind = match (api_version.as_str(), kind.as_str()) {
         (_, "List") => {
             match value.remove("items") {
-                None | Some(serde_yaml::Value::Null) => {}
-                Some(serde_yaml::Value::Sequence(items)) => {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::Array(items)) => {
                     drop(value);
                     for (i, item) in items.into_iter().enumerate() {
                         let mut at = location.clone();
                         at.items.push(u32::try_from(i + 1).unwrap_or(u32::MAX));
-                        collect(item, at, old, docs);
+                        collect(item, at, docs);
                     }
                 }
                 Some(_) => {
@@ -936,8 +985,8 @@ fn collect(
             .unwrap_or(DEFAULT_NAMESPACE),
     };
     let key = ObjectRef::new(object_kind, namespace, name);
-    let value = serde_yaml::Value::Mapping(value);
-    let parsed = version_of(&key, value, old.get(&key).copied()).map_err(|error| {
+    let value = serde_json::Value::Object(value);
+    let parsed = version_of(&key, value).map_err(|error| {
         Box::new(BadDoc {
             key: Some(key),
             error,
@@ -946,13 +995,8 @@ fn collect(
     docs.push(Doc { location, parsed });
 }
 
-/// Deserializes one object and checks it on its own; `old` (the previous version at this
-/// key in the file) is shared if equal.
-fn version_of(
-    key: &ObjectRef,
-    value: serde_yaml::Value,
-    old: Option<&Version>,
-) -> Result<Version, String> {
+/// Deserializes one object and checks it on its own.
+fn version_of(key: &ObjectRef, value: serde_json::Value) -> Result<Version, String> {
     let mut parsed = Parsed {
         key: key.clone(),
         json: Box::default(),
@@ -963,12 +1007,9 @@ fn version_of(
     };
     let json = match key.kind {
         ObjectKind::Service => {
-            let mut svc: Service = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+            let mut svc: Service = serde_json::from_value(value).map_err(|e| e.to_string())?;
             svc.metadata.namespace = Some(key.namespace.clone());
             let json = to_json(&svc)?;
-            if let Some(old) = old.filter(|o| *o.json == *json) {
-                return Ok(Arc::clone(old));
-            }
             // What the service claims does not depend on its slices nor on the node.
             let built = model::build_service(&svc, &[], &NodeInfo::default());
             if built.accepted() {
@@ -979,12 +1020,9 @@ fn version_of(
         }
         ObjectKind::EndpointSlice => {
             let mut slice: EndpointSlice =
-                serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+                serde_json::from_value(value).map_err(|e| e.to_string())?;
             slice.metadata.namespace = Some(key.namespace.clone());
             let json = to_json(&slice)?;
-            if let Some(old) = old.filter(|o| *o.json == *json) {
-                return Ok(Arc::clone(old));
-            }
             parsed.problems = model::slice_problems(&slice).into_boxed_slice();
             if parsed.problems.is_empty() && slice.address_type != "FQDN" {
                 // The slice's own namespace.
@@ -993,11 +1031,8 @@ fn version_of(
             json
         }
         ObjectKind::Node => {
-            let node: Node = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+            let node: Node = serde_json::from_value(value).map_err(|e| e.to_string())?;
             let json = to_json(&node)?;
-            if let Some(old) = old.filter(|o| *o.json == *json) {
-                return Ok(Arc::clone(old));
-            }
             parsed.zone = node
                 .metadata
                 .labels

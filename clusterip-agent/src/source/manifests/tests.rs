@@ -994,3 +994,47 @@ fn scale_poll_objects() {
         rss_trimmed.saturating_sub(rss0)
     );
 }
+
+#[test]
+fn locations_count_empty_documents_and_list_items() {
+    let dir = TempDir::new();
+    // Document 1 is empty; the bad Service is document 2, and item 2 of the List in 3.
+    dir.write(
+        "a.yaml",
+        "---\n# nothing here\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: x, namespace: t}\n\
+         spec: {clusterIP: 10.96.40.1, ports: [{port: eighty}]}\n\
+         ---\napiVersion: v1\nkind: List\nitems:\n\
+         - {apiVersion: v1, kind: Service, metadata: {name: y, namespace: t}, spec: {clusterIP: 10.96.40.2, ports: [{port: 80}]}}\n\
+         - {apiVersion: v1, kind: Service, metadata: {name: z, namespace: t}, spec: {clusterIP: 10.96.40.3, ports: [{port: []}]}}\n",
+    );
+    let mut src = source(&dir.0);
+    assert_eq!(
+        src.poll(),
+        Some(table(vec![(
+            fe("10.96.40.2", 80, Protocol::Tcp),
+            entry("t", "y", "", &[])
+        )]))
+    );
+    assert!(has_problem(
+        &src,
+        Severity::Error,
+        &["a.yaml (document 2): Service t/x", "\"eighty\"", "ignored"]
+    ));
+    assert!(has_problem(
+        &src,
+        Severity::Error,
+        &["a.yaml (document 3, item 2): Service t/z", "ignored"]
+    ));
+    // A syntax error names the file and the line.
+    dir.write(
+        "b.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: w\n   bad: indent\n",
+    );
+    assert_eq!(src.poll(), None);
+    assert!(has_problem(
+        &src,
+        Severity::Error,
+        &["b.yaml: ", "line 5", "keep their last good state"]
+    ));
+}
