@@ -1054,4 +1054,6 @@ fn to_json<T: serde::Serialize>(object: &T) -> Result<Box<[u8]>, String> {
 }
 
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
 mod tests;
