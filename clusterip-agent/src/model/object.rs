@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::problem::{ObjectKind, ObjectRef, ProblemKind, Severity};
-use super::table::Protocol;
+use super::table::{Frontend, Protocol};
 use super::validate::{
     TargetPort, ValidEndpoint, ValidPort, ValidService, ValidSlice, ValidSlicePort,
     validate_service, validate_slice,
@@ -36,6 +37,13 @@ impl Key {
     /// first one.
     pub fn new(namespace: &str, name: &str) -> Self {
         Key(Arc::from(format!("{namespace}/{name}")))
+    }
+
+    /// The key of an object's metadata (namespace "default" when unset, name "" when
+    /// missing), as the model names it.
+    pub fn of(meta: &ObjectMeta) -> Self {
+        let (namespace, name) = ns_name(meta);
+        Key::new(namespace, name)
     }
 
     pub fn namespace(&self) -> &str {
@@ -242,6 +250,27 @@ impl ServiceObject {
             ServiceState::Accepted(spec) => &spec.vips,
             _ => &[],
         }
+    }
+
+    /// The frontends an accepted service claims (none otherwise), in the order
+    /// [`super::build`] gives them: they do not depend on slices nor on the node.
+    pub fn frontends(&self) -> impl Iterator<Item = Frontend> + '_ {
+        let spec = match &self.state {
+            ServiceState::Accepted(spec) => Some(&**spec),
+            _ => None,
+        };
+        spec.into_iter().flat_map(|spec| {
+            spec.vips
+                .iter()
+                .chain(spec.external_ips.iter())
+                .flat_map(|&vip| {
+                    spec.ports.iter().map(move |p| Frontend {
+                        vip,
+                        port: p.port,
+                        protocol: p.protocol,
+                    })
+                })
+        })
     }
 }
 
@@ -462,16 +491,15 @@ impl SliceObject {
         })
     }
 
-    /// How many endpoints a usable slice has (for tests and reports).
-    pub fn endpoint_count(&self) -> usize {
-        self.endpoints.len()
+    /// The address of each endpoint of a usable slice (for tests and reports).
+    pub fn endpoint_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.endpoints.iter().map(|ep| ep.ip)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::table::Frontend;
     use crate::model::{NodeInfo, build_table, explain, validate::validate_service};
     use serde_json::{Value, json};
 
@@ -752,6 +780,12 @@ mod tests {
             let (valid, problems) = validate_service(&svc);
             assert_eq!(object.problems(), problems.as_slice(), "{svc:?}");
             let rejected = problems.iter().any(|p| p.severity() == Severity::Error);
+            let built: Vec<Frontend> = super::super::build_service(&svc, &[], &NodeInfo::default())
+                .entries
+                .into_iter()
+                .map(|(fe, _)| fe)
+                .collect();
+            assert_eq!(object.frontends().collect::<Vec<_>>(), built, "{svc:?}");
             assert_eq!(object.ignored(), valid.is_none(), "{svc:?}");
             assert_eq!(object.valid(), valid.filter(|_| !rejected), "{svc:?}");
 
@@ -819,7 +853,6 @@ mod tests {
                 let ex = explain(owner, &refs, &node, fe);
                 assert_eq!(ex.backends, entry.backends, "{fe}: {services:?} {slices:?}");
                 assert_eq!(ex.no_endpoints, Some(entry.no_endpoints), "{fe}");
-                let _: &Frontend = fe;
                 frontends += 1;
                 with_backends += usize::from(!entry.backends.is_empty());
             }

@@ -63,8 +63,8 @@ use tracing::{debug, error, warn};
 
 use crate::model::table::{DesiredTable, Frontend};
 use crate::model::{
-    self, DEFAULT_NAMESPACE, LABEL_TOPOLOGY_ZONE, NodeInfo, ObjectKind, ObjectRef, Problem,
-    ProblemKind, Severity,
+    self, DEFAULT_NAMESPACE, Key, LABEL_TOPOLOGY_ZONE, NodeInfo, ObjectKind, ObjectRef, Problem,
+    ProblemKind, ServiceObject, Severity, SliceObject,
 };
 use crate::source::{Objects, SourceEvent};
 
@@ -280,28 +280,22 @@ impl Parsed {
 /// The event for an object added or changed (none for a Node: its zone is reported apart).
 fn applied(version: &Parsed) -> Option<SourceEvent> {
     match version.key.kind {
-        ObjectKind::Service => version.decode().map(SourceEvent::ServiceApplied),
-        ObjectKind::EndpointSlice => version.decode().map(SourceEvent::SliceApplied),
+        ObjectKind::Service => version
+            .decode()
+            .map(|svc| SourceEvent::ServiceApplied(Arc::new(ServiceObject::new(&svc)))),
+        ObjectKind::EndpointSlice => version
+            .decode()
+            .map(|slice| SourceEvent::SliceApplied(Arc::new(SliceObject::new(&slice)))),
         ObjectKind::Node => None,
     }
 }
 
 /// The event for an object removed (none for a Node).
 fn deleted(key: &ObjectRef) -> Option<SourceEvent> {
-    let metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        name: Some(key.name.clone()),
-        namespace: Some(key.namespace.clone()),
-        ..Default::default()
-    };
+    let name = Key::new(&key.namespace, &key.name);
     match key.kind {
-        ObjectKind::Service => Some(SourceEvent::ServiceDeleted(Service {
-            metadata,
-            ..Default::default()
-        })),
-        ObjectKind::EndpointSlice => Some(SourceEvent::SliceDeleted(EndpointSlice {
-            metadata,
-            ..Default::default()
-        })),
+        ObjectKind::Service => Some(SourceEvent::ServiceDeleted(name)),
+        ObjectKind::EndpointSlice => Some(SourceEvent::SliceDeleted(name)),
         ObjectKind::Node => None,
     }
 }
@@ -410,8 +404,8 @@ impl ManifestSource {
 
     /// Re-reads PATH. Returns what changed in the good set (as [`Self::poll_objects`] hands
     /// it out) since the last call, as events for the object store: the first call returns
-    /// the whole set ([`SourceEvent::NodeZone`], [`SourceEvent::ServicesReplaced`],
-    /// [`SourceEvent::SlicesReplaced`]); later ones the objects added or changed
+    /// the whole set ([`SourceEvent::NodeZone`], then each kind as a complete list:
+    /// [`SourceEvent::Listing`], the objects, [`SourceEvent::Listed`]); later ones the objects added or changed
     /// (`ServiceApplied`, `SliceApplied`), the ones removed (`ServiceDeleted`, `SliceDeleted`,
     /// carrying only namespace and name) and the zone if it changed. None when nothing changed.
     /// Only the changed objects are typed: cheap for a small change in a large set.
@@ -431,12 +425,23 @@ impl ManifestSource {
         .node_zone;
         let events = match self.reported.take() {
             None => {
-                let objects = self.current_objects();
-                vec![
-                    SourceEvent::NodeZone(objects.node_zone),
-                    SourceEvent::ServicesReplaced(objects.services),
-                    SourceEvent::SlicesReplaced(objects.slices),
-                ]
+                // The whole set, as one list of each kind.
+                let mut events = vec![
+                    SourceEvent::NodeZone(zone.clone()),
+                    SourceEvent::Listing(ObjectKind::Service),
+                ];
+                let of = |kind: ObjectKind| {
+                    self.accepted
+                        .iter()
+                        .filter(move |v| v.key.kind == kind)
+                        .filter_map(|v| applied(v))
+                };
+                events.extend(of(ObjectKind::Service));
+                events.push(SourceEvent::Listed(ObjectKind::Service));
+                events.push(SourceEvent::Listing(ObjectKind::EndpointSlice));
+                events.extend(of(ObjectKind::EndpointSlice));
+                events.push(SourceEvent::Listed(ObjectKind::EndpointSlice));
+                events
             }
             Some((base, base_zone)) => {
                 let mut events = Vec::new();

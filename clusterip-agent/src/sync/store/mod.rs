@@ -3,105 +3,35 @@
 //! Sources (the manifest files, the Kubernetes API) report [`SourceEvent`]s. The store keeps
 //! the current Services, EndpointSlices and this node's zone, and the [`DesiredTable`] built
 //! from them. An event marks the services it concerns as dirty; [`Store::compute`] rebuilds
-//! only those (through [`model::build_service`]) and returns the frontends whose entries
-//! changed, which is what [`crate::sync::syncer::Syncer::apply_partial`] writes. One endpoint
-//! change therefore costs one service's rebuild and its map writes, however many services
-//! there are.
+//! only those (through [`model::build`]) and returns the frontends whose entries changed,
+//! which is what [`crate::sync::syncer::Syncer::apply_partial`] writes. One endpoint change
+//! therefore costs one service's rebuild and its map writes, however many services there are.
 //!
-//! A relist ([`SourceEvent::ServicesReplaced`], [`SourceEvent::SlicesReplaced`]) is diffed
-//! against what the store holds: objects that did not change stay clean, so a watch that
-//! reconnects and relists rewrites nothing and the maps never pass through an empty state.
+//! A (re)list ([`SourceEvent::Listing`], the objects, [`SourceEvent::Listed`]) is diffed
+//! against what the store holds: objects that did not change stay clean, and what the list
+//! lacked is removed only once it is complete, so a watch that reconnects and relists
+//! rewrites nothing and the maps never pass through an empty or partial state.
 //!
-//! Objects are kept stripped of what the model never reads (managed fields, owner references,
-//! unrelated annotations, endpoints' target references, status) and serialized as compact
-//! JSON, and parsed again only when their service is rebuilt: 10,000 services with 10
-//! endpoints each take about 10 MB instead of about 60 MB as typed objects.
+//! Objects are kept as the sources hand them over: checked and compact
+//! ([`crate::model::ServiceObject`], [`crate::model::SliceObject`]), shared with the manifest
+//! source when it is the one feeding the store. 10,000 services with one slice of 10
+//! endpoints each take about 5 MB with their indexes.
 //!
 //! Two services claiming the same frontend (which the API server's allocator prevents): the
 //! one that holds it keeps it; the other is rejected as a whole, reported, and retried when
 //! a frontend is released.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{debug, warn};
 
 use crate::model::table::{DesiredTable, Frontend};
-use crate::model::{self, NodeInfo, ObjectKind, ObjectRef, ProblemKind, Severity};
+use crate::model::{
+    self, Key, NodeInfo, ObjectKind, ObjectRef, ProblemKind, ServiceObject, Severity, SliceObject,
+};
 use crate::source::SourceEvent;
-
-/// `namespace/name` of an object, interned: every map of the store that names the object
-/// shares one allocation (10,000 services and their slices are named in six maps each).
-#[derive(Clone, Debug)]
-pub struct Key(Arc<str>);
-
-impl Key {
-    pub fn ns(&self) -> &str {
-        split(&self.0).0
-    }
-
-    pub fn name(&self) -> &str {
-        split(&self.0).1
-    }
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        *self.0 == *other.0
-    }
-}
-
-impl Eq for Key {}
-
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        (*self.0).hash(h);
-    }
-}
-
-impl PartialOrd for Key {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Key {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (*self.0).cmp(&*other.0)
-    }
-}
-
-impl std::borrow::Borrow<str> for Key {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// `namespace/name` → (namespace, name). Neither may contain a `/` in Kubernetes.
-fn split(key: &str) -> (&str, &str) {
-    key.split_once('/').unwrap_or(("", key))
-}
-
-/// `namespace/name` of an object (default namespace when unset); None without a name.
-fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<String> {
-    let ns = meta
-        .namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or(model::DEFAULT_NAMESPACE);
-    let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
-    Some(format!("{ns}/{name}"))
-}
 
 /// What [`Store::compute`] changed.
 #[derive(Debug, Default)]
@@ -114,33 +44,28 @@ pub struct Changes {
     pub since: Option<Instant>,
 }
 
-/// Deletions after which unused interned keys are dropped.
-const PRUNE_AFTER: usize = 1024;
-
 #[derive(Default)]
 pub struct Store {
     node: NodeInfo,
-    /// Stripped objects as JSON ([`strip_service`], [`strip_slice`]).
-    services: HashMap<Key, Box<[u8]>>,
-    slices: HashMap<Key, Box<[u8]>>,
-    /// slice key -> the service key it belongs to.
-    slice_owner: HashMap<Key, Key>,
-    /// service key -> its slices' keys (sorted: deterministic merge order).
-    slices_of: HashMap<Key, BTreeSet<Key>>,
+    services: HashMap<Key, Arc<ServiceObject>>,
+    slices: HashMap<Key, Arc<SliceObject>>,
+    /// service key -> the keys of the slices naming it, sorted (a slice's owner is its
+    /// [`SliceObject::service`]).
+    slices_of: HashMap<Key, Vec<Key>>,
     dirty: BTreeSet<Key>,
     /// When the oldest event not yet computed was received.
     dirty_since: Option<Instant>,
     /// Frontends each service holds in `table`.
-    held: HashMap<Key, Vec<Frontend>>,
+    held: HashMap<Key, Box<[Frontend]>>,
     owner: HashMap<Frontend, Key>,
     /// Services rejected because another holds one of their frontends.
     conflicted: BTreeSet<Key>,
     /// Last problems logged per object, so a problem is logged when it appears or changes.
     logged: HashMap<ObjectRef, Vec<String>>,
     table: DesiredTable,
-    /// Every key in use (see [`Key`]); pruned after many deletions.
-    names: HashSet<Key>,
-    deletions: usize,
+    /// The keys applied since [`SourceEvent::Listing`], per kind, while a list is in progress.
+    listing_services: Option<HashSet<Key>>,
+    listing_slices: Option<HashSet<Key>>,
     services_seen: bool,
     slices_seen: bool,
 }
@@ -181,35 +106,42 @@ impl Store {
     pub fn handle(&mut self, at: Instant, ev: SourceEvent) {
         match ev {
             SourceEvent::ServiceApplied(svc) => self.apply_service(at, svc),
-            SourceEvent::ServiceDeleted(svc) => {
-                if let Some(key) = key_of(&svc.metadata) {
+            SourceEvent::ServiceDeleted(key) => {
+                if let Some(listing) = &mut self.listing_services {
+                    listing.remove(&key);
+                }
+                self.delete_service(at, &key);
+            }
+            SourceEvent::SliceApplied(slice) => self.apply_slice(at, slice),
+            SourceEvent::SliceDeleted(key) => {
+                if let Some(listing) = &mut self.listing_slices {
+                    listing.remove(&key);
+                }
+                self.delete_slice(at, &key);
+            }
+            SourceEvent::Listing(ObjectKind::Service) => {
+                self.listing_services = Some(HashSet::new());
+            }
+            SourceEvent::Listing(ObjectKind::EndpointSlice) => {
+                self.listing_slices = Some(HashSet::new());
+            }
+            // A Listed without its Listing lists nothing: everything held is gone.
+            SourceEvent::Listed(ObjectKind::Service) => {
+                let listed = self.listing_services.take().unwrap_or_default();
+                self.services_seen = true;
+                for key in missing_from(self.services.keys(), &listed) {
                     self.delete_service(at, &key);
                 }
             }
-            SourceEvent::SliceApplied(slice) => self.apply_slice(at, slice),
-            SourceEvent::SliceDeleted(slice) => {
-                if let Some(key) = key_of(&slice.metadata) {
+            SourceEvent::Listed(ObjectKind::EndpointSlice) => {
+                let listed = self.listing_slices.take().unwrap_or_default();
+                self.slices_seen = true;
+                for key in missing_from(self.slices.keys(), &listed) {
                     self.delete_slice(at, &key);
                 }
             }
-            SourceEvent::ServicesReplaced(all) => {
-                self.services_seen = true;
-                for key in missing_from(&self.services, all.iter().map(|s| &s.metadata)) {
-                    self.delete_service(at, &key.0);
-                }
-                for svc in all {
-                    self.apply_service(at, svc);
-                }
-            }
-            SourceEvent::SlicesReplaced(all) => {
-                self.slices_seen = true;
-                for key in missing_from(&self.slices, all.iter().map(|s| &s.metadata)) {
-                    self.delete_slice(at, &key.0);
-                }
-                for slice in all {
-                    self.apply_slice(at, slice);
-                }
-            }
+            // Nodes are reported through their zone.
+            SourceEvent::Listing(ObjectKind::Node) | SourceEvent::Listed(ObjectKind::Node) => {}
             SourceEvent::NodeZone(zone) => {
                 if zone != self.node.zone {
                     debug!(zone = ?zone, "node zone changed; rebuilding every service");
@@ -224,91 +156,80 @@ impl Store {
         }
     }
 
-    /// The interned [`Key`] for `namespace/name`.
-    fn intern(&mut self, key: String) -> Key {
-        if let Some(k) = self.names.get(key.as_str()) {
-            return k.clone();
-        }
-        let k = Key(Arc::from(key));
-        self.names.insert(k.clone());
-        k
-    }
-
-    fn apply_service(&mut self, at: Instant, mut svc: Service) {
-        let Some(key) = key_of(&svc.metadata) else {
-            warn!(namespace = ?svc.metadata.namespace, "a Service without a name was ignored");
-            return;
-        };
-        strip_service(&mut svc);
-        let Some(json) = to_json(&svc, &key) else {
-            return;
-        };
-        if self.services.get(key.as_str()) == Some(&json) {
+    fn apply_service(&mut self, at: Instant, svc: Arc<ServiceObject>) {
+        let key = svc.key();
+        if key.name().is_empty() {
+            warn!(
+                namespace = key.namespace(),
+                "a Service without a name was ignored"
+            );
             return;
         }
-        let key = self.intern(key);
-        self.services.insert(key.clone(), json);
+        if let Some(listing) = &mut self.listing_services {
+            listing.insert(key.clone());
+        }
+        if self.services.get(key).is_some_and(|old| **old == *svc) {
+            return;
+        }
+        let key = key.clone();
+        self.services.insert(key.clone(), svc);
         self.mark(key, at);
     }
 
-    fn delete_service(&mut self, at: Instant, key: &str) {
+    fn delete_service(&mut self, at: Instant, key: &Key) {
         if let Some((key, _)) = self.services.remove_entry(key) {
-            self.deletions += 1;
             self.mark(key, at);
         }
     }
 
-    fn apply_slice(&mut self, at: Instant, mut slice: EndpointSlice) {
-        let Some(key) = key_of(&slice.metadata) else {
-            warn!(namespace = ?slice.metadata.namespace, "an EndpointSlice without a name was ignored");
-            return;
-        };
-        strip_slice(&mut slice);
-        let Some(json) = to_json(&slice, &key) else {
-            return;
-        };
-        if self.slices.get(key.as_str()) == Some(&json) {
+    fn apply_slice(&mut self, at: Instant, slice: Arc<SliceObject>) {
+        let key = slice.key().clone();
+        if key.name().is_empty() {
+            warn!(
+                namespace = key.namespace(),
+                "an EndpointSlice without a name was ignored"
+            );
             return;
         }
-        let (ns, name) = split(&key);
-        let object = ObjectRef::new(ObjectKind::EndpointSlice, ns, name);
-        let problems = model::slice_problems(&slice);
-        self.log_problems(object, &problems);
-        let new_owner =
-            model::slice_service(&slice).map(|(ns, n)| self.intern(format!("{ns}/{n}")));
+        if let Some(listing) = &mut self.listing_slices {
+            listing.insert(key.clone());
+        }
+        if self.slices.get(&key).is_some_and(|old| **old == *slice) {
+            return;
+        }
+        self.log_problems(slice.object_ref(), slice.problems());
         self.unlink_slice(at, &key);
-        let key = self.intern(key);
-        if let Some(owner) = new_owner {
-            self.slices_of
-                .entry(owner.clone())
-                .or_default()
-                .insert(key.clone());
-            self.slice_owner.insert(key.clone(), owner.clone());
-            self.mark(owner, at);
-        }
-        self.slices.insert(key, json);
-    }
-
-    fn delete_slice(&mut self, at: Instant, key: &str) {
-        if self.slices.remove(key).is_some() {
-            self.deletions += 1;
-            self.unlink_slice(at, key);
-            let (ns, name) = split(key);
-            self.logged
-                .remove(&ObjectRef::new(ObjectKind::EndpointSlice, ns, name));
-        }
-    }
-
-    fn unlink_slice(&mut self, at: Instant, key: &str) {
-        if let Some(old) = self.slice_owner.remove(key) {
-            if let Some(set) = self.slices_of.get_mut(&old) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.slices_of.remove(&old);
-                }
+        if let Some(owner) = slice.service() {
+            let of = self.slices_of.entry(owner.clone()).or_default();
+            if let Err(at) = of.binary_search(&key) {
+                of.insert(at, key.clone());
             }
-            self.mark(old, at);
+            self.mark(owner.clone(), at);
         }
+        self.slices.insert(key, slice);
+    }
+
+    fn delete_slice(&mut self, at: Instant, key: &Key) {
+        self.unlink_slice(at, key);
+        if let Some(slice) = self.slices.remove(key) {
+            self.logged.remove(&slice.object_ref());
+        }
+    }
+
+    /// Takes a slice out of its owner's list (marking the owner); the slice stays stored.
+    fn unlink_slice(&mut self, at: Instant, key: &Key) {
+        let Some(owner) = self.slices.get(key).and_then(|s| s.service()).cloned() else {
+            return;
+        };
+        if let Some(of) = self.slices_of.get_mut(&owner) {
+            if let Ok(i) = of.binary_search(key) {
+                of.remove(i);
+            }
+            if of.is_empty() {
+                self.slices_of.remove(&owner);
+            }
+        }
+        self.mark(owner, at);
     }
 
     /// Rebuilds the dirty services and updates the table; returns what changed.
@@ -317,10 +238,6 @@ impl Store {
             since: self.dirty_since.take(),
             ..Default::default()
         };
-        if self.deletions > PRUNE_AFTER {
-            self.deletions = 0;
-            self.names.retain(|k| Arc::strong_count(&k.0) > 1);
-        }
         // Releasing a frontend may let a conflicted service in: a few rounds at most.
         for _ in 0..4 {
             let dirty = std::mem::take(&mut self.dirty);
@@ -347,27 +264,23 @@ impl Store {
 
     /// Rebuilds one service; returns whether it released a frontend.
     fn rebuild(&mut self, key: &Key, changes: &mut Changes) -> bool {
-        let old: Vec<Frontend> = self.held.remove(key).unwrap_or_default();
+        let old: Box<[Frontend]> = self.held.remove(key).unwrap_or_default();
         self.conflicted.remove(key);
-        let object = ObjectRef::new(ObjectKind::Service, key.ns(), key.name());
+        let object = ObjectRef::new(ObjectKind::Service, key.namespace(), key.name());
         let mut new_entries = Vec::new();
-        let svc: Option<Service> = self.services.get(key).and_then(|j| from_json(j, &key.0));
-        match svc {
+        match self.services.get(key).cloned() {
             None => {
                 self.logged.remove(&object);
             }
             Some(svc) => {
-                let slices: Vec<EndpointSlice> = self
+                let slices: Vec<&SliceObject> = self
                     .slices_of
                     .get(key)
-                    .map(|set| {
-                        set.iter()
-                            .filter_map(|k| self.slices.get(k).and_then(|j| from_json(j, &k.0)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let refs: Vec<&EndpointSlice> = slices.iter().collect();
-                let built = model::build_service(&svc, &refs, &self.node);
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| self.slices.get(k).map(|s| &**s))
+                    .collect();
+                let built = model::build(&svc, &slices, &self.node);
                 let mut problems = built.problems;
                 let conflicts: Vec<ProblemKind> = built
                     .entries
@@ -410,7 +323,7 @@ impl Store {
             }
         }
         if !held.is_empty() {
-            self.held.insert(key.clone(), held);
+            self.held.insert(key.clone(), held.into());
         }
         released
     }
@@ -443,72 +356,9 @@ impl Store {
     }
 }
 
-/// The keys `held` has that a relist of `listed` objects no longer has.
-fn missing_from<'a>(
-    held: &HashMap<Key, Box<[u8]>>,
-    listed: impl Iterator<Item = &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
-) -> Vec<Key> {
-    let listed: HashSet<String> = listed.filter_map(key_of).collect();
-    held.keys()
-        .filter(|k| !listed.contains(&*k.0))
-        .cloned()
-        .collect()
-}
-
-/// Drops what the model never reads from a Service.
-fn strip_service(svc: &mut Service) {
-    strip_meta(&mut svc.metadata);
-    svc.status = None;
-    if let Some(spec) = &mut svc.spec {
-        spec.selector = None;
-    }
-}
-
-/// Drops what the model never reads from an EndpointSlice.
-fn strip_slice(slice: &mut EndpointSlice) {
-    strip_meta(&mut slice.metadata);
-    for ep in slice.endpoints.iter_mut().flatten() {
-        ep.target_ref = None;
-        ep.deprecated_topology = None;
-        ep.hostname = None;
-    }
-}
-
-fn strip_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.uid = None;
-    meta.resource_version = None;
-    meta.generation = None;
-    meta.creation_timestamp = None;
-    meta.generate_name = None;
-    if let Some(a) = &mut meta.annotations {
-        a.retain(|k, _| k.starts_with("service.kubernetes.io/"));
-        if a.is_empty() {
-            meta.annotations = None;
-        }
-    }
-}
-
-fn to_json<T: serde::Serialize>(obj: &T, key: &str) -> Option<Box<[u8]>> {
-    match serde_json::to_vec(obj) {
-        Ok(v) => Some(v.into_boxed_slice()),
-        Err(e) => {
-            warn!(object = %key, error = %e, "cannot store an object; ignored");
-            None
-        }
-    }
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(json: &[u8], key: &str) -> Option<T> {
-    match serde_json::from_slice(json) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            warn!(object = %key, error = %e, "cannot read a stored object; ignored");
-            None
-        }
-    }
+/// The keys held that a complete list no longer has.
+fn missing_from<'a>(held: impl Iterator<Item = &'a Key>, listed: &HashSet<Key>) -> Vec<Key> {
+    held.filter(|k| !listed.contains(*k)).cloned().collect()
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use crate::source::manifests::ManifestSource;
 use crate::source::manifests::test_support::{
     TempDir, node as node_yaml, rss_kib, scale_yaml, slice as slice_yaml, svc as svc_yaml,
 };
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 fn svc(ns: &str, name: &str, ip: &str, port: u16) -> Service {
     serde_saphyr::from_str(&format!(
@@ -47,6 +49,32 @@ fn backends(store: &Store, f: Frontend) -> Vec<String> {
         .collect()
 }
 
+fn svc_applied(svc: Service) -> SourceEvent {
+    SourceEvent::ServiceApplied(Arc::new(ServiceObject::new(&svc)))
+}
+
+fn slice_applied(slice: EndpointSlice) -> SourceEvent {
+    SourceEvent::SliceApplied(Arc::new(SliceObject::new(&slice)))
+}
+
+/// A complete list of services, as a source reports it.
+fn list_services(s: &mut Store, at: Instant, all: Vec<Service>) {
+    s.handle(at, SourceEvent::Listing(ObjectKind::Service));
+    for svc in all {
+        s.handle(at, svc_applied(svc));
+    }
+    s.handle(at, SourceEvent::Listed(ObjectKind::Service));
+}
+
+/// A complete list of slices, as a source reports it.
+fn list_slices(s: &mut Store, at: Instant, all: Vec<EndpointSlice>) {
+    s.handle(at, SourceEvent::Listing(ObjectKind::EndpointSlice));
+    for slice in all {
+        s.handle(at, slice_applied(slice));
+    }
+    s.handle(at, SourceEvent::Listed(ObjectKind::EndpointSlice));
+}
+
 fn node() -> NodeInfo {
     NodeInfo::new("node-a", None)
 }
@@ -68,9 +96,9 @@ fn only_changed_services_are_rebuilt_and_touched() {
             )
         })
         .collect();
-    s.handle(now, SourceEvent::ServicesReplaced(services.clone()));
+    list_services(&mut s, now, services.clone());
     assert!(!s.initialized());
-    s.handle(now, SourceEvent::SlicesReplaced(slices.clone()));
+    list_slices(&mut s, now, slices.clone());
     assert!(s.initialized());
     let c = s.compute();
     assert_eq!(c.touched.len(), 50);
@@ -80,7 +108,7 @@ fn only_changed_services_are_rebuilt_and_touched() {
     let later = now + std::time::Duration::from_millis(5);
     s.handle(
         later,
-        SourceEvent::SliceApplied(slice("ns", "s7-a", "s7", &["10.1.0.7", "10.1.1.7"])),
+        slice_applied(slice("ns", "s7-a", "s7", &["10.1.0.7", "10.1.1.7"])),
     );
     let c = s.compute();
     assert_eq!(c.services_rebuilt, 1);
@@ -95,7 +123,7 @@ fn only_changed_services_are_rebuilt_and_touched() {
     );
 
     // A relist with the same objects changes nothing: nothing is rewritten.
-    s.handle(later, SourceEvent::ServicesReplaced(services.clone()));
+    list_services(&mut s, later, services.clone());
     let c = s.compute();
     assert!(c.touched.is_empty());
     assert_eq!(s.table().services.len(), 50);
@@ -109,30 +137,26 @@ fn only_changed_services_are_rebuilt_and_touched() {
 fn relist_removes_only_what_is_gone() {
     let now = Instant::now();
     let mut s = Store::new(node());
-    s.handle(
+    list_services(
+        &mut s,
         now,
-        SourceEvent::ServicesReplaced(vec![
+        vec![
             svc("ns", "a", "10.96.0.1", 80),
             svc("ns", "b", "10.96.0.2", 80),
-        ]),
+        ],
     );
-    s.handle(
+    list_slices(
+        &mut s,
         now,
-        SourceEvent::SlicesReplaced(vec![
+        vec![
             slice("ns", "a-1", "a", &["10.1.0.1"]),
             slice("ns", "b-1", "b", &["10.1.0.2"]),
-        ]),
+        ],
     );
     s.compute();
     // The relist after a watch outage: b and its slice are gone, a's slice changed.
-    s.handle(
-        now,
-        SourceEvent::ServicesReplaced(vec![svc("ns", "a", "10.96.0.1", 80)]),
-    );
-    s.handle(
-        now,
-        SourceEvent::SlicesReplaced(vec![slice("ns", "a-1", "a", &["10.1.0.9"])]),
-    );
+    list_services(&mut s, now, vec![svc("ns", "a", "10.96.0.1", 80)]);
+    list_slices(&mut s, now, vec![slice("ns", "a-1", "a", &["10.1.0.9"])]);
     let c = s.compute();
     assert_eq!(
         c.touched.into_iter().collect::<Vec<_>>(),
@@ -146,26 +170,24 @@ fn relist_removes_only_what_is_gone() {
 fn slice_moving_between_services_rebuilds_both() {
     let now = Instant::now();
     let mut s = Store::new(node());
-    s.handle(
+    list_services(
+        &mut s,
         now,
-        SourceEvent::ServicesReplaced(vec![
+        vec![
             svc("ns", "a", "10.96.0.1", 80),
             svc("ns", "b", "10.96.0.2", 80),
-        ]),
+        ],
     );
-    s.handle(
-        now,
-        SourceEvent::SlicesReplaced(vec![slice("ns", "x", "a", &["10.1.0.1"])]),
-    );
+    list_slices(&mut s, now, vec![slice("ns", "x", "a", &["10.1.0.1"])]);
     s.compute();
-    s.handle(
-        now,
-        SourceEvent::SliceApplied(slice("ns", "x", "b", &["10.1.0.1"])),
-    );
+    s.handle(now, slice_applied(slice("ns", "x", "b", &["10.1.0.1"])));
     s.compute();
     assert!(backends(&s, fe("10.96.0.1", 80)).is_empty());
     assert_eq!(backends(&s, fe("10.96.0.2", 80)), ["10.1.0.1:8080"]);
-    s.handle(now, SourceEvent::SliceDeleted(slice("ns", "x", "b", &[])));
+    s.handle(
+        now,
+        SourceEvent::SliceDeleted(Key::of(&(slice("ns", "x", "b", &[])).metadata)),
+    );
     s.compute();
     assert!(backends(&s, fe("10.96.0.2", 80)).is_empty());
 }
@@ -174,22 +196,16 @@ fn slice_moving_between_services_rebuilds_both() {
 fn a_conflicting_service_gets_the_frontend_when_the_holder_goes() {
     let now = Instant::now();
     let mut s = Store::new(node());
-    s.handle(
-        now,
-        SourceEvent::ServicesReplaced(vec![svc("ns", "a", "10.96.0.1", 80)]),
-    );
-    s.handle(now, SourceEvent::SlicesReplaced(vec![]));
+    list_services(&mut s, now, vec![svc("ns", "a", "10.96.0.1", 80)]);
+    list_slices(&mut s, now, vec![]);
     s.compute();
-    s.handle(
-        now,
-        SourceEvent::ServiceApplied(svc("ns", "b", "10.96.0.1", 80)),
-    );
+    s.handle(now, svc_applied(svc("ns", "b", "10.96.0.1", 80)));
     s.compute();
     assert_eq!(s.table().services[&fe("10.96.0.1", 80)].service.name, "a");
     assert_eq!(s.problems().len(), 1, "{:?}", s.problems());
     s.handle(
         now,
-        SourceEvent::ServiceDeleted(svc("ns", "a", "10.96.0.1", 80)),
+        SourceEvent::ServiceDeleted(Key::of(&(svc("ns", "a", "10.96.0.1", 80)).metadata)),
     );
     let c = s.compute();
     assert_eq!(s.table().services[&fe("10.96.0.1", 80)].service.name, "b");
@@ -201,11 +217,8 @@ fn a_conflicting_service_gets_the_frontend_when_the_holder_goes() {
 fn a_zone_change_rebuilds_every_service() {
     let now = Instant::now();
     let mut s = Store::new(node());
-    s.handle(
-        now,
-        SourceEvent::ServicesReplaced(vec![svc("ns", "a", "10.96.0.1", 80)]),
-    );
-    s.handle(now, SourceEvent::SlicesReplaced(vec![]));
+    list_services(&mut s, now, vec![svc("ns", "a", "10.96.0.1", 80)]);
+    list_slices(&mut s, now, vec![]);
     s.compute();
     s.handle(now, SourceEvent::NodeZone(Some("z1".into())));
     assert_eq!(s.node().zone.as_deref(), Some("z1"));
@@ -214,8 +227,37 @@ fn a_zone_change_rebuilds_every_service() {
     assert_eq!(s.compute().services_rebuilt, 0);
 }
 
-/// Whatever the order of events, the incremental table is the one the model builds from
-/// the final objects in one go.
+#[test]
+fn a_relist_removes_nothing_until_it_is_complete() {
+    let now = Instant::now();
+    let mut s = Store::new(node());
+    let (a, b) = (
+        svc("ns", "a", "10.96.0.1", 80),
+        svc("ns", "b", "10.96.0.2", 80),
+    );
+    list_services(&mut s, now, vec![a.clone(), b.clone()]);
+    list_slices(&mut s, now, vec![]);
+    assert_eq!(s.compute().touched.len(), 2);
+    // A relist under way has listed only a: b is still there, nothing is rewritten.
+    s.handle(now, SourceEvent::Listing(ObjectKind::Service));
+    s.handle(now, svc_applied(a.clone()));
+    let c = s.compute();
+    assert!(c.touched.is_empty() && s.table().services.len() == 2);
+    // It breaks off; the next one lists only b and completes: a is gone, b untouched.
+    s.handle(now, SourceEvent::Listing(ObjectKind::Service));
+    s.handle(now, svc_applied(b));
+    assert_eq!(s.table().services.len(), 2);
+    s.handle(now, SourceEvent::Listed(ObjectKind::Service));
+    let c = s.compute();
+    assert_eq!(
+        c.touched.into_iter().collect::<Vec<_>>(),
+        vec![fe("10.96.0.1", 80)]
+    );
+    assert_eq!(s.table().services.len(), 1);
+}
+
+/// Whatever the order of events (relists included), the incremental table is the one the
+/// model builds from the final objects in one go.
 #[test]
 fn incremental_table_equals_the_full_build() {
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -230,21 +272,21 @@ fn incremental_table_equals_the_full_build() {
         let mut s = Store::new(node());
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
         let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
-        s.handle(now, SourceEvent::ServicesReplaced(vec![]));
-        s.handle(now, SourceEvent::SlicesReplaced(vec![]));
+        list_services(&mut s, now, vec![]);
+        list_slices(&mut s, now, vec![]);
         for _ in 0..200 {
             let i = next(12);
             let name = format!("s{i}");
-            match next(5) {
+            match next(7) {
                 0 | 1 => {
                     // Distinct VIPs (duplicates would make the winner order-dependent).
                     let v = svc("ns", &name, &format!("10.96.0.{i}"), 80 + next(2) as u16);
                     services.insert(name, v.clone());
-                    s.handle(now, SourceEvent::ServiceApplied(v));
+                    s.handle(now, svc_applied(v));
                 }
                 2 => {
                     if let Some(v) = services.remove(&name) {
-                        s.handle(now, SourceEvent::ServiceDeleted(v));
+                        s.handle(now, SourceEvent::ServiceDeleted(Key::of(&v.metadata)));
                     }
                 }
                 3 => {
@@ -254,12 +296,33 @@ fn incremental_table_equals_the_full_build() {
                     let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
                     let v = slice("ns", &sname, &owner, &refs);
                     slices.insert(sname, v.clone());
-                    s.handle(now, SourceEvent::SliceApplied(v));
+                    s.handle(now, slice_applied(v));
+                }
+                5 => {
+                    // A relist after 410 Gone, lacking one service (deleted meanwhile), after
+                    // a list that broke off halfway.
+                    services.remove(&name);
+                    let all: Vec<Service> = services.values().cloned().collect();
+                    s.handle(now, SourceEvent::Listing(ObjectKind::Service));
+                    for v in all.iter().take(next(3) as usize) {
+                        s.handle(now, svc_applied(v.clone()));
+                    }
+                    list_services(&mut s, now, all);
+                }
+                6 => {
+                    let sname = format!("x{}", next(16));
+                    slices.remove(&sname);
+                    let all: Vec<EndpointSlice> = slices.values().cloned().collect();
+                    s.handle(now, SourceEvent::Listing(ObjectKind::EndpointSlice));
+                    for v in all.iter().take(next(3) as usize) {
+                        s.handle(now, slice_applied(v.clone()));
+                    }
+                    list_slices(&mut s, now, all);
                 }
                 _ => {
                     let sname = format!("x{}", next(16));
                     if let Some(v) = slices.remove(&sname) {
-                        s.handle(now, SourceEvent::SliceDeleted(v));
+                        s.handle(now, SourceEvent::SliceDeleted(Key::of(&v.metadata)));
                     }
                 }
             }
@@ -276,20 +339,13 @@ fn incremental_table_equals_the_full_build() {
 }
 
 fn describe(ev: &SourceEvent) -> String {
-    let meta = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        format!(
-            "{}/{}",
-            m.namespace.as_deref().unwrap_or(""),
-            m.name.as_deref().unwrap_or("")
-        )
-    };
     match ev {
-        SourceEvent::ServiceApplied(s) => format!("ServiceApplied {}", meta(&s.metadata)),
-        SourceEvent::ServiceDeleted(s) => format!("ServiceDeleted {}", meta(&s.metadata)),
-        SourceEvent::SliceApplied(s) => format!("SliceApplied {}", meta(&s.metadata)),
-        SourceEvent::SliceDeleted(s) => format!("SliceDeleted {}", meta(&s.metadata)),
-        SourceEvent::ServicesReplaced(all) => format!("ServicesReplaced {}", all.len()),
-        SourceEvent::SlicesReplaced(all) => format!("SlicesReplaced {}", all.len()),
+        SourceEvent::ServiceApplied(s) => format!("ServiceApplied {}", s.key()),
+        SourceEvent::ServiceDeleted(k) => format!("ServiceDeleted {k}"),
+        SourceEvent::SliceApplied(s) => format!("SliceApplied {}", s.key()),
+        SourceEvent::SliceDeleted(k) => format!("SliceDeleted {k}"),
+        SourceEvent::Listing(kind) => format!("Listing {kind}"),
+        SourceEvent::Listed(kind) => format!("Listed {kind}"),
         SourceEvent::NodeZone(z) => format!("NodeZone {z:?}"),
         SourceEvent::WatchRestarted(r) => format!("WatchRestarted {r}"),
     }
@@ -326,8 +382,13 @@ fn the_manifest_sources_events_keep_the_store_equal_to_its_table() {
         events,
         vec![
             "NodeZone Some(\"z1\")",
-            "ServicesReplaced 2",
-            "SlicesReplaced 1"
+            "Listing Service",
+            "ServiceApplied t/a",
+            "ServiceApplied t/b",
+            "Listed Service",
+            "Listing EndpointSlice",
+            "SliceApplied t/a-1",
+            "Listed EndpointSlice",
         ]
     );
     assert_eq!(Some(table), src.poll());
@@ -439,8 +500,8 @@ mod scale {
         let typed = in_use();
         let mut s = Store::new(NodeInfo::new("n", None));
         let now = Instant::now();
-        s.handle(now, SourceEvent::ServicesReplaced(services));
-        s.handle(now, SourceEvent::SlicesReplaced(slices));
+        list_services(&mut s, now, services);
+        list_slices(&mut s, now, slices);
         let stored = in_use();
         let c = s.compute();
         let computed = in_use();
@@ -477,8 +538,8 @@ mod scale {
         let t = std::time::Instant::now();
         let mut store = Store::new(NodeInfo::new("node-a", None));
         let at = std::time::Instant::now();
-        store.handle(at, SourceEvent::ServicesReplaced(objects.services));
-        store.handle(at, SourceEvent::SlicesReplaced(objects.slices));
+        list_services(&mut store, at, objects.services);
+        list_slices(&mut store, at, objects.slices);
         store.compute();
         let store_time = t.elapsed();
         #[cfg(target_env = "gnu")]
