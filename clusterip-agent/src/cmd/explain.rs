@@ -135,11 +135,12 @@ pub struct Report {
 /// Builds the report's model part (no datapath yet: `Absent`).
 pub fn report(objects: &Objects, node: &NodeInfo, frontend: &Frontend) -> Report {
     let out = model::build_table(&objects.services, &objects.slices, node);
-    let owner = out
-        .table
-        .services
-        .get(frontend)
-        .map(|e| (e.service.namespace.clone(), e.service.name.clone()));
+    let owner = out.table.services.get(frontend).map(|e| {
+        (
+            e.service.namespace().to_owned(),
+            e.service.name().to_owned(),
+        )
+    });
 
     let slices_of = |ns: &str, name: &str| -> Vec<&EndpointSlice> {
         objects

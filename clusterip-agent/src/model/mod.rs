@@ -204,7 +204,7 @@ pub fn build(svc: &ServiceObject, slices: &[&SliceObject], node: &NodeInfo) -> S
         .frontends()
         .map(|(frontend, port, kind)| {
             let analysis = analyze(&valid, port, kind, frontend.vip, &group, node);
-            let mut entry = analysis.entry(&valid, port);
+            let mut entry = analysis.entry(svc.key(), &valid, port);
             entry.external = kind == FrontendKind::ExternalIp;
             (frontend, entry)
         })

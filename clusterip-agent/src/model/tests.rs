@@ -1711,7 +1711,13 @@ endpoints: [{addresses: ["fd00::6"]}]
     assert!(ex.rule.contains("PreferSameZone"), "{}", ex.rule);
     // The explanation agrees with the table.
     let built = build_service(&services[0], &refs, &node);
-    assert_eq!(built.entries[0].1.backends, ex.backends);
+    let backends: Vec<std::net::SocketAddr> = built.entries[0]
+        .1
+        .backends
+        .iter()
+        .map(|b| b.socket_addr())
+        .collect();
+    assert_eq!(backends, ex.backends);
 
     // Not a frontend of the service, and ignored / rejected services.
     let ex = explain(

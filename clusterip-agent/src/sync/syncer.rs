@@ -22,7 +22,7 @@
 //! their UDP flows are deleted (as kube-proxy's conntrack cleanup does); TCP flows expire.
 
 use std::collections::{BTreeSet, HashMap as StdHashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use aya::maps::{HashMap, MapData};
@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 use crate::datapath::maps::{
     self, BackendAddr, CtKey, Installed, InstalledFrontend, MapsError, PinnedMaps, op_err,
 };
-use crate::model::table::{DesiredTable, Frontend, NoEndpoints, ServiceEntry};
+use crate::model::table::{Backend, DesiredTable, Frontend, NoEndpoints, ServiceEntry};
 use crate::sync::maglev;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ pub enum SyncError {
     #[error("{frontend}: backend {backend} is not of the VIP's address family")]
     FamilyMismatch {
         frontend: Frontend,
-        backend: SocketAddr,
+        backend: Backend,
     },
     #[error("out of ids")]
     OutOfIds,
@@ -454,7 +454,7 @@ impl Syncer {
                     .collect()
             })
             .unwrap_or_default();
-        let mut members: Vec<(SocketAddr, u32)> = Vec::with_capacity(entry.backends.len());
+        let mut members: Vec<(Backend, u32)> = Vec::with_capacity(entry.backends.len());
         for addr in &entry.backends {
             let key = BackendAddr {
                 addr: *addr,
@@ -676,15 +676,10 @@ impl Syncer {
 
     fn queue_backend(&mut self, id: u32, b: BackendAddr) {
         let proto = b.protocol.number();
-        match b.addr {
-            SocketAddr::V4(a) => self
-                .pending
-                .be4
-                .push((id, Backend4::new(*a.ip(), a.port(), proto))),
-            SocketAddr::V6(a) => self
-                .pending
-                .be6
-                .push((id, Backend6::new(*a.ip(), a.port(), proto))),
+        let port = b.addr.port;
+        match b.addr.ip {
+            IpAddr::V4(ip) => self.pending.be4.push((id, Backend4::new(ip, port, proto))),
+            IpAddr::V6(ip) => self.pending.be6.push((id, Backend6::new(ip, port, proto))),
         }
     }
 
@@ -768,8 +763,8 @@ impl Syncer {
     }
 
     fn delete_backend(&mut self, id: u32) -> Result<(), SyncError> {
-        match self.installed.backends.remove(&id).map(|b| b.addr) {
-            Some(SocketAddr::V6(_)) => {
+        match self.installed.backends.remove(&id).map(|b| b.addr.ip) {
+            Some(IpAddr::V6(_)) => {
                 ignore_missing(self.maps.be6.remove(&id), map_names::BACKENDS_V6)
             }
             _ => ignore_missing(self.maps.be4.remove(&id), map_names::BACKENDS_V4),
@@ -840,7 +835,7 @@ fn check_entry(fe: &Frontend, entry: &ServiceEntry) -> Result<(), SyncError> {
     if let Some(b) = entry
         .backends
         .iter()
-        .find(|b| b.is_ipv4() != fe.vip.is_ipv4())
+        .find(|b| b.ip.is_ipv4() != fe.vip.is_ipv4())
     {
         return Err(SyncError::FamilyMismatch {
             frontend: *fe,

@@ -441,14 +441,14 @@ fn established_vip_owner_wins_duplicate() {
     assert_eq!(
         t.services
             .values()
-            .map(|e| e.service.name.as_str())
+            .map(|e| e.service.name())
             .collect::<Vec<_>>(),
         vec!["a", "b"]
     );
     assert_eq!(
         t.services[&fe("10.96.13.2", 80, Protocol::Tcp)]
             .service
-            .name,
+            .name(),
         "a"
     );
 }

@@ -201,14 +201,14 @@ fn a_conflicting_service_gets_the_frontend_when_the_holder_goes() {
     s.compute();
     s.handle(now, svc_applied(svc("ns", "b", "10.96.0.1", 80)));
     s.compute();
-    assert_eq!(s.table().services[&fe("10.96.0.1", 80)].service.name, "a");
+    assert_eq!(s.table().services[&fe("10.96.0.1", 80)].service.name(), "a");
     assert_eq!(s.problems().len(), 1, "{:?}", s.problems());
     s.handle(
         now,
         SourceEvent::ServiceDeleted(Key::of(&(svc("ns", "a", "10.96.0.1", 80)).metadata)),
     );
     let c = s.compute();
-    assert_eq!(s.table().services[&fe("10.96.0.1", 80)].service.name, "b");
+    assert_eq!(s.table().services[&fe("10.96.0.1", 80)].service.name(), "b");
     assert!(c.touched.contains(&fe("10.96.0.1", 80)));
     assert!(s.problems().is_empty(), "{:?}", s.problems());
 }
