@@ -520,7 +520,8 @@ mod scale {
     }
 
     /// The manifest source's objects into the store, as the agent does with `--manifests`:
-    /// the time the store takes and the memory of both (`cargo test --release -p
+    /// the source on a thread of its own, its events into the store, the objects shared by
+    /// both. The time the store takes and the memory of both (`cargo test --release -p
     /// clusterip-agent --lib store::tests::scale -- --ignored --nocapture`).
     #[test]
     #[ignore]
@@ -528,18 +529,22 @@ mod scale {
         let n = 10_000;
         let dir = TempDir::new();
         let file = dir.write("svc.yaml", &scale_yaml(n, 10));
-        let src_objects = |file: &std::path::Path| {
-            ManifestSource::new(file.to_owned(), "node-a".into())
-                .poll_objects()
-                .unwrap()
-        };
-        // As the agent: the objects go to the store on another thread; then memory is trimmed.
-        let objects = std::thread::scope(|s| s.spawn(|| src_objects(&file)).join().unwrap());
+        let rss0 = rss_kib();
+        let (source, events) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut source = ManifestSource::new(file.clone(), "node-a".into());
+                let events = source.poll_events().unwrap();
+                (source, events)
+            })
+            .join()
+            .unwrap()
+        });
         let t = std::time::Instant::now();
         let mut store = Store::new(NodeInfo::new("node-a", None));
         let at = std::time::Instant::now();
-        list_services(&mut store, at, objects.services);
-        list_slices(&mut store, at, objects.slices);
+        for ev in events {
+            store.handle(at, ev);
+        }
         store.compute();
         let store_time = t.elapsed();
         #[cfg(target_env = "gnu")]
@@ -549,16 +554,18 @@ mod scale {
         }
         let rss_store = rss_kib();
         eprintln!(
-            "scale: store took {store_time:?}; RSS with a second source and the store, \
-             trimmed: {rss_store} KiB ({} frontends)",
+            "scale: store took {store_time:?}; RSS with the source and the store, trimmed: \
+             {rss_store} KiB, +{} KiB ({} frontends)",
+            rss_store.saturating_sub(rss0),
             store.table().services.len()
         );
         drop(store);
+        drop(source);
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim only walks the allocator's own free lists.
         unsafe {
             libc::malloc_trim(0);
         }
-        eprintln!("scale: store dropped, trimmed: {} KiB", rss_kib());
+        eprintln!("scale: both dropped, trimmed: {} KiB", rss_kib());
     }
 }
