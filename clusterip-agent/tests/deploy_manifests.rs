@@ -23,7 +23,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 fn deploy_dir() -> PathBuf {
@@ -71,14 +71,10 @@ fn documents() -> Vec<Doc> {
             .expect("a name")
             .to_string_lossy()
             .into_owned();
-        for (index, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let yaml = serde_yaml::Value::deserialize(de)
-                .unwrap_or_else(|e| panic!("{file} document {index}: invalid YAML: {e}"));
-            if yaml.is_null() {
-                continue; // an empty document (a trailing `---`)
-            }
-            let json = serde_json::to_value(&yaml)
-                .unwrap_or_else(|e| panic!("{file} document {index}: not JSON-like: {e}"));
+        // Empty documents (a trailing `---`) are skipped by serde-saphyr.
+        let values: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{file}: invalid YAML: {e}"));
+        for (index, json) in values.into_iter().enumerate() {
             docs.push(Doc {
                 file: file.clone(),
                 index,

@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clusterip_tests::bench::{
-    ClientOp, Server, ServerConfig, dispatch, parse_latency, run_client, run_client_raw, stats,
+    ClientOp, Memory, Server, ServerConfig, dispatch, parse_latency, run_client, run_client_raw,
+    stats,
 };
 use clusterip_tests::bins;
 use clusterip_tests::bpffs::PinDir;
@@ -833,15 +834,8 @@ impl Agent {
         })
     }
 
-    fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+    fn memory(&self) -> Option<Memory> {
+        Memory::of(self.child.id())
     }
 
     /// Sum of `bytes_memlock` of the maps pinned in the agent's pin directory.
@@ -892,6 +886,11 @@ struct AgentCp {
     edit_apply_us: Option<u64>,
     edit_latency_us: Option<u64>,
     rss_mib: f64,
+    /// Of which anonymous (heap, stacks) and file-backed (binary, libraries).
+    rss_anon_mib: f64,
+    rss_file_mib: f64,
+    /// The largest RSS so far.
+    rss_peak_mib: f64,
     maps_mib: f64,
 }
 
@@ -912,7 +911,11 @@ fn clusterip_case(
         ..Default::default()
     };
     let sample = measure(w, opts, cg, vip(svcs.last).into())?;
-    cp.rss_mib = agent.rss_kib().unwrap_or(0) as f64 / 1024.0;
+    let memory = agent.memory().unwrap_or_default();
+    cp.rss_mib = Memory::mib(memory.rss_kib);
+    cp.rss_anon_mib = Memory::mib(memory.anon_kib);
+    cp.rss_file_mib = Memory::mib(memory.file_kib);
+    cp.rss_peak_mib = Memory::mib(memory.peak_kib);
     cp.maps_mib = agent.map_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0);
     let t2 = Instant::now();
     svcs.write_edit(&w.manifests, true)?;
@@ -1365,14 +1368,17 @@ impl Report {
                 cp.push(format!(
                     "- clusterip agent (socket-LB): start → first \"synced\" {} ms (apply_us \
                      {}); YAML edit of one endpoint → \"synced\" {} ms wall (includes the 200 ms \
-                     manifest poll; apply_us {}, latency_us {}); RSS {} MiB; maps {} MiB \
-                     (bytes_memlock)",
+                     manifest poll; apply_us {}, latency_us {}); RSS {} MiB (anonymous {}, \
+                     file-backed {}; peak {}); maps {} MiB (bytes_memlock)",
                     col(|c| c.start_ms),
                     opt(|c| c.start_apply_us),
                     col(|c| c.edit_wall_ms),
                     opt(|c| c.edit_apply_us),
                     opt(|c| c.edit_latency_us),
                     col(|c| c.rss_mib),
+                    col(|c| c.rss_anon_mib),
+                    col(|c| c.rss_file_mib),
+                    col(|c| c.rss_peak_mib),
                     col(|c| c.maps_mib),
                 ));
             }
@@ -1452,7 +1458,9 @@ impl Report {
                         "start_to_synced_ms": a.start_ms, "start_apply_us": a.start_apply_us,
                         "edit_to_synced_wall_ms": a.edit_wall_ms,
                         "edit_apply_us": a.edit_apply_us, "edit_latency_us": a.edit_latency_us,
-                        "rss_mib": a.rss_mib, "maps_memlock_mib": a.maps_mib,
+                        "rss_mib": a.rss_mib, "rss_anon_mib": a.rss_anon_mib,
+                        "rss_file_mib": a.rss_file_mib, "rss_peak_mib": a.rss_peak_mib,
+                        "maps_memlock_mib": a.maps_mib,
                     })).collect::<Vec<_>>(),
                     "iptables_legacy": r.ipt.iter().map(ipt_json).collect::<Vec<_>>(),
                     "iptables_nft": r.ipt_nft.iter().map(ipt_json).collect::<Vec<_>>(),

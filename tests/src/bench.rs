@@ -39,6 +39,55 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64) {
     (s[s.len() / 2], s[0], s[s.len() - 1])
 }
 
+/// A process's memory as `/proc/PID/status` has it, in KiB: resident in all, of which
+/// anonymous (its heap and stacks: what the agent's own data costs) and file-backed (its
+/// binary and libraries), and the peak resident size so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub anon_kib: u64,
+    pub file_kib: u64,
+    pub peak_kib: u64,
+}
+
+impl Memory {
+    pub fn of(pid: u32) -> Option<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some(Memory {
+            rss_kib: field("VmRSS")?,
+            anon_kib: field("RssAnon")?,
+            file_kib: field("RssFile")?,
+            peak_kib: field("VmHWM")?,
+        })
+    }
+
+    pub fn mib(kib: u64) -> f64 {
+        kib as f64 / 1024.0
+    }
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} MiB (anon {:.1}, file {:.1}; peak {:.1})",
+            Memory::mib(self.rss_kib),
+            Memory::mib(self.anon_kib),
+            Memory::mib(self.file_kib),
+            Memory::mib(self.peak_kib)
+        )
+    }
+}
+
 /// `<cpu model>, <n> cores, Linux <release>`: the machine a benchmark ran on.
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -41,7 +41,7 @@ impl Manifests {
         let mut text = String::new();
         for o in objects {
             text.push_str("---\n");
-            text.push_str(&serde_yaml::to_string(o).context("serializing a manifest")?);
+            text.push_str(&serde_saphyr::to_string(o).context("serializing a manifest")?);
         }
         self.write_raw(file, &text)
     }

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use clusterip_agent::model::{Key, ObjectKind, ServiceObject, SliceObject};
 use clusterip_agent::source::SourceEvent;
 use clusterip_agent::source::kube::{client, list_once, spawn};
 use clusterip_tests::fakeapi::{FakeApi, Kind};
@@ -57,17 +58,54 @@ const PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 const HEADLESS: &str = "service.kubernetes.io/headless";
 const NODE: &str = "node-a";
 
-fn names<K: kube::Resource>(objects: &[K]) -> Vec<String> {
-    let mut names: Vec<String> = objects
-        .iter()
-        .map(|o| o.meta().name.clone().unwrap_or_default())
-        .collect();
+/// The name of what an event carries: a checked object or a key.
+trait Named {
+    fn name(&self) -> &str;
+}
+
+impl Named for Arc<ServiceObject> {
+    fn name(&self) -> &str {
+        self.key().name()
+    }
+}
+
+impl Named for Arc<SliceObject> {
+    fn name(&self) -> &str {
+        self.key().name()
+    }
+}
+
+impl Named for Service {
+    fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or("")
+    }
+}
+
+impl Named for EndpointSlice {
+    fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or("")
+    }
+}
+
+impl Named for Key {
+    fn name(&self) -> &str {
+        Key::name(self)
+    }
+}
+
+fn names<K: Named>(objects: &[K]) -> Vec<String> {
+    let mut names: Vec<String> = objects.iter().map(|o| o.name().to_owned()).collect();
     names.sort();
     names
 }
 
-fn name<K: kube::Resource>(object: &K) -> &str {
-    object.meta().name.as_deref().unwrap_or("")
+fn name<K: Named>(object: &K) -> &str {
+    object.name()
+}
+
+/// The port of a service's first frontend.
+fn port(svc: &ServiceObject) -> u16 {
+    svc.frontends().next().expect("a frontend").port
 }
 
 /// A short description of an event, for assertions and messages.
@@ -77,8 +115,8 @@ fn describe(event: &SourceEvent) -> String {
         SourceEvent::ServiceDeleted(s) => format!("ServiceDeleted({})", name(s)),
         SourceEvent::SliceApplied(s) => format!("SliceApplied({})", name(s)),
         SourceEvent::SliceDeleted(s) => format!("SliceDeleted({})", name(s)),
-        SourceEvent::ServicesReplaced(all) => format!("ServicesReplaced({:?})", names(all)),
-        SourceEvent::SlicesReplaced(all) => format!("SlicesReplaced({:?})", names(all)),
+        SourceEvent::Listing(kind) => format!("Listing({kind})"),
+        SourceEvent::Listed(kind) => format!("Listed({kind})"),
         SourceEvent::NodeZone(zone) => format!("NodeZone({zone:?})"),
         SourceEvent::WatchRestarted(what) => format!("WatchRestarted({what})"),
     }
@@ -213,13 +251,37 @@ impl Source {
         events
     }
 
-    /// The three initial sets: (services, slices, zone), with nothing else before them.
-    async fn initial(&mut self) -> (Vec<Service>, Vec<EndpointSlice>, Option<String>) {
+    /// The three initial sets: (services, slices, zone), with nothing else before them: each
+    /// kind as Listing, its objects one by one, Listed.
+    async fn initial(
+        &mut self,
+    ) -> (
+        Vec<Arc<ServiceObject>>,
+        Vec<Arc<SliceObject>>,
+        Option<String>,
+    ) {
         let (mut services, mut slices, mut zone) = (None, None, None);
+        let (mut listing_services, mut listing_slices) = (None, None);
         while services.is_none() || slices.is_none() || zone.is_none() {
             match self.next().await {
-                SourceEvent::ServicesReplaced(all) if services.is_none() => services = Some(all),
-                SourceEvent::SlicesReplaced(all) if slices.is_none() => slices = Some(all),
+                SourceEvent::Listing(ObjectKind::Service) if services.is_none() => {
+                    listing_services = Some(Vec::new())
+                }
+                SourceEvent::Listing(ObjectKind::EndpointSlice) if slices.is_none() => {
+                    listing_slices = Some(Vec::new())
+                }
+                SourceEvent::ServiceApplied(s) if listing_services.is_some() => {
+                    listing_services.as_mut().unwrap().push(s)
+                }
+                SourceEvent::SliceApplied(s) if listing_slices.is_some() => {
+                    listing_slices.as_mut().unwrap().push(s)
+                }
+                SourceEvent::Listed(ObjectKind::Service) if listing_services.is_some() => {
+                    services = listing_services.take()
+                }
+                SourceEvent::Listed(ObjectKind::EndpointSlice) if listing_slices.is_some() => {
+                    slices = listing_slices.take()
+                }
                 SourceEvent::NodeZone(z) if zone.is_none() => zone = Some(z),
                 other => panic!("unexpected before the initial sets: {}", describe(&other)),
             }
@@ -254,7 +316,7 @@ fn populate(api: &FakeApi) {
 // The source
 
 #[tokio::test]
-async fn initial_lists_arrive_as_one_replaced_set_each() {
+async fn initial_lists_arrive_object_by_object_between_listing_and_listed() {
     let api = FakeApi::start();
     populate(&api);
     let mut source = Source::start(&api).await;
@@ -264,10 +326,10 @@ async fn initial_lists_arrive_as_one_replaced_set_each() {
     assert_eq!(zone.as_deref(), Some("zone-a"));
     let b = services.iter().find(|s| name(*s) == "b").unwrap();
     assert_eq!(
-        b.spec.as_ref().unwrap().cluster_ip.as_deref(),
-        Some("10.96.0.2")
+        b.cluster_ips(),
+        ["10.96.0.2".parse::<std::net::IpAddr>().unwrap()]
     );
-    assert!(b.metadata.resource_version.is_some() && b.metadata.uid.is_some());
+    assert!(b.problems().is_empty());
 
     // What was asked of the server: authenticated list then watch, with the selectors.
     let log = api.request_log();
@@ -337,9 +399,7 @@ async fn empty_cluster_gives_empty_sets_then_events() {
     api.apply(&service("a", "10.96.0.1", 8080, &[]));
     let (port, skipped) = source
         .until("a modified", |e| match e {
-            SourceEvent::ServiceApplied(s) => {
-                Some(s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port)
-            }
+            SourceEvent::ServiceApplied(s) => Some(port(s)),
             _ => None,
         })
         .await;
@@ -358,7 +418,10 @@ async fn empty_cluster_gives_empty_sets_then_events() {
         })
         .await;
     assert_eq!(name(&sl), "a-1");
-    assert_eq!(sl.endpoints.as_ref().unwrap()[0].addresses, ["10.0.0.1"]);
+    assert_eq!(
+        sl.endpoint_addresses().collect::<Vec<_>>(),
+        ["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
 
     assert!(api.delete(Kind::EndpointSlice, "default", "a-1"));
     let (gone, _) = source
@@ -406,9 +469,7 @@ async fn services_entering_and_leaving_the_selectors() {
     api.apply(&service("a", "10.96.0.1", 82, &[]));
     let (port, skipped) = source
         .until("a applied", |e| match e {
-            SourceEvent::ServiceApplied(s) => {
-                Some(s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port)
-            }
+            SourceEvent::ServiceApplied(s) => Some(port(s)),
             _ => None,
         })
         .await;
@@ -452,78 +513,87 @@ async fn services_entering_and_leaving_the_selectors() {
     assert!(events.is_empty(), "headless objects reported: {events:?}");
 }
 
-/// The keys of a folded state: what the store would hold.
+/// The objects of a folded state: what the store would hold, by name.
 #[derive(Default, Debug, PartialEq)]
 struct Folded {
-    services: BTreeMap<String, String>,
-    slices: BTreeMap<String, String>,
+    services: BTreeMap<String, Arc<ServiceObject>>,
+    slices: BTreeMap<String, Arc<SliceObject>>,
+    /// Lists in progress, per kind: they replace the state once complete.
+    listing_services: Option<BTreeMap<String, Arc<ServiceObject>>>,
+    listing_slices: Option<BTreeMap<String, Arc<SliceObject>>>,
 }
 
 impl Folded {
     fn apply(&mut self, e: &SourceEvent) {
-        let rv = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            m.resource_version.clone().unwrap_or_default()
-        };
         match e {
             SourceEvent::ServiceApplied(s) => {
-                self.services.insert(name(s).into(), rv(&s.metadata));
+                let into = self.listing_services.as_mut().unwrap_or(&mut self.services);
+                into.insert(name(s).into(), s.clone());
             }
             SourceEvent::ServiceDeleted(s) => {
                 self.services.remove(name(s));
             }
             SourceEvent::SliceApplied(s) => {
-                self.slices.insert(name(s).into(), rv(&s.metadata));
+                let into = self.listing_slices.as_mut().unwrap_or(&mut self.slices);
+                into.insert(name(s).into(), s.clone());
             }
             SourceEvent::SliceDeleted(s) => {
                 self.slices.remove(name(s));
             }
-            SourceEvent::ServicesReplaced(all) => {
-                self.services = all
-                    .iter()
-                    .map(|s| (name(s).into(), rv(&s.metadata)))
-                    .collect()
+            SourceEvent::Listing(ObjectKind::Service) => {
+                self.listing_services = Some(BTreeMap::new())
             }
-            SourceEvent::SlicesReplaced(all) => {
-                self.slices = all
-                    .iter()
-                    .map(|s| (name(s).into(), rv(&s.metadata)))
-                    .collect()
+            SourceEvent::Listing(ObjectKind::EndpointSlice) => {
+                self.listing_slices = Some(BTreeMap::new())
             }
-            SourceEvent::NodeZone(_) | SourceEvent::WatchRestarted(_) => {}
+            SourceEvent::Listed(ObjectKind::Service) => {
+                self.services = self.listing_services.take().unwrap_or_default()
+            }
+            SourceEvent::Listed(ObjectKind::EndpointSlice) => {
+                self.slices = self.listing_slices.take().unwrap_or_default()
+            }
+            SourceEvent::Listing(_)
+            | SourceEvent::Listed(_)
+            | SourceEvent::NodeZone(_)
+            | SourceEvent::WatchRestarted(_) => {}
+        }
+    }
+
+    fn of(services: Vec<Arc<ServiceObject>>, slices: Vec<Arc<SliceObject>>) -> Folded {
+        Folded {
+            services: services.into_iter().map(|s| (name(&s).into(), s)).collect(),
+            slices: slices.into_iter().map(|s| (name(&s).into(), s)).collect(),
+            ..Folded::default()
         }
     }
 }
 
-/// What the server holds, as a [`Folded`], read through its own API (raw HTTP lists).
+/// What the server holds, as a [`Folded`], read through its own API (raw HTTP lists) and
+/// checked as the source checks what it gets.
 fn server_state(api: &FakeApi) -> Folded {
     let mut conn = Raw::connect(api);
-    let mut list = |path: &str| -> BTreeMap<String, String> {
+    let mut list = |path: &str| -> Vec<Value> {
         let (code, body) = conn.get(path);
         assert_eq!(code, 200);
         let v: Value = serde_json::from_slice(&body).unwrap();
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                (
-                    i["metadata"]["name"].as_str().unwrap().to_string(),
-                    i["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap()
-                        .to_string(),
-                )
-            })
-            .collect()
+        v["items"].as_array().unwrap().clone()
     };
-    Folded {
-        services: list(
-            "/api/v1/services?labelSelector=%21service.kubernetes.io%2Fservice-proxy-name&fieldSelector=spec.clusterIP%21%3DNone",
-        ),
-        slices: list(
-            "/apis/discovery.k8s.io/v1/endpointslices?labelSelector=%21service.kubernetes.io%2Fheadless",
-        ),
-    }
+    let services = list(
+        "/api/v1/services?labelSelector=%21service.kubernetes.io%2Fservice-proxy-name&fieldSelector=spec.clusterIP%21%3DNone",
+    );
+    let slices = list(
+        "/apis/discovery.k8s.io/v1/endpointslices?labelSelector=%21service.kubernetes.io%2Fheadless",
+    );
+    Folded::of(
+        services
+            .into_iter()
+            .map(|v| Arc::new(ServiceObject::new(&serde_json::from_value(v).unwrap())))
+            .collect(),
+        slices
+            .into_iter()
+            .map(|v| Arc::new(SliceObject::new(&serde_json::from_value(v).unwrap())))
+            .collect(),
+    )
 }
 
 #[tokio::test]
@@ -531,10 +601,8 @@ async fn expired_history_relists_without_an_empty_state() {
     let api = FakeApi::start();
     populate(&api);
     let mut source = Source::start(&api).await;
-    let mut folded = Folded::default();
     let (services, slices, _) = source.initial().await;
-    folded.apply(&SourceEvent::ServicesReplaced(services));
-    folded.apply(&SourceEvent::SlicesReplaced(slices));
+    let mut folded = Folded::of(services, slices);
     assert_eq!(folded, server_state(&api));
     let watches_before = api.request_log().len();
 
@@ -547,29 +615,36 @@ async fn expired_history_relists_without_an_empty_state() {
     api.apply(&slice("b-1", "b", "10.0.0.22", &[]));
     assert!(api.delete(Kind::EndpointSlice, "default", "a-1"));
 
+    // The relist arrives as Listing, the objects, Listed; the state held meanwhile (what
+    // the store keeps) is never emptied: deletions happen at Listed.
     let mut restarted = Vec::new();
-    let mut replaced = (false, false);
-    while replaced != (true, true) {
+    let mut relisted = (false, false);
+    while relisted != (true, true) {
         let e = source.next().await;
         match &e {
             SourceEvent::WatchRestarted(what) => restarted.push(*what),
-            SourceEvent::ServicesReplaced(all) => {
-                assert!(restarted.contains(&"services"), "relist without a restart");
-                assert!(!all.is_empty());
-                replaced.0 = true;
+            SourceEvent::Listing(ObjectKind::Service) => {
+                assert!(restarted.contains(&"services"), "relist without a restart")
             }
-            SourceEvent::SlicesReplaced(all) => {
-                assert!(
-                    restarted.contains(&"endpointslices"),
-                    "relist without a restart"
-                );
-                assert!(!all.is_empty());
-                replaced.1 = true;
+            SourceEvent::Listing(ObjectKind::EndpointSlice) => assert!(
+                restarted.contains(&"endpointslices"),
+                "relist without a restart"
+            ),
+            SourceEvent::ServiceApplied(_) => assert!(folded.listing_services.is_some()),
+            SourceEvent::SliceApplied(_) => assert!(folded.listing_slices.is_some()),
+            SourceEvent::Listed(ObjectKind::Service) => {
+                assert!(!folded.listing_services.as_ref().unwrap().is_empty());
+                relisted.0 = true;
+            }
+            SourceEvent::Listed(ObjectKind::EndpointSlice) => {
+                assert!(!folded.listing_slices.as_ref().unwrap().is_empty());
+                relisted.1 = true;
             }
             SourceEvent::NodeZone(z) => assert_eq!(z.as_deref(), Some("zone-a")),
             other => panic!("before the relist: {}", describe(other)),
         }
         folded.apply(&e);
+        assert!(!folded.services.is_empty() && !folded.slices.is_empty());
     }
     assert_eq!(folded, server_state(&api), "relisted state = the server's");
     assert!(restarted.contains(&"nodes"));
@@ -642,7 +717,7 @@ async fn resumed_events(
         let e = source.next().await;
         match &e {
             SourceEvent::WatchRestarted(what) => restarted.push(*what),
-            SourceEvent::ServicesReplaced(_) | SourceEvent::SlicesReplaced(_) => {
+            SourceEvent::Listing(_) | SourceEvent::Listed(_) => {
                 panic!("relisted instead of resuming: {}", describe(&e))
             }
             other => got.push(describe(other)),
@@ -659,10 +734,8 @@ async fn broken_watches_resume_without_losing_events() {
     let api = FakeApi::start();
     populate(&api);
     let mut source = Source::start(&api).await;
-    let mut folded = Folded::default();
     let (services, slices, _) = source.initial().await;
-    folded.apply(&SourceEvent::ServicesReplaced(services));
-    folded.apply(&SourceEvent::SlicesReplaced(slices));
+    let mut folded = Folded::of(services, slices);
     wait_open_watches(&api, 3).await;
     let before = api.request_log().len();
 

@@ -22,7 +22,7 @@ use clusterip_tests::require_env;
 fn daemonset_limit() -> u64 {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
     let text = std::fs::read_to_string(&path).expect("deploy/daemonset.yaml");
-    let ds: serde_json::Value = serde_yaml::from_str(&text).expect("daemonset YAML");
+    let ds: serde_json::Value = serde_saphyr::from_str(&text).expect("daemonset YAML");
     let containers = ds["spec"]["template"]["spec"]["containers"]
         .as_array()
         .expect("containers");

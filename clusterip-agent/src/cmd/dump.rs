@@ -62,7 +62,7 @@ pub fn entries(installed: &Installed) -> Vec<DumpEntry> {
                 .slots
                 .iter()
                 .map(|id| match installed.backends.get(id) {
-                    Some(b) => SocketAddr::to_string(&b.addr),
+                    Some(b) => b.addr.to_string(),
                     None => format!("<missing backend {id}>"),
                 })
                 .collect(),

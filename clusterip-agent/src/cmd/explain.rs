@@ -135,11 +135,12 @@ pub struct Report {
 /// Builds the report's model part (no datapath yet: `Absent`).
 pub fn report(objects: &Objects, node: &NodeInfo, frontend: &Frontend) -> Report {
     let out = model::build_table(&objects.services, &objects.slices, node);
-    let owner = out
-        .table
-        .services
-        .get(frontend)
-        .map(|e| (e.service.namespace.clone(), e.service.name.clone()));
+    let owner = out.table.services.get(frontend).map(|e| {
+        (
+            e.service.namespace().to_owned(),
+            e.service.name().to_owned(),
+        )
+    });
 
     let slices_of = |ns: &str, name: &str| -> Vec<&EndpointSlice> {
         objects
@@ -493,13 +494,16 @@ mod tests {
     }
 
     fn objects(yaml: &str) -> Objects {
-        use serde::Deserialize;
         let mut o = Objects::default();
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let value = serde_yaml::Value::deserialize(doc).unwrap();
+        for value in serde_saphyr::from_multiple_with_options::<serde_json::Value>(
+            yaml,
+            serde_saphyr::options! { strict_booleans: true },
+        )
+        .unwrap()
+        {
             match value.get("kind").and_then(|k| k.as_str()) {
-                Some("Service") => o.services.push(serde_yaml::from_value(value).unwrap()),
-                Some("EndpointSlice") => o.slices.push(serde_yaml::from_value(value).unwrap()),
+                Some("Service") => o.services.push(serde_json::from_value(value).unwrap()),
+                Some("EndpointSlice") => o.slices.push(serde_json::from_value(value).unwrap()),
                 other => panic!("unexpected kind {other:?}"),
             }
         }

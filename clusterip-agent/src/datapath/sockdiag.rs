@@ -86,7 +86,7 @@ pub fn udp_members_of<'a>(
             f.slots
                 .iter()
                 .filter_map(|id| installed.backends.get(id))
-                .map(|b| (f.svc_id, b.addr))
+                .map(|b| (f.svc_id, b.addr.socket_addr()))
         })
         .collect()
 }
@@ -449,7 +449,7 @@ mod tests {
     fn udp_members_are_the_udp_frontends_backends() {
         let mut installed = Installed::default();
         let b = |s: &str, protocol| BackendAddr {
-            addr: s.parse().unwrap(),
+            addr: s.parse::<std::net::SocketAddr>().unwrap().into(),
             protocol,
         };
         installed

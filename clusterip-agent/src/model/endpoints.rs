@@ -7,7 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use super::table::{NoEndpoints, ServiceEntry, ServiceRef};
+use super::object::Key;
+use super::table::{Backend, NoEndpoints, ServiceEntry, ServiceRef};
 use super::validate::*;
 use super::*;
 
@@ -90,14 +91,19 @@ pub(super) struct Analysis<'s, 'a> {
 }
 
 impl Analysis<'_, '_> {
-    pub(super) fn entry(&self, svc: &ValidService<'_>, port: &ValidPort<'_>) -> ServiceEntry {
+    /// The table entry; `key` names the service (shared with the object it was built from).
+    pub(super) fn entry(
+        &self,
+        key: &Key,
+        svc: &ValidService<'_>,
+        port: &ValidPort<'_>,
+    ) -> ServiceEntry {
         ServiceEntry {
             service: ServiceRef {
-                namespace: svc.namespace.to_owned(),
-                name: svc.name.to_owned(),
-                port_name: port.name.to_owned(),
+                key: key.clone(),
+                port_name: port.name.into(),
             },
-            backends: self.backends.clone(),
+            backends: self.backends.iter().map(|&b| Backend::from(b)).collect(),
             affinity_timeout_s: svc.affinity_timeout_s,
             no_endpoints: self.no_endpoints,
             external: false,

@@ -143,7 +143,7 @@ pub fn explain(
         ex.rule = "the service has no such frontend".into();
         return ex;
     };
-    let group = service_slices(&valid, slices);
+    let group = typed_service_slices(&valid, slices);
     let a = analyze(&valid, port, kind, frontend.vip, &group, node);
 
     ex.status = FrontendStatus::Active;

@@ -65,6 +65,7 @@ use serde::Serialize;
 
 mod endpoints;
 mod explain;
+mod object;
 mod problem;
 pub mod table;
 #[cfg(test)]
@@ -73,12 +74,13 @@ mod validate;
 
 pub use endpoints::{NotUsed, Topology, TrafficPolicy};
 pub use explain::{ExplainedEndpoint, Explanation, FrontendStatus, explain};
+pub use object::{Key, ServiceObject, SliceObject};
 pub use problem::{ObjectKind, ObjectRef, Problem, ProblemKind, Severity};
 pub use validate::FrontendKind;
 
 use endpoints::analyze;
 use table::{DesiredTable, Frontend, ServiceEntry};
-use validate::{ValidService, ValidSlice, validate_service, validate_slice};
+use validate::{ValidService, ValidSlice, validate_slice};
 
 /// Label joining an EndpointSlice to its Service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -182,27 +184,27 @@ pub fn slice_problems(slice: &EndpointSlice) -> Vec<ProblemKind> {
 /// and ones that are not this proxy's are skipped (their problems are [`slice_problems`]'s).
 /// No check against other services (duplicate frontends: [`build_table`] or the caller).
 pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) -> ServiceBuild {
-    let (valid, problems) = validate_service(svc);
-    let Some(valid) = valid else {
+    let slices: Vec<SliceObject> = slices.iter().map(|s| SliceObject::new(s)).collect();
+    let refs: Vec<&SliceObject> = slices.iter().collect();
+    build(&ServiceObject::new(svc), &refs, node)
+}
+
+/// [`build_service`] of checked objects: what the store and the manifest source call.
+pub fn build(svc: &ServiceObject, slices: &[&SliceObject], node: &NodeInfo) -> ServiceBuild {
+    let problems = svc.problems().to_vec();
+    let Some(valid) = svc.valid() else {
         return ServiceBuild {
             entries: Vec::new(),
             problems,
-            ignored: true,
+            ignored: svc.ignored(),
         };
     };
-    if problems.iter().any(|p| p.severity() == Severity::Error) {
-        return ServiceBuild {
-            entries: Vec::new(),
-            problems,
-            ignored: false,
-        };
-    }
-    let group = service_slices(&valid, slices);
+    let group = service_slices(&valid, slices.iter().filter_map(|s| s.valid()));
     let entries = valid
         .frontends()
         .map(|(frontend, port, kind)| {
             let analysis = analyze(&valid, port, kind, frontend.vip, &group, node);
-            let mut entry = analysis.entry(&valid, port);
+            let mut entry = analysis.entry(svc.key(), &valid, port);
             entry.external = kind == FrontendKind::ExternalIp;
             (frontend, entry)
         })
@@ -216,15 +218,27 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) 
 
 /// The valid slices of `svc` among `slices`, sorted by name (a deterministic merge order
 /// whatever the input order; stable: equal names keep their order).
-fn service_slices<'a>(svc: &ValidService<'_>, slices: &[&'a EndpointSlice]) -> Vec<ValidSlice<'a>> {
+fn service_slices<'a>(
+    svc: &ValidService<'_>,
+    slices: impl Iterator<Item = ValidSlice<'a>>,
+) -> Vec<ValidSlice<'a>> {
     let mut group: Vec<ValidSlice<'a>> = slices
-        .iter()
-        .filter(|s| !not_ours(&s.metadata))
-        .filter_map(|s| validate_slice(s).ok().flatten())
         .filter(|s| s.namespace == svc.namespace && s.service == svc.name)
         .collect();
     group.sort_by(|a, b| a.name.cmp(b.name));
     group
+}
+
+/// The valid slices of `svc` among typed `slices` (for [`explain`]).
+fn typed_service_slices<'a>(
+    svc: &ValidService<'_>,
+    slices: &[&'a EndpointSlice],
+) -> Vec<ValidSlice<'a>> {
+    let valid = slices
+        .iter()
+        .filter(|s| !not_ours(&s.metadata))
+        .filter_map(|s| validate_slice(s).ok().flatten());
+    service_slices(svc, valid)
 }
 
 /// Computes the desired table for this node from all Services and EndpointSlices.
@@ -247,57 +261,64 @@ fn service_slices<'a>(svc: &ValidService<'_>, slices: &[&'a EndpointSlice]) -> V
 ///
 /// A slice port with no port number contributes no backends.
 pub fn build_table(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) -> ModelOutput {
+    let services: Vec<ServiceObject> = services.iter().map(ServiceObject::new).collect();
+    let slices: Vec<SliceObject> = slices.iter().map(SliceObject::new).collect();
+    build_table_of(services.iter(), slices.iter(), node)
+}
+
+/// [`build_table`] of checked objects.
+pub fn build_table_of<'a>(
+    services: impl IntoIterator<Item = &'a ServiceObject>,
+    slices: impl IntoIterator<Item = &'a SliceObject>,
+    node: &NodeInfo,
+) -> ModelOutput {
+    let services: Vec<&ServiceObject> = services.into_iter().collect();
     let mut problems = Vec::new();
 
     // Every named service, accepted or not: a slice for one of them is not "unknown".
-    let known_services: HashSet<(&str, &str)> = services
+    let known_services: HashSet<&Key> = services
         .iter()
-        .map(|s| ns_name(&s.metadata))
-        .filter(|(_, name)| !name.is_empty())
+        .map(|s| s.key())
+        .filter(|k| !k.name().is_empty())
         .collect();
 
-    // Slices: validate, group by service.
-    let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+    // Slices: group the valid ones by service.
+    let mut by_service: HashMap<&Key, Vec<&SliceObject>> = HashMap::new();
     let mut slice_problem_list = Vec::new();
     for slice in slices {
-        let object = ObjectRef::of_slice(slice);
-        let kinds = slice_problems(slice);
-        if !kinds.is_empty() {
-            slice_problem_list.extend(kinds.into_iter().map(|kind| Problem {
+        if !slice.problems().is_empty() {
+            let object = slice.object_ref();
+            slice_problem_list.extend(slice.problems().iter().map(|kind| Problem {
                 object: object.clone(),
-                kind,
+                kind: kind.clone(),
             }));
             continue;
         }
-        let Some(key) = slice_service(slice) else {
+        let Some(owner) = slice.service() else {
             continue;
         };
-        if slice.address_type == "FQDN" {
+        if slice.is_fqdn() {
             continue;
         }
-        if !known_services.contains(&(key.0.as_str(), key.1.as_str())) {
+        if !known_services.contains(owner) {
             slice_problem_list.push(Problem {
-                object,
+                object: slice.object_ref(),
                 kind: ProblemKind::UnknownService {
-                    namespace: key.0.clone(),
-                    name: key.1.clone(),
+                    namespace: owner.namespace().to_owned(),
+                    name: owner.name().to_owned(),
                 },
             });
         }
-        by_service.entry(key).or_default().push(slice);
+        by_service.entry(owner).or_default().push(slice);
     }
 
     // Services: build each, then claim frontends in input order.
-    let mut claimed: HashMap<Frontend, String> = HashMap::new();
+    let mut claimed: HashMap<Frontend, &Key> = HashMap::new();
     let mut table = DesiredTable::default();
     for svc in services {
-        let object = ObjectRef::of_service(svc);
-        let (ns, name) = ns_name(&svc.metadata);
-        let group = by_service
-            .get(&(ns.to_owned(), name.to_owned()))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let built = build_service(svc, group, node);
+        let object = svc.object_ref();
+        let group = by_service.get(svc.key()).map(Vec::as_slice).unwrap_or(&[]);
+        let built = build(svc, group, node);
         let accepted = built.accepted();
         problems.extend(built.problems.into_iter().map(|kind| Problem {
             object: object.clone(),
@@ -312,7 +333,7 @@ pub fn build_table(services: &[Service], slices: &[EndpointSlice], node: &NodeIn
             .filter_map(|(fe, _)| {
                 claimed.get(fe).map(|owner| ProblemKind::DuplicateFrontend {
                     frontend: *fe,
-                    owner: owner.clone(),
+                    owner: owner.to_string(),
                 })
             })
             .collect();
@@ -323,9 +344,8 @@ pub fn build_table(services: &[Service], slices: &[EndpointSlice], node: &NodeIn
             }));
             continue;
         }
-        let owner = format!("{ns}/{name}");
         for (fe, entry) in built.entries {
-            claimed.insert(fe, owner.clone());
+            claimed.insert(fe, svc.key());
             table.services.insert(fe, entry);
         }
     }

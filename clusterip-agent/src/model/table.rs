@@ -8,6 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use clusterip_common::{SVC_FLAG_OPEN, SVC_FLAG_WILDCARD};
 use serde::Serialize;
 
+use super::object::Key;
+
 /// L4 protocol of a service port. SCTP ports are skipped by the model (not supported yet).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -74,21 +76,87 @@ pub enum NoEndpoints {
 }
 
 /// Which Service (and which of its ports) a frontend comes from; for logs, dump and explain.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// The service is named by its [`Key`], the allocation the store and the objects share.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceRef {
-    pub namespace: String,
-    pub name: String,
+    pub key: Key,
     /// The ServicePort's name ("" when the port is unnamed).
-    pub port_name: String,
+    pub port_name: Box<str>,
+}
+
+impl ServiceRef {
+    pub fn new(namespace: &str, name: &str, port_name: &str) -> Self {
+        ServiceRef {
+            key: Key::new(namespace, name),
+            port_name: port_name.into(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.key.namespace()
+    }
+
+    pub fn name(&self) -> &str {
+        self.key.name()
+    }
 }
 
 impl fmt::Display for ServiceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.port_name.is_empty() {
-            write!(f, "{}/{}", self.namespace, self.name)
+            write!(f, "{}", self.key)
         } else {
-            write!(f, "{}/{}:{}", self.namespace, self.name, self.port_name)
+            write!(f, "{}:{}", self.key, self.port_name)
         }
+    }
+}
+
+impl Serialize for ServiceRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ServiceRef", 3)?;
+        st.serialize_field("namespace", self.namespace())?;
+        st.serialize_field("name", self.name())?;
+        st.serialize_field("port_name", &*self.port_name)?;
+        st.end()
+    }
+}
+
+/// One backend of a frontend: a pod IP and the port on it. 20 bytes, where a `SocketAddr`
+/// takes 32 (room for the IPv6 flow label and scope id that no map holds): 100,000 backends
+/// cost 2 MB in the table instead of 3.2. Ordered as `SocketAddr` orders (family, address,
+/// port) and displayed the same way (`10.0.0.1:80`, `[fd00::1]:80`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+impl Backend {
+    pub fn new(ip: IpAddr, port: u16) -> Self {
+        Backend { ip, port }
+    }
+
+    pub fn socket_addr(self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+impl From<SocketAddr> for Backend {
+    fn from(a: SocketAddr) -> Self {
+        Backend::new(a.ip(), a.port())
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.socket_addr(), f)
+    }
+}
+
+impl Serialize for Backend {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.socket_addr().serialize(s)
     }
 }
 
@@ -97,7 +165,7 @@ impl fmt::Display for ServiceRef {
 pub struct ServiceEntry {
     pub service: ServiceRef,
     /// Backends (pod IP, target port), sorted and without duplicates; same family as the VIP.
-    pub backends: Vec<SocketAddr>,
+    pub backends: Box<[Backend]>,
     /// ClientIP session affinity timeout; None without affinity.
     pub affinity_timeout_s: Option<u32>,
     /// Only meaningful when `backends` is empty.
@@ -168,12 +236,11 @@ pub(crate) mod test_support {
     /// An entry without affinity that rejects when it has no backends.
     pub fn entry(ns: &str, name: &str, port_name: &str, backends: &[&str]) -> ServiceEntry {
         ServiceEntry {
-            service: ServiceRef {
-                namespace: ns.into(),
-                name: name.into(),
-                port_name: port_name.into(),
-            },
-            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            service: ServiceRef::new(ns, name, port_name),
+            backends: backends
+                .iter()
+                .map(|b| b.parse::<SocketAddr>().unwrap().into())
+                .collect(),
             affinity_timeout_s: None,
             no_endpoints: NoEndpoints::Reject,
             external: false,
@@ -184,5 +251,27 @@ pub(crate) mod test_support {
         DesiredTable {
             services: entries.into_iter().collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_takes_20_bytes_and_orders_as_a_socket_address() {
+        assert_eq!(std::mem::size_of::<Backend>(), 20);
+        let addrs: Vec<SocketAddr> = ["10.0.0.2:80", "10.0.0.1:90", "10.0.0.1:80", "[fd00::1]:80"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let mut sorted = addrs.clone();
+        sorted.sort();
+        let mut backends: Vec<Backend> = addrs.into_iter().map(Backend::from).collect();
+        backends.sort();
+        assert_eq!(
+            backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+            sorted.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+        );
     }
 }

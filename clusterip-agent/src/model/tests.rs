@@ -7,14 +7,17 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 fn parse_objects(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>) {
-    use serde::Deserialize;
     let mut services = Vec::new();
     let mut slices = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let value = serde_yaml::Value::deserialize(doc).unwrap();
+    for value in serde_saphyr::from_multiple_with_options::<serde_json::Value>(
+        yaml,
+        serde_saphyr::options! { strict_booleans: true },
+    )
+    .unwrap()
+    {
         match value.get("kind").and_then(|k| k.as_str()) {
-            Some("Service") => services.push(serde_yaml::from_value(value).unwrap()),
-            Some("EndpointSlice") => slices.push(serde_yaml::from_value(value).unwrap()),
+            Some("Service") => services.push(serde_json::from_value(value).unwrap()),
+            Some("EndpointSlice") => slices.push(serde_json::from_value(value).unwrap()),
             None => {}
             Some(other) => panic!("unexpected kind {other}"),
         }
@@ -1535,7 +1538,7 @@ endpoints: [{addresses: ["fd00::1"]}]
 }
 
 fn one<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
-    serde_yaml::from_str(yaml).unwrap()
+    serde_saphyr::from_str(yaml).unwrap()
 }
 
 #[test]
@@ -1708,7 +1711,13 @@ endpoints: [{addresses: ["fd00::6"]}]
     assert!(ex.rule.contains("PreferSameZone"), "{}", ex.rule);
     // The explanation agrees with the table.
     let built = build_service(&services[0], &refs, &node);
-    assert_eq!(built.entries[0].1.backends, ex.backends);
+    let backends: Vec<std::net::SocketAddr> = built.entries[0]
+        .1
+        .backends
+        .iter()
+        .map(|b| b.socket_addr())
+        .collect();
+    assert_eq!(backends, ex.backends);
 
     // Not a frontend of the service, and ignored / rejected services.
     let ex = explain(

@@ -18,7 +18,7 @@ pub(super) enum TargetPort<'a> {
     Name(&'a str),
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct ValidPort<'a> {
     pub(super) name: &'a str,
     pub(super) port: u16,
@@ -45,7 +45,7 @@ impl fmt::Display for FrontendKind {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct ValidService<'a> {
     pub(super) namespace: &'a str,
     pub(super) name: &'a str,
@@ -262,7 +262,7 @@ pub(super) fn validate_service(svc: &Service) -> (Option<ValidService<'_>>, Vec<
     )
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct ValidSlicePort<'a> {
     pub(super) name: &'a str,
     pub(super) port: Option<u16>,
@@ -270,7 +270,7 @@ pub(super) struct ValidSlicePort<'a> {
     pub(super) protocol: Option<Protocol>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct ValidEndpoint<'a> {
     pub(super) ip: IpAddr,
     pub(super) ready: bool,
@@ -292,7 +292,7 @@ impl ValidEndpoint<'_> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct ValidSlice<'a> {
     pub(super) namespace: &'a str,
     pub(super) name: &'a str,

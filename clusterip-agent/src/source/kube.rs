@@ -15,8 +15,9 @@
 //! Each kind is a kube-runtime `watcher` (list + watch with bookmarks, the strategy every API
 //! server supports; streaming lists need `WatchList`, beta since 1.32 only) behind kube's
 //! default exponential backoff (0.8 s doubling to 30 s, with jitter). A relist (`Init` ..
-//! `InitDone`) is collected and sent as one `*Replaced` event, so the store never sees an
-//! empty intermediate state; every watcher error (failed list or watch request, 410 Expired,
+//! `InitDone`) is reported as [`SourceEvent::Listing`], its objects one at a time, then
+//! [`SourceEvent::Listed`]: the store removes what the list lacked only then, so it never
+//! sees an empty intermediate state, and no copy of the whole list is held; every watcher error (failed list or watch request, 410 Expired,
 //! error event, unreadable body, ...) is logged and reported as
 //! [`SourceEvent::WatchRestarted`]. kube treats a watch body that ends — cleanly at
 //! `timeoutSeconds`, or cut mid-stream (EOF) — as a resumable end: it re-watches from the last
@@ -27,6 +28,7 @@ use std::fmt::{self, Debug};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
@@ -42,6 +44,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::Sender;
 use tracing::{debug, info, warn};
 
+use crate::model::{Key, ObjectKind, ServiceObject, SliceObject};
 use crate::source::SourceEvent;
 
 /// kube-proxy's label selector for Services.
@@ -176,51 +179,84 @@ where
     }
 }
 
-/// A kind the source watches, and how its watcher events become [`SourceEvent`]s.
+/// A kind the source watches, and how its watcher events become [`SourceEvent`]s. Each object
+/// is checked and made compact ([`ServiceObject`], [`SliceObject`]) the moment it arrives, so
+/// the typed copy lives only as long as the page of the list it came in.
 trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static {
     /// The name in logs and in [`SourceEvent::WatchRestarted`].
     const RESOURCE: &'static str;
+    /// What a (re)list collects until it is complete (nothing for Services and slices, which
+    /// are reported one by one).
+    type Listing: Default + Send;
+    /// The event opening a (re)list, if any.
+    fn listing() -> Option<SourceEvent>;
+    /// One object of a (re)list: its event, or None when it is folded into `listing`.
+    fn listed_one(self, listing: &mut Self::Listing) -> Option<SourceEvent>;
+    /// The event closing a (re)list.
+    fn listed(listing: Self::Listing) -> SourceEvent;
     fn applied(self) -> SourceEvent;
     fn deleted(self) -> SourceEvent;
-    fn replaced(all: Vec<Self>) -> SourceEvent;
 }
 
 impl Watched for Service {
     const RESOURCE: &'static str = "services";
+    type Listing = ();
+    fn listing() -> Option<SourceEvent> {
+        Some(SourceEvent::Listing(ObjectKind::Service))
+    }
+    fn listed_one(self, _: &mut ()) -> Option<SourceEvent> {
+        Some(self.applied())
+    }
+    fn listed(_: ()) -> SourceEvent {
+        SourceEvent::Listed(ObjectKind::Service)
+    }
     fn applied(self) -> SourceEvent {
-        SourceEvent::ServiceApplied(self)
+        SourceEvent::ServiceApplied(Arc::new(ServiceObject::new(&self)))
     }
     fn deleted(self) -> SourceEvent {
-        SourceEvent::ServiceDeleted(self)
-    }
-    fn replaced(all: Vec<Self>) -> SourceEvent {
-        SourceEvent::ServicesReplaced(all)
+        SourceEvent::ServiceDeleted(Key::of(&self.metadata))
     }
 }
 
 impl Watched for EndpointSlice {
     const RESOURCE: &'static str = "endpointslices";
+    type Listing = ();
+    fn listing() -> Option<SourceEvent> {
+        Some(SourceEvent::Listing(ObjectKind::EndpointSlice))
+    }
+    fn listed_one(self, _: &mut ()) -> Option<SourceEvent> {
+        Some(self.applied())
+    }
+    fn listed(_: ()) -> SourceEvent {
+        SourceEvent::Listed(ObjectKind::EndpointSlice)
+    }
     fn applied(self) -> SourceEvent {
-        SourceEvent::SliceApplied(self)
+        SourceEvent::SliceApplied(Arc::new(SliceObject::new(&self)))
     }
     fn deleted(self) -> SourceEvent {
-        SourceEvent::SliceDeleted(self)
-    }
-    fn replaced(all: Vec<Self>) -> SourceEvent {
-        SourceEvent::SlicesReplaced(all)
+        SourceEvent::SliceDeleted(Key::of(&self.metadata))
     }
 }
 
 impl Watched for Node {
     const RESOURCE: &'static str = "nodes";
+    /// The zone of this node, if the list had it (the field selector lets only it through).
+    type Listing = Option<String>;
+    fn listing() -> Option<SourceEvent> {
+        None
+    }
+    fn listed_one(self, zone: &mut Option<String>) -> Option<SourceEvent> {
+        *zone = node_zone(&self);
+        None
+    }
+    fn listed(zone: Option<String>) -> SourceEvent {
+        SourceEvent::NodeZone(zone)
+    }
     fn applied(self) -> SourceEvent {
         SourceEvent::NodeZone(node_zone(&self))
     }
     fn deleted(self) -> SourceEvent {
         SourceEvent::NodeZone(None)
-    }
-    fn replaced(all: Vec<Self>) -> SourceEvent {
-        SourceEvent::NodeZone(all.first().and_then(node_zone))
     }
 }
 
@@ -232,45 +268,61 @@ async fn watch_kind<K: Watched>(
 ) {
     let stream = watch(api, config).default_backoff();
     let mut stream = std::pin::pin!(stream);
-    // Objects of a relist in progress (between Init and InitDone).
-    let mut relist: Option<Vec<K>> = None;
+    // A (re)list in progress (between Init and InitDone): what it collected, how many
+    // objects it had so far, and whether its opening event went out. kube announces a list
+    // (Init) before asking for it, so a list that fails would open one list after another;
+    // the opening event waits for the list's first object or its end instead.
+    let mut listing: Option<(K::Listing, usize, bool)> = None;
     let mut listed_once = false;
     while let Some(item) = next(&mut stream).await {
         let received = Instant::now();
+        let mut opening = None;
+        let mut open = |listing: &mut (K::Listing, usize, bool)| {
+            if !listing.2 {
+                listing.2 = true;
+                opening = K::listing();
+            }
+        };
         let event = match item {
             Ok(Event::Init) => {
                 debug!(resource = K::RESOURCE, "listing");
-                relist = Some(Vec::new());
-                continue;
+                listing = Some(Default::default());
+                None
             }
             Ok(Event::InitApply(object)) => {
-                relist.get_or_insert_with(Vec::new).push(object);
-                continue;
+                let current = listing.get_or_insert_with(Default::default);
+                open(current);
+                current.1 += 1;
+                object.listed_one(&mut current.0)
             }
             Ok(Event::InitDone) => {
-                let all = relist.take().unwrap_or_default();
+                let mut current = listing.take().unwrap_or_default();
+                open(&mut current);
+                let (state, count, _) = current;
                 if listed_once {
-                    info!(resource = K::RESOURCE, count = all.len(), "relisted");
+                    info!(resource = K::RESOURCE, count, "relisted");
                 } else {
-                    info!(resource = K::RESOURCE, count = all.len(), "listed");
+                    info!(resource = K::RESOURCE, count, "listed");
                     listed_once = true;
                 }
-                K::replaced(all)
+                Some(K::listed(state))
             }
-            Ok(Event::Apply(object)) => object.applied(),
-            Ok(Event::Delete(object)) => object.deleted(),
+            Ok(Event::Apply(object)) => Some(object.applied()),
+            Ok(Event::Delete(object)) => Some(object.deleted()),
             Err(error) => {
                 warn!(
                     resource = K::RESOURCE,
                     error = %Chain(&error),
                     "Kubernetes API watch failed; resuming with backoff"
                 );
-                SourceEvent::WatchRestarted(K::RESOURCE)
+                Some(SourceEvent::WatchRestarted(K::RESOURCE))
             }
         };
-        if tx.send((received, event)).await.is_err() {
-            debug!(resource = K::RESOURCE, "event receiver gone; watcher stops");
-            return;
+        for event in [opening, event].into_iter().flatten() {
+            if tx.send((received, event)).await.is_err() {
+                debug!(resource = K::RESOURCE, "event receiver gone; watcher stops");
+                return;
+            }
         }
     }
 }

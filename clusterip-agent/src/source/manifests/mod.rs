@@ -30,18 +30,19 @@
 //! * a deleted file, or an object removed from a file: its objects are removed (not an error).
 //!
 //! "Last good version" is the version of each object in the last good set. On a change, each
-//! object is checked on its own when its version is new ([`model::build_service`],
-//! [`model::slice_problems`]); an object with an error is replaced by its last good version
+//! object is checked on its own as it is parsed ([`ServiceObject::new`],
+//! [`SliceObject::new`]); two versions are the same when their checked forms are equal; an object with an error is replaced by its last good version
 //! (or dropped). Then the services claim their frontends in this order: established first
 //! (unchanged, or standing in with their last good version), then changed-but-previously-
 //! good, then new, each group in file order; a service claiming a frontend already claimed
 //! is replaced by its last good version (claiming again) or dropped. So an established owner
 //! of a VIP wins a duplicate frontend, and the good set never holds two owners of one.
 //!
-//! Memory: one compact JSON copy of each object version is kept (shared between a file's
-//! documents and the good set when they are the same version), with what the checks found;
-//! typed objects are only made on demand ([`ManifestSource::poll_objects`],
-//! [`ManifestSource::poll`]), and file contents only as a hash.
+//! Memory: files are parsed one document at a time, and each object is kept only in its
+//! checked compact form ([`ServiceObject`], [`SliceObject`], a Node's zone), shared between a
+//! file's documents, the good set and the store (through the events) when it is the same
+//! version; file contents are kept only as a hash. `explain` reads typed objects on its own
+//! ([`read_objects`]).
 //!
 //! Problems are found on each change of the manifests (never on idle polls) and logged when
 //! they appear (not again while they persist); [`ManifestSource::problems`] lists the current
@@ -59,13 +60,12 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::Deserialize;
 use tracing::{debug, error, warn};
 
 use crate::model::table::{DesiredTable, Frontend};
 use crate::model::{
-    self, DEFAULT_NAMESPACE, LABEL_TOPOLOGY_ZONE, NodeInfo, ObjectKind, ObjectRef, Problem,
-    ProblemKind, Severity,
+    self, DEFAULT_NAMESPACE, Key, LABEL_TOPOLOGY_ZONE, NodeInfo, ObjectKind, ObjectRef, Problem,
+    ProblemKind, ServiceObject, Severity, SliceObject,
 };
 use crate::source::{Objects, SourceEvent};
 
@@ -95,67 +95,80 @@ pub enum ManifestError {
 /// `explain` can tell why), the first of each kind/namespace/name; and the zone of the Node
 /// named `node_name`. Err if PATH cannot be listed or a file cannot be read or parsed.
 pub fn read_objects(path: &Path, node_name: &str) -> Result<Objects, ManifestError> {
-    let mut src = ManifestSource::new(path.to_owned(), node_name.to_owned());
-    src.scan();
-    if let Some(e) = &src.path_error {
-        return Err(ManifestError::Path(e.clone()));
+    let files = list_files(path).map_err(ManifestError::Path)?;
+    let mut errors = Vec::new();
+    let mut parsed = Vec::new();
+    for file in files {
+        match fs::read(&file) {
+            Err(e) => errors.push(format!("{}: cannot read: {e}", file.display())),
+            Ok(content) => match parse_file::<TypedDoc>(&content) {
+                Ok(docs) => parsed.push((file, docs)),
+                Err(e) => errors.push(format!("{}: {e}", file.display())),
+            },
+        }
     }
-    let errors: Vec<String> = src
-        .files
-        .iter()
-        .filter_map(|(p, s)| s.error.as_ref().map(|e| format!("{}: {e}", p.display())))
-        .collect();
     if !errors.is_empty() {
         return Err(ManifestError::Files(errors));
     }
-    let mut seen: HashSet<&ObjectRef> = HashSet::new();
-    let mut objects: Vec<&Parsed> = Vec::new();
-    for (path, state) in &src.files {
-        for doc in &state.docs {
-            match &doc.parsed {
-                Ok(version) => {
-                    if seen.insert(&version.key) {
-                        objects.push(version);
-                    } else {
-                        warn!(
-                            "{} ({}): {} is defined twice; ignored",
-                            path.display(),
-                            doc.location,
-                            version.key
-                        );
-                    }
+    let mut seen: HashSet<ObjectRef> = HashSet::new();
+    let mut out = Objects::default();
+    for (path, docs) in parsed {
+        for doc in docs {
+            let typed = match doc.parsed {
+                Ok(typed) => typed,
+                Err(bad) => {
+                    warn!(
+                        "{} ({}): {}; ignored",
+                        path.display(),
+                        doc.location,
+                        bad.error
+                    );
+                    continue;
                 }
-                Err(bad) => warn!(
-                    "{} ({}): {}; ignored",
+            };
+            if !seen.insert(typed.key.clone()) {
+                warn!(
+                    "{} ({}): {} is defined twice; ignored",
                     path.display(),
                     doc.location,
-                    bad.error
-                ),
+                    typed.key
+                );
+                continue;
+            }
+            match typed.object {
+                Typed::Service(svc) => out.services.push(*svc),
+                Typed::Slice(slice) => out.slices.push(*slice),
+                Typed::Node(zone) => {
+                    if !node_name.is_empty() && typed.key.name == node_name {
+                        out.node_zone = zone;
+                    }
+                }
             }
         }
     }
-    Ok(objects_of(objects, node_name))
+    Ok(out)
 }
 
-/// Makes the typed objects (splitting them by kind); the zone is the one of the Node called
-/// `node_name`.
-fn objects_of<'a>(versions: impl IntoIterator<Item = &'a Parsed>, node_name: &str) -> Objects {
-    let mut out = Objects::default();
+/// The good set, checked and compact ([`ManifestSource::poll_objects`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GoodObjects {
+    /// Established ones first (see the module doc).
+    pub services: Vec<Arc<ServiceObject>>,
+    pub slices: Vec<Arc<SliceObject>>,
+    /// The `topology.kubernetes.io/zone` label of this node, if known.
+    pub node_zone: Option<String>,
+}
+
+/// Splits versions by kind; the zone is the one of the Node called `node_name`.
+fn objects_of<'a>(versions: impl IntoIterator<Item = &'a Parsed>, node_name: &str) -> GoodObjects {
+    let mut out = GoodObjects::default();
     for version in versions {
-        match version.key.kind {
-            ObjectKind::Service => {
-                if let Some(svc) = version.decode() {
-                    out.services.push(svc);
-                }
-            }
-            ObjectKind::EndpointSlice => {
-                if let Some(slice) = version.decode() {
-                    out.slices.push(slice);
-                }
-            }
-            ObjectKind::Node => {
+        match &version.object {
+            Object::Service(svc) => out.services.push(Arc::clone(svc)),
+            Object::Slice(slice) => out.slices.push(Arc::clone(slice)),
+            Object::Node { zone } => {
                 if !node_name.is_empty() && version.key.name == node_name {
-                    out.node_zone = version.zone.as_deref().map(str::to_owned);
+                    out.node_zone = zone.as_deref().map(str::to_owned);
                 }
             }
         }
@@ -231,85 +244,89 @@ struct FileState {
     fingerprint: Option<Fingerprint>,
     content: Option<Digest>,
     /// The documents of the last successful parse.
-    docs: Vec<Doc>,
+    docs: Vec<Doc<Version>>,
     /// Current read or syntax error; `docs` are then the last good ones.
     error: Option<String>,
 }
 
-/// One version of one object: its compact JSON (typed again on demand) and what the checks
-/// of the object on its own found.
+/// One version of one object, checked and compact.
 #[derive(Debug)]
 struct Parsed {
     key: ObjectRef,
-    json: Box<[u8]>,
-    /// The model's problems with the object on its own (service: [`model::build_service`];
-    /// slice: [`model::slice_problems`]).
-    problems: Box<[ProblemKind]>,
-    /// Service: the frontends it claims (none when it is ignored or rejected).
-    frontends: Box<[Frontend]>,
-    /// Slice: the name of the service (in its namespace) it feeds, if the model would look
-    /// for it (valid, this proxy's, not FQDN): a missing one is warned about.
-    service: Option<Box<str>>,
-    /// Node: its zone label.
-    zone: Option<Box<str>>,
+    object: Object,
+}
+
+#[derive(Debug, PartialEq)]
+enum Object {
+    Service(Arc<ServiceObject>),
+    Slice(Arc<SliceObject>),
+    /// Only its zone label matters.
+    Node {
+        zone: Option<Box<str>>,
+    },
 }
 
 type Version = Arc<Parsed>;
 
 impl Parsed {
+    /// The model's problems with the object on its own.
+    fn problems(&self) -> &[ProblemKind] {
+        match &self.object {
+            Object::Service(svc) => svc.problems(),
+            Object::Slice(slice) => slice.problems(),
+            Object::Node { .. } => &[],
+        }
+    }
+
     fn rejected(&self) -> bool {
-        self.problems
+        self.problems()
             .iter()
             .any(|p| p.severity() == Severity::Error)
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        match serde_json::from_slice(&self.json) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                // Cannot happen: the JSON was written from the same type.
-                error!(
-                    "manifests: {}: cannot decode the kept copy: {e}; ignored",
-                    self.key
-                );
-                None
+    /// Service: the frontends it claims (none when it is ignored or rejected).
+    fn frontends(&self) -> Vec<Frontend> {
+        match &self.object {
+            Object::Service(svc) => svc.frontends().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Slice: the name of the service (in its namespace) it feeds, if the model would look
+    /// for it (valid, this proxy's, not FQDN): a missing one is warned about.
+    fn service(&self) -> Option<&str> {
+        match &self.object {
+            Object::Slice(slice) if slice.problems().is_empty() && !slice.is_fqdn() => {
+                slice.service().map(Key::name)
             }
+            _ => None,
         }
     }
 }
 
 /// The event for an object added or changed (none for a Node: its zone is reported apart).
+/// The object is shared with the store, not copied.
 fn applied(version: &Parsed) -> Option<SourceEvent> {
-    match version.key.kind {
-        ObjectKind::Service => version.decode().map(SourceEvent::ServiceApplied),
-        ObjectKind::EndpointSlice => version.decode().map(SourceEvent::SliceApplied),
-        ObjectKind::Node => None,
+    match &version.object {
+        Object::Service(svc) => Some(SourceEvent::ServiceApplied(Arc::clone(svc))),
+        Object::Slice(slice) => Some(SourceEvent::SliceApplied(Arc::clone(slice))),
+        Object::Node { .. } => None,
     }
 }
 
 /// The event for an object removed (none for a Node).
 fn deleted(key: &ObjectRef) -> Option<SourceEvent> {
-    let metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        name: Some(key.name.clone()),
-        namespace: Some(key.namespace.clone()),
-        ..Default::default()
-    };
+    let name = Key::new(&key.namespace, &key.name);
     match key.kind {
-        ObjectKind::Service => Some(SourceEvent::ServiceDeleted(Service {
-            metadata,
-            ..Default::default()
-        })),
-        ObjectKind::EndpointSlice => Some(SourceEvent::SliceDeleted(EndpointSlice {
-            metadata,
-            ..Default::default()
-        })),
+        ObjectKind::Service => Some(SourceEvent::ServiceDeleted(name)),
+        ObjectKind::EndpointSlice => Some(SourceEvent::SliceDeleted(name)),
         ObjectKind::Node => None,
     }
 }
 
-/// The same version (usually the same allocation; else equal JSON).
+/// The same version (usually the same allocation; else equal checked forms).
 fn same(a: &Version, b: &Version) -> bool {
-    Arc::ptr_eq(a, b) || a.json == b.json
+    Arc::ptr_eq(a, b) || (a.key == b.key && a.object == b.object)
 }
 
 /// Where a document is in its file: "document 2" or "document 1, item 3".
@@ -329,11 +346,12 @@ impl fmt::Display for Location {
     }
 }
 
-/// One object (or an unusable document) in a file.
+/// One object (or an unusable document) in a file: a [`Version`] for the source, a
+/// [`TypedDoc`] for [`read_objects`].
 #[derive(Clone, Debug)]
-struct Doc {
+struct Doc<T = Version> {
     location: Location,
-    parsed: Result<Version, Box<BadDoc>>,
+    parsed: Result<T, Box<BadDoc>>,
 }
 
 /// A document that is not a usable object.
@@ -387,7 +405,9 @@ impl ManifestSource {
         self.table_generation = Some(self.generation);
         let objects = self.current_objects();
         let node = NodeInfo::new(self.node_name.clone(), objects.node_zone.clone());
-        let table = model::build_table(&objects.services, &objects.slices, &node).table;
+        let services = objects.services.iter().map(|s| &**s);
+        let slices = objects.slices.iter().map(|s| &**s);
+        let table = model::build_table_of(services, slices, &node).table;
         drop(objects);
         if self.last_table.as_ref() == Some(&table) {
             return None;
@@ -400,7 +420,7 @@ impl ManifestSource {
     /// by its last good version, or absent; no two services claiming a frontend) if they
     /// changed since the last ones returned (the first call always returns them); None when
     /// nothing changed. Services come established ones first.
-    pub fn poll_objects(&mut self) -> Option<Objects> {
+    pub fn poll_objects(&mut self) -> Option<GoodObjects> {
         self.refresh();
         if self.objects_generation == Some(self.generation) {
             return None;
@@ -411,11 +431,11 @@ impl ManifestSource {
 
     /// Re-reads PATH. Returns what changed in the good set (as [`Self::poll_objects`] hands
     /// it out) since the last call, as events for the object store: the first call returns
-    /// the whole set ([`SourceEvent::NodeZone`], [`SourceEvent::ServicesReplaced`],
-    /// [`SourceEvent::SlicesReplaced`]); later ones the objects added or changed
-    /// (`ServiceApplied`, `SliceApplied`), the ones removed (`ServiceDeleted`, `SliceDeleted`,
-    /// carrying only namespace and name) and the zone if it changed. None when nothing changed.
-    /// Only the changed objects are typed: cheap for a small change in a large set.
+    /// the whole set ([`SourceEvent::NodeZone`], then each kind as a complete list:
+    /// [`SourceEvent::Listing`], the objects, [`SourceEvent::Listed`]); later ones the
+    /// objects added or changed (`ServiceApplied`, `SliceApplied`), the ones removed
+    /// (`ServiceDeleted`, `SliceDeleted`, carrying only the key) and the zone if it changed.
+    /// None when nothing changed. The objects are shared with the events, not copied.
     pub fn poll_events(&mut self) -> Option<Vec<SourceEvent>> {
         self.refresh();
         if self.events_generation == Some(self.generation) {
@@ -432,12 +452,23 @@ impl ManifestSource {
         .node_zone;
         let events = match self.reported.take() {
             None => {
-                let objects = self.current_objects();
-                vec![
-                    SourceEvent::NodeZone(objects.node_zone),
-                    SourceEvent::ServicesReplaced(objects.services),
-                    SourceEvent::SlicesReplaced(objects.slices),
-                ]
+                // The whole set, as one list of each kind.
+                let mut events = vec![
+                    SourceEvent::NodeZone(zone.clone()),
+                    SourceEvent::Listing(ObjectKind::Service),
+                ];
+                let of = |kind: ObjectKind| {
+                    self.accepted
+                        .iter()
+                        .filter(move |v| v.key.kind == kind)
+                        .filter_map(|v| applied(v))
+                };
+                events.extend(of(ObjectKind::Service));
+                events.push(SourceEvent::Listed(ObjectKind::Service));
+                events.push(SourceEvent::Listing(ObjectKind::EndpointSlice));
+                events.extend(of(ObjectKind::EndpointSlice));
+                events.push(SourceEvent::Listed(ObjectKind::EndpointSlice));
+                events
             }
             Some((base, base_zone)) => {
                 let mut events = Vec::new();
@@ -464,8 +495,8 @@ impl ManifestSource {
         (!events.is_empty()).then_some(events)
     }
 
-    /// The good set, typed.
-    fn current_objects(&self) -> Objects {
+    /// The good set.
+    fn current_objects(&self) -> GoodObjects {
         objects_of(self.accepted.iter().map(|v| v.as_ref()), &self.node_name)
     }
 
@@ -480,25 +511,7 @@ impl ManifestSource {
 
     /// The files PATH designates, in order.
     fn list(&mut self) -> Vec<PathBuf> {
-        let result = match fs::metadata(&self.path) {
-            Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
-            Ok(meta) if meta.is_dir() => match fs::read_dir(&self.path) {
-                Err(e) => Err(format!("cannot list {}: {e}", self.path.display())),
-                Ok(entries) => {
-                    let mut files: Vec<PathBuf> = entries
-                        .filter_map(|e| e.ok())
-                        .map(|e| e.path())
-                        .filter(|p| is_manifest_name(p))
-                        // Follows symlinks (ConfigMap volumes); skips directories.
-                        .filter(|p| fs::metadata(p).is_ok_and(|m| m.is_file()))
-                        .collect();
-                    files.sort();
-                    Ok(files)
-                }
-            },
-            Ok(_) => Ok(vec![self.path.clone()]),
-        };
-        match result {
+        match list_files(&self.path) {
             Ok(files) => {
                 self.path_error = None;
                 files
@@ -566,8 +579,9 @@ impl ManifestSource {
                 continue;
             }
             changed = true;
-            match parse_file(&content, &state.docs) {
-                Ok(docs) => {
+            match parse_file(&content) {
+                Ok(mut docs) => {
+                    share_unchanged(&mut docs, &state.docs);
                     state.docs = docs;
                     state.error = None;
                 }
@@ -635,7 +649,7 @@ impl ManifestSource {
                             Some(_) => "keeping its last good version",
                             None => "ignored",
                         };
-                        for kind in &version.problems {
+                        for kind in version.problems() {
                             log.problem(path, key, kind, what_now);
                         }
                         match stand_in {
@@ -692,7 +706,7 @@ impl ManifestSource {
                 loop {
                     let conflicts: Vec<ProblemKind> = c
                         .version
-                        .frontends
+                        .frontends()
                         .iter()
                         .filter_map(|fe| {
                             claimed.get(fe).map(|owner| ProblemKind::DuplicateFrontend {
@@ -722,8 +736,8 @@ impl ManifestSource {
                         None => continue 'candidates,
                     }
                 }
-                for fe in &c.version.frontends {
-                    claimed.insert(*fe, c.key);
+                for fe in c.version.frontends() {
+                    claimed.insert(fe, c.key);
                 }
             }
             chosen.push(c);
@@ -737,11 +751,11 @@ impl ManifestSource {
             .map(|c| (c.key.namespace.as_str(), c.key.name.as_str()))
             .collect();
         for c in &chosen {
-            for kind in &c.version.problems {
+            for kind in c.version.problems() {
                 log.problem(c.file, c.key, kind, "");
             }
             let namespace = c.key.namespace.as_str();
-            if let Some(name) = c.version.service.as_deref()
+            if let Some(name) = c.version.service()
                 && !known.contains(&(namespace, name))
             {
                 let kind = ProblemKind::UnknownService {
@@ -827,6 +841,29 @@ impl ProblemLog {
     }
 }
 
+/// The files PATH designates, in order: PATH itself, or the manifest files of the directory
+/// it names; Err when it cannot be read or listed.
+fn list_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    match fs::metadata(path) {
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Ok(meta) if meta.is_dir() => match fs::read_dir(path) {
+            Err(e) => Err(format!("cannot list {}: {e}", path.display())),
+            Ok(entries) => {
+                let mut files: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| is_manifest_name(p))
+                    // Follows symlinks (ConfigMap volumes); skips directories.
+                    .filter(|p| fs::metadata(p).is_ok_and(|m| m.is_file()))
+                    .collect();
+                files.sort();
+                Ok(files)
+            }
+        },
+        Ok(_) => Ok(vec![path.to_path_buf()]),
+    }
+}
+
 fn is_manifest_name(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
@@ -838,44 +875,106 @@ fn is_manifest_name(path: &Path) -> bool {
             .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
 }
 
-/// Parses a whole file; Err (with the line) on a YAML syntax error anywhere in it. A version
-/// equal to the one `old` (the file's previous documents) has for the same key is shared.
-fn parse_file(content: &[u8], old: &[Doc]) -> Result<Vec<Doc>, String> {
+/// Parses a whole file; Err (with the line) on a YAML syntax error anywhere in it.
+///
+/// The documents are turned into [`Doc`]s one at a time, as the parser finishes each
+/// ([`FileDocs`]): only one document is ever held as a tree, however large the file.
+fn parse_file<T: FromDocument>(content: &[u8]) -> Result<Vec<Doc<T>>, String> {
+    let parsed: FileDocs<T> =
+        serde_saphyr::from_bytes_multiple_with_options(content, yaml_options(content.len()))
+            .map_err(|e| e.to_string())?;
+    Ok(parsed.docs)
+}
+
+/// Replaces each version in `docs` that equals the one `old` (the file's previous documents)
+/// has for the same key by that one: an unchanged object keeps its allocation, which the good
+/// set and the store may share.
+fn share_unchanged(docs: &mut [Doc<Version>], old: &[Doc<Version>]) {
     let old: HashMap<&ObjectRef, &Version> = old
         .iter()
         .filter_map(|d| d.parsed.as_ref().ok())
         .map(|v| (&v.key, v))
         .collect();
-    let mut docs = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_slice(content).enumerate() {
-        let value = serde_yaml::Value::deserialize(document).map_err(|e| e.to_string())?;
-        let location = Location {
-            document: u32::try_from(i + 1).unwrap_or(u32::MAX),
-            items: Vec::new(),
-        };
-        collect(value, location, &old, &mut docs);
+    for doc in docs {
+        if let Ok(version) = &mut doc.parsed
+            && let Some(previous) = old.get(&version.key)
+            && same(previous, version)
+        {
+            *version = Arc::clone(previous);
+        }
     }
-    Ok(docs)
 }
 
-fn str_field<'a>(value: &'a serde_yaml::Value, field: &str) -> Option<&'a str> {
+/// How manifest files are parsed. serde-saphyr's default budget is meant for one
+/// configuration file (1,024 documents, 250,000 nodes in all); a manifest of 10,000
+/// Services with their EndpointSlices has 20,000 documents and millions of nodes. The limits
+/// on the whole input therefore grow with its size (no YAML node is shorter than a byte, no
+/// document shorter than `---`), while the limits that guard against hostile structure (depth,
+/// aliases and anchors) keep their defaults.
+fn yaml_options(len: usize) -> serde_saphyr::Options {
+    let budget = serde_saphyr::budget! {
+        max_documents: len / 3 + 1_024,
+        max_nodes: len + 250_000,
+        max_events: 2 * len + 1_000_000,
+    };
+    serde_saphyr::options! {
+        budget: budget,
+        // Comments are never read; not collecting them saves their copies.
+        emit_comments: false,
+        // Errors name the file and line in one log line, without a source excerpt.
+        with_snippet: false,
+        // YAML 1.2 scalars, as serde_yaml read them before: `y`, `no`, `on` are strings
+        // (a Service may well be called `y`), and so are `0755` and `1_000`.
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+    }
+}
+
+/// The documents of one file, each turned into [`Doc`]s as soon as it is parsed (serde-saphyr
+/// collects a stream into any `Default + Extend`). serde-saphyr extends the collection once
+/// per document, with `None` for an empty one, so `documents` counts empty documents too and
+/// a location is the document's position in the file, as an editor shows it.
+struct FileDocs<T> {
+    documents: u32,
+    docs: Vec<Doc<T>>,
+}
+
+impl<T> Default for FileDocs<T> {
+    fn default() -> Self {
+        FileDocs {
+            documents: 0,
+            docs: Vec::new(),
+        }
+    }
+}
+
+impl<T: FromDocument> Extend<serde_json::Value> for FileDocs<T> {
+    fn extend<I: IntoIterator<Item = serde_json::Value>>(&mut self, values: I) {
+        self.documents = self.documents.saturating_add(1);
+        for value in values {
+            let location = Location {
+                document: self.documents,
+                items: Vec::new(),
+            };
+            collect(value, location, &mut self.docs);
+        }
+    }
+}
+
+fn str_field<'a>(value: &'a serde_json::Value, field: &str) -> Option<&'a str> {
     value.get(field).and_then(|v| v.as_str())
 }
 
 /// Turns one document (or List item) into Docs.
-fn collect(
-    value: serde_yaml::Value,
-    location: Location,
-    old: &HashMap<&ObjectRef, &Version>,
-    docs: &mut Vec<Doc>,
-) {
+fn collect<T: FromDocument>(value: serde_json::Value, location: Location, docs: &mut Vec<Doc<T>>) {
     let unusable = |location: Location, error: String| Doc {
         location,
         parsed: Err(Box::new(BadDoc { key: None, error })),
     };
     let mut value = match value {
-        serde_yaml::Value::Null => return,
-        serde_yaml::Value::Mapping(m) => m,
+        serde_json::Value::Null => return,
+        serde_json::Value::Object(m) => m,
         _ => {
             let e = "not a Kubernetes object (expected a mapping)".to_owned();
             docs.push(unusable(location, e));
@@ -895,13 +994,13 @@ fn collect(
     let object_kind = match (api_version.as_str(), kind.as_str()) {
         (_, "List") => {
             match value.remove("items") {
-                None | Some(serde_yaml::Value::Null) => {}
-                Some(serde_yaml::Value::Sequence(items)) => {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::Array(items)) => {
                     drop(value);
                     for (i, item) in items.into_iter().enumerate() {
                         let mut at = location.clone();
                         at.items.push(u32::try_from(i + 1).unwrap_or(u32::MAX));
-                        collect(item, at, old, docs);
+                        collect(item, at, docs);
                     }
                 }
                 Some(_) => {
@@ -936,8 +1035,8 @@ fn collect(
             .unwrap_or(DEFAULT_NAMESPACE),
     };
     let key = ObjectRef::new(object_kind, namespace, name);
-    let value = serde_yaml::Value::Mapping(value);
-    let parsed = version_of(&key, value, old.get(&key).copied()).map_err(|error| {
+    let value = serde_json::Value::Object(value);
+    let parsed = T::from_document(&key, value).map_err(|error| {
         Box::new(BadDoc {
             key: Some(key),
             error,
@@ -946,77 +1045,91 @@ fn collect(
     docs.push(Doc { location, parsed });
 }
 
-/// Deserializes one object and checks it on its own; `old` (the previous version at this
-/// key in the file) is shared if equal.
-fn version_of(
-    key: &ObjectRef,
-    value: serde_yaml::Value,
-    old: Option<&Version>,
-) -> Result<Version, String> {
-    let mut parsed = Parsed {
-        key: key.clone(),
-        json: Box::default(),
-        problems: Box::default(),
-        frontends: Box::default(),
-        service: None,
-        zone: None,
-    };
-    let json = match key.kind {
-        ObjectKind::Service => {
-            let mut svc: Service = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
-            svc.metadata.namespace = Some(key.namespace.clone());
-            let json = to_json(&svc)?;
-            if let Some(old) = old.filter(|o| *o.json == *json) {
-                return Ok(Arc::clone(old));
-            }
-            // What the service claims does not depend on its slices nor on the node.
-            let built = model::build_service(&svc, &[], &NodeInfo::default());
-            if built.accepted() {
-                parsed.frontends = built.entries.into_iter().map(|(fe, _)| fe).collect();
-            }
-            parsed.problems = built.problems.into_boxed_slice();
-            json
-        }
-        ObjectKind::EndpointSlice => {
-            let mut slice: EndpointSlice =
-                serde_yaml::from_value(value).map_err(|e| e.to_string())?;
-            slice.metadata.namespace = Some(key.namespace.clone());
-            let json = to_json(&slice)?;
-            if let Some(old) = old.filter(|o| *o.json == *json) {
-                return Ok(Arc::clone(old));
-            }
-            parsed.problems = model::slice_problems(&slice).into_boxed_slice();
-            if parsed.problems.is_empty() && slice.address_type != "FQDN" {
-                // The slice's own namespace.
-                parsed.service = model::slice_service(&slice).map(|(_, name)| name.into());
-            }
-            json
-        }
-        ObjectKind::Node => {
-            let node: Node = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
-            let json = to_json(&node)?;
-            if let Some(old) = old.filter(|o| *o.json == *json) {
-                return Ok(Arc::clone(old));
-            }
-            parsed.zone = node
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
-                .filter(|z| !z.is_empty())
-                .map(|z| z.as_str().into());
-            json
-        }
-    };
-    parsed.json = json;
-    Ok(Arc::new(parsed))
+/// What one object document becomes.
+trait FromDocument: Sized {
+    /// Deserializes the object `key` names; Err when it does not deserialize.
+    fn from_document(key: &ObjectRef, value: serde_json::Value) -> Result<Self, String>;
 }
 
-fn to_json<T: serde::Serialize>(object: &T) -> Result<Box<[u8]>, String> {
-    serde_json::to_vec(object)
-        .map(Vec::into_boxed_slice)
-        .map_err(|e| format!("cannot be encoded: {e}"))
+/// The source keeps each object checked and compact.
+impl FromDocument for Version {
+    fn from_document(key: &ObjectRef, value: serde_json::Value) -> Result<Self, String> {
+        let object = match key.kind {
+            ObjectKind::Service => {
+                let svc: Service = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                Object::Service(Arc::new(ServiceObject::new(&svc)))
+            }
+            ObjectKind::EndpointSlice => {
+                let slice: EndpointSlice =
+                    serde_json::from_value(value).map_err(|e| e.to_string())?;
+                Object::Slice(Arc::new(SliceObject::new(&slice)))
+            }
+            ObjectKind::Node => {
+                let node: Node = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                Object::Node {
+                    zone: node_zone(&node).map(Into::into),
+                }
+            }
+        };
+        Ok(Arc::new(Parsed {
+            key: key.clone(),
+            object,
+        }))
+    }
 }
 
+/// An object as written, for [`read_objects`].
+#[derive(Debug)]
+struct TypedDoc {
+    key: ObjectRef,
+    object: Typed,
+}
+
+#[derive(Debug)]
+enum Typed {
+    Service(Box<Service>),
+    Slice(Box<EndpointSlice>),
+    /// Its zone label.
+    Node(Option<String>),
+}
+
+impl FromDocument for TypedDoc {
+    fn from_document(key: &ObjectRef, value: serde_json::Value) -> Result<Self, String> {
+        let object = match key.kind {
+            ObjectKind::Service => {
+                let mut svc: Service = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                svc.metadata.namespace = Some(key.namespace.clone());
+                Typed::Service(Box::new(svc))
+            }
+            ObjectKind::EndpointSlice => {
+                let mut slice: EndpointSlice =
+                    serde_json::from_value(value).map_err(|e| e.to_string())?;
+                slice.metadata.namespace = Some(key.namespace.clone());
+                Typed::Slice(Box::new(slice))
+            }
+            ObjectKind::Node => {
+                let node: Node = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                Typed::Node(node_zone(&node).map(str::to_owned))
+            }
+        };
+        Ok(TypedDoc {
+            key: key.clone(),
+            object,
+        })
+    }
+}
+
+/// A Node's zone label, when set and not empty.
+fn node_zone(node: &Node) -> Option<&str> {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
+        .map(String::as_str)
+        .filter(|z| !z.is_empty())
+}
+
+#[cfg(test)]
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;

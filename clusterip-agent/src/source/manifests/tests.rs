@@ -1,61 +1,10 @@
 //! The manifest source: files, change detection, last good state, events.
 
+use super::test_support::{TempDir, node, rss_kib, scale_yaml, slice, svc};
 use super::*;
 use crate::model::table::Protocol;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-/// A unique temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "clusterip-manifests-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.0.join(name);
-        fs::write(&path, content).unwrap();
-        path
-    }
-
-    fn remove(&self, name: &str) {
-        fs::remove_file(self.0.join(name)).unwrap();
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 use crate::model::table::test_support::{entry, fe, table};
-
-fn svc(name: &str, ip: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\n\
-             spec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
-    )
-}
-
-fn slice(name: &str, service: &str, ips: &[&str]) -> String {
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: {name}, namespace: t, labels: {{kubernetes.io/service-name: {service}}}}}\n\
-             addressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{}]\n",
-        ips.iter()
-            .map(|ip| format!("{{addresses: [{ip}]}}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
 
 fn source(path: &Path) -> ManifestSource {
     ManifestSource::new(path.to_owned(), "node-a".into())
@@ -492,14 +441,14 @@ fn established_vip_owner_wins_duplicate() {
     assert_eq!(
         t.services
             .values()
-            .map(|e| e.service.name.as_str())
+            .map(|e| e.service.name())
             .collect::<Vec<_>>(),
         vec!["a", "b"]
     );
     assert_eq!(
         t.services[&fe("10.96.13.2", 80, Protocol::Tcp)]
             .service
-            .name,
+            .name(),
         "a"
     );
 }
@@ -530,12 +479,7 @@ fn owner_standing_in_with_last_good_keeps_its_vip() {
     let ips: Vec<(String, String)> = objects
         .services
         .iter()
-        .map(|s| {
-            (
-                s.metadata.name.clone().unwrap(),
-                s.spec.as_ref().unwrap().cluster_ip.clone().unwrap(),
-            )
-        })
+        .map(|s| (s.key().name().to_owned(), s.cluster_ips()[0].to_string()))
         .collect();
     assert_eq!(
         ips,
@@ -595,14 +539,6 @@ fn example_manifests() {
         ]))
     );
     assert_eq!(src.problems(), &[]);
-}
-
-fn node(name: &str, zone: Option<&str>) -> String {
-    let labels = match zone {
-        Some(z) => format!(", labels: {{topology.kubernetes.io/zone: {z}}}"),
-        None => String::new(),
-    };
-    format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}{labels}}}\n")
 }
 
 /// Service t/h with two endpoints hinted for zones a and b.
@@ -701,7 +637,7 @@ fn poll_objects_keeps_last_good_objects() {
     let ips: Vec<Option<String>> = objects
         .services
         .iter()
-        .map(|s| s.spec.as_ref().and_then(|s| s.cluster_ip.clone()))
+        .map(|s| s.cluster_ips().first().map(ToString::to_string))
         .collect();
     assert_eq!(
         ips,
@@ -748,158 +684,6 @@ fn read_objects_once() {
     assert!(err.contains("missing"), "{err}");
 }
 
-fn describe(ev: &SourceEvent) -> String {
-    let meta = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        format!(
-            "{}/{}",
-            m.namespace.as_deref().unwrap_or(""),
-            m.name.as_deref().unwrap_or("")
-        )
-    };
-    match ev {
-        SourceEvent::ServiceApplied(s) => format!("ServiceApplied {}", meta(&s.metadata)),
-        SourceEvent::ServiceDeleted(s) => format!("ServiceDeleted {}", meta(&s.metadata)),
-        SourceEvent::SliceApplied(s) => format!("SliceApplied {}", meta(&s.metadata)),
-        SourceEvent::SliceDeleted(s) => format!("SliceDeleted {}", meta(&s.metadata)),
-        SourceEvent::ServicesReplaced(all) => format!("ServicesReplaced {}", all.len()),
-        SourceEvent::SlicesReplaced(all) => format!("SlicesReplaced {}", all.len()),
-        SourceEvent::NodeZone(z) => format!("NodeZone {z:?}"),
-        SourceEvent::WatchRestarted(r) => format!("WatchRestarted {r}"),
-    }
-}
-
-#[test]
-fn poll_events_reports_what_changed() {
-    let dir = TempDir::new();
-    dir.write(
-        "a.yaml",
-        &format!(
-            "{}---\n{}---\n{}",
-            svc("a", "10.96.33.1"),
-            slice("a-1", "a", &["10.0.0.1"]),
-            svc("b", "10.96.33.2")
-        ),
-    );
-    dir.write("nodes.yaml", &node("node-a", Some("z1")));
-    let mut src = source(&dir.0);
-    let mut store = crate::sync::store::Store::new(NodeInfo::new("node-a", None));
-    let mut feed = |events: Vec<SourceEvent>| {
-        let descriptions: Vec<String> = events.iter().map(describe).collect();
-        for ev in events {
-            store.handle(std::time::Instant::now(), ev);
-        }
-        store.compute();
-        (descriptions, store.table().clone())
-    };
-
-    let (events, table) = feed(src.poll_events().unwrap());
-    assert_eq!(
-        events,
-        vec![
-            "NodeZone Some(\"z1\")",
-            "ServicesReplaced 2",
-            "SlicesReplaced 1"
-        ]
-    );
-    assert_eq!(Some(table), src.poll());
-    assert!(src.poll_events().is_none());
-
-    // One endpoint changes, b is removed, c is added; a unchanged.
-    dir.write(
-        "a.yaml",
-        &format!(
-            "{}---\n{}---\n{}",
-            svc("a", "10.96.33.1"),
-            slice("a-1", "a", &["10.0.0.2"]),
-            svc("c", "10.96.33.3")
-        ),
-    );
-    let (mut events, table) = feed(src.poll_events().unwrap());
-    events.sort();
-    assert_eq!(
-        events,
-        vec![
-            "ServiceApplied t/c",
-            "ServiceDeleted t/b",
-            "SliceApplied t/a-1"
-        ]
-    );
-    let expected = src.poll().unwrap();
-    assert_eq!(table, expected);
-    assert_eq!(expected.services.len(), 2);
-
-    // A rejected change keeps the last good version: nothing to report.
-    dir.write(
-        "a.yaml",
-        &format!(
-            "{}---\n{}---\n{}",
-            svc("a", "10.96.33.999"),
-            slice("a-1", "a", &["10.0.0.2"]),
-            svc("c", "10.96.33.3")
-        ),
-    );
-    assert!(src.poll_events().is_none());
-    assert!(has_problem(
-        &src,
-        Severity::Error,
-        &["Service t/a", "last good"]
-    ));
-
-    // The zone moves; the slice goes.
-    dir.write("nodes.yaml", &node("node-a", Some("z2")));
-    dir.write(
-        "a.yaml",
-        &format!("{}---\n{}", svc("a", "10.96.33.1"), svc("c", "10.96.33.3")),
-    );
-    let (mut events, table) = feed(src.poll_events().unwrap());
-    events.sort();
-    assert_eq!(events, vec!["NodeZone Some(\"z2\")", "SliceDeleted t/a-1"]);
-    assert_eq!(Some(table), src.poll());
-    assert!(src.poll_events().is_none());
-}
-
-/// VmRSS of this process, in KiB.
-fn rss_kib() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// `n` services, each with one slice of `eps` endpoints (as /tmp/lead/gen.py).
-fn scale_yaml(n: usize, eps: usize) -> String {
-    let mut out = String::new();
-    for i in 0..n {
-        let (a, b) = (i / 250, i % 250);
-        out.push_str(&format!(
-                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\n\
-                 spec:\n  clusterIP: 10.{}.{}.{}\n  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]\n\
-                 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-                 metadata: {{name: svc-{i}-abc, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\n\
-                 addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n",
-                96 + a / 250,
-                a % 250,
-                b + 1
-            ));
-        for e in 0..eps {
-            let k = i * eps + e;
-            out.push_str(&format!(
-                "- {{addresses: [100.{}.{}.{}], conditions: {{ready: true}}}}\n",
-                64 + k / 65536,
-                (k / 256) % 256,
-                k % 256
-            ));
-        }
-    }
-    out
-}
-
-fn src_objects(file: &Path) -> Objects {
-    source(file).poll_objects().unwrap()
-}
-
 /// Memory and time of the poll_objects path at scale. Run with
 /// `cargo test --release -p clusterip-agent --lib manifests::tests::scale -- --ignored --nocapture`
 /// (CLUSTERIP_SCALE_SERVICES, default 10000).
@@ -931,7 +715,6 @@ fn scale_poll_objects() {
         libc::malloc_trim(0);
     }
     let rss_trimmed = rss_kib();
-    let json: usize = src.accepted.iter().map(|v| v.json.len()).sum();
     let t = std::time::Instant::now();
     assert_eq!(src.poll_objects(), None);
     let idle = t.elapsed();
@@ -958,39 +741,55 @@ fn scale_poll_objects() {
     );
     assert_eq!(events.len(), 1);
     drop(events);
-    // As the agent: the objects go to the store on another thread; then memory is trimmed.
-    let objects = std::thread::scope(|s| s.spawn(|| src_objects(&file)).join().unwrap());
-    let t = std::time::Instant::now();
-    let mut store = crate::sync::store::Store::new(NodeInfo::new("node-a", None));
-    let at = std::time::Instant::now();
-    store.handle(at, SourceEvent::ServicesReplaced(objects.services));
-    store.handle(at, SourceEvent::SlicesReplaced(objects.slices));
-    store.compute();
-    let store_time = t.elapsed();
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    let rss_store = rss_kib();
-    eprintln!(
-        "scale: store took {store_time:?}; RSS with a second source and the store, \
-             trimmed: {rss_store} KiB ({} frontends)",
-        store.table().services.len()
-    );
-    drop(store);
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    eprintln!("scale: store dropped, trimmed: {} KiB", rss_kib());
     eprintln!(
         "scale: {n} services ({size} bytes): first poll_objects {first:?}, idle {idle:?}, \
              one change {change:?}; RSS KiB: before {rss0}, with objects {rss_with}, \
-             source only {rss_kept} (+{}), trimmed {rss_trimmed} (+{}), after change {rss_after}; \
-             JSON kept {json} bytes",
+             source only {rss_kept} (+{}), trimmed {rss_trimmed} (+{}), after change {rss_after}",
         rss_kept.saturating_sub(rss0),
         rss_trimmed.saturating_sub(rss0)
     );
+}
+
+#[test]
+fn locations_count_empty_documents_and_list_items() {
+    let dir = TempDir::new();
+    // Document 1 is empty; the bad Service is document 2, and item 2 of the List in 3.
+    dir.write(
+        "a.yaml",
+        "---\n# nothing here\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: x, namespace: t}\n\
+         spec: {clusterIP: 10.96.40.1, ports: [{port: eighty}]}\n\
+         ---\napiVersion: v1\nkind: List\nitems:\n\
+         - {apiVersion: v1, kind: Service, metadata: {name: y, namespace: t}, spec: {clusterIP: 10.96.40.2, ports: [{port: 80}]}}\n\
+         - {apiVersion: v1, kind: Service, metadata: {name: z, namespace: t}, spec: {clusterIP: 10.96.40.3, ports: [{port: []}]}}\n",
+    );
+    let mut src = source(&dir.0);
+    assert_eq!(
+        src.poll(),
+        Some(table(vec![(
+            fe("10.96.40.2", 80, Protocol::Tcp),
+            entry("t", "y", "", &[])
+        )]))
+    );
+    assert!(has_problem(
+        &src,
+        Severity::Error,
+        &["a.yaml (document 2): Service t/x", "\"eighty\"", "ignored"]
+    ));
+    assert!(has_problem(
+        &src,
+        Severity::Error,
+        &["a.yaml (document 3, item 2): Service t/z", "ignored"]
+    ));
+    // A syntax error names the file and the line.
+    dir.write(
+        "b.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: w\n   bad: indent\n",
+    );
+    assert_eq!(src.poll(), None);
+    assert!(has_problem(
+        &src,
+        Severity::Error,
+        &["b.yaml: ", "line 5", "keep their last good state"]
+    ));
 }
