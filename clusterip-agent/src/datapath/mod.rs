@@ -11,4 +11,7 @@ pub mod maps;
 pub mod probe;
 pub mod sockdiag;
 
-pub use loader::{Datapath, DatapathConfig, DatapathError, cleanup, default_cgroup_root};
+pub use loader::{
+    BPFFS_ROOT, BpffsMount, Datapath, DatapathConfig, DatapathError, cleanup, default_cgroup_root,
+    mount_bpffs,
+};
