@@ -4,6 +4,7 @@
 //! newer ones. Pinned versions: `toolchain.rs`.
 
 mod demo;
+mod image;
 mod kernels;
 mod proc;
 mod setup;
@@ -37,6 +38,9 @@ enum Cmd {
     /// builds the eBPF object (aya-build, pinned nightly) and embeds it, as a plain
     /// `cargo build` does.
     Build,
+    /// The agent's OCI image, FROM scratch (static musl agent, buildah; no base image pulled):
+    /// target/image/clusterip-agent-<version>.oci.tar. Prints its size and digest.
+    Image,
     /// `build`, then `cargo test --workspace` with the privileged e2e tests required to run.
     /// Arguments go to `cargo test`: `cargo xtask test -- some_filter -- --nocapture`.
     Test {
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Setup => setup::setup(),
         Cmd::Build => tasks::build(&root).map(|_| ()),
+        Cmd::Image => image::image(&root),
         Cmd::Test { args } => tasks::test(&root, &args),
         Cmd::Bench {
             parts,
