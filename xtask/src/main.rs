@@ -41,7 +41,8 @@ enum Cmd {
     /// The agent's OCI image, FROM scratch (static musl agent, buildah; no base image pulled):
     /// target/image/clusterip-agent-<version>.oci.tar. Prints its size and digest.
     Image,
-    /// `build`, then `cargo test --workspace` with the privileged e2e tests required to run.
+    /// `build` (and `image` unless only other `--test` targets are picked), then
+    /// `cargo test --workspace` with the privileged e2e tests required to run.
     /// Arguments go to `cargo test`: `cargo xtask test -- some_filter -- --nocapture`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
