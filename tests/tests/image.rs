@@ -9,6 +9,7 @@
 //! test` builds the image and passes it in `CLUSTERIP_IMAGE`.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,11 +45,18 @@ fn podman_with_image(img: &ImageEnv) -> (Podman, String) {
                 .to_string()
         })
         .unwrap_or_default();
-    eprintln!(
-        "runtime: {} with {runc} behind cip-runc; image {image} from {}",
+    // Straight to stderr, not through eprintln! (which the test harness captures): which
+    // runtime ran the image shows in every run's output, passing or not.
+    let said = writeln!(
+        std::io::stderr(),
+        "image test: runtime {} with {runc} behind cip-runc (a container from the image, not \
+         an unpacked root file system under unshare); image {image} from {}",
         version.trim(),
         img.archive.display()
     );
+    if let Err(e) = said {
+        eprintln!("stderr: {e}");
+    }
     (podman, image)
 }
 
