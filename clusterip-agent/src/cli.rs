@@ -1,4 +1,4 @@
-//! Command line: `run`, `dump`, `explain`, `probe`, `cleanup`.
+//! Command line: `run`, `dump`, `explain`, `probe`, `cleanup`, `mount-bpffs`.
 
 use std::path::PathBuf;
 
@@ -36,6 +36,9 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Detach the programs and remove every pin.
     Cleanup(CleanupArgs),
+    /// Mount a bpf filesystem at DIR unless one is there already. What the DaemonSet's init
+    /// container runs: the image has no shell and no mount(8).
+    MountBpffs(MountBpffsArgs),
 }
 
 /// Where Services and EndpointSlices come from: files, or the Kubernetes API.
@@ -191,6 +194,14 @@ pub struct CleanupArgs {
     pub bpffs: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct MountBpffsArgs {
+    /// The mount point. Whether a bpf filesystem is there is decided by its filesystem type,
+    /// not by it being a mount point: in a container a hostPath volume is always one.
+    #[arg(value_name = "DIR", default_value = crate::datapath::BPFFS_ROOT)]
+    pub dir: PathBuf,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +226,23 @@ mod tests {
         assert_eq!(r.ct_tcp_timeout, 21_600);
         assert_eq!(r.ct_tcp_closing_timeout, 10);
         assert_eq!(r.ct_udp_timeout, 30);
+    }
+
+    #[test]
+    fn mount_bpffs_defaults_to_sys_fs_bpf() {
+        let dir = |argv: &[&str]| match Cli::try_parse_from(argv).expect("parses").command {
+            Command::MountBpffs(a) => a.dir,
+            other => panic!("not mount-bpffs: {other:?}"),
+        };
+        assert_eq!(
+            dir(&["clusterip-agent", "mount-bpffs"]),
+            PathBuf::from("/sys/fs/bpf")
+        );
+        assert_eq!(
+            dir(&["clusterip-agent", "mount-bpffs", "/mnt/bpf"]),
+            PathBuf::from("/mnt/bpf")
+        );
+        assert!(DEFAULT_BPFFS.starts_with(crate::datapath::BPFFS_ROOT));
     }
 
     #[test]

@@ -382,14 +382,59 @@ fn daemonset_runs_the_agent_as_the_datapath_needs() {
         "tolerates every taint"
     );
 
-    // The image's entrypoint is the agent: other containers must say what they run.
+    // The image's entrypoint is the agent: other containers must say what they run, and the
+    // image (FROM scratch) has nothing but the agent to run: no shell, no mount(8).
+    let entrypoint = dockerfile_entrypoint();
+    let mut mounts_bpffs = false;
     for init in pod.init_containers.iter().flatten() {
-        assert!(
-            init.command.is_some(),
-            "init container {} has no command",
+        let command = init
+            .command
+            .as_deref()
+            .unwrap_or_else(|| panic!("init container {} has no command", init.name));
+        assert_eq!(
+            command.first(),
+            Some(&entrypoint),
+            "init container {}: the image has only the agent to run",
             init.name
         );
+        let argv: Vec<String> = command
+            .iter()
+            .chain(init.args.iter().flatten())
+            .cloned()
+            .collect();
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| {
+            panic!(
+                "init container {}: the agent rejects {argv:?}:\n{e}",
+                init.name
+            )
+        });
+        if let Command::MountBpffs(args) = cli.command {
+            // It mounts where the host's bpffs volume is, and that mount propagates back.
+            let mount = init
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| Path::new(&m.mount_path) == args.dir)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: mounts bpffs at {}, which is no volume",
+                        init.name,
+                        args.dir.display()
+                    )
+                });
+            assert_eq!(
+                mount.mount_propagation.as_deref(),
+                Some("Bidirectional"),
+                "{}: a bpffs mounted in the container must be the host's",
+                init.name
+            );
+            mounts_bpffs = true;
+        }
     }
+    assert!(
+        mounts_bpffs,
+        "an init container runs `clusterip-agent mount-bpffs`"
+    );
 
     let agent = pod
         .containers
@@ -458,7 +503,9 @@ fn daemonset_runs_the_agent_as_the_datapath_needs() {
         }
     }
 
-    // Memory limit.
+    // Memory limit: the eBPF maps (~160 MiB, charged to the container's memory cgroup on
+    // kernels >= 5.11) and the agent (~76 MiB at 10,000 services) must fit; tests/tests/image.rs
+    // loads the datapath under this very limit.
     let limits = agent
         .resources
         .as_ref()
@@ -587,41 +634,156 @@ fn daemonset_runs_the_agent_as_the_datapath_needs() {
     );
 }
 
-/// The Dockerfile installs the toolchain versions xtask pins.
-#[test]
-fn dockerfile_uses_the_pinned_toolchain() {
+fn repo_file(path: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let toolchain = fs::read_to_string(root.join("xtask/src/toolchain.rs")).expect("toolchain.rs");
-    let dockerfile = fs::read_to_string(root.join("deploy/Dockerfile")).expect("Dockerfile");
-    let constant = |name: &str| -> String {
-        let line = toolchain
-            .lines()
-            .find(|l| l.contains(&format!("const {name}:")))
-            .unwrap_or_else(|| panic!("{name} in toolchain.rs"));
-        line.split('=')
-            .nth(1)
-            .expect("a value")
-            .trim()
-            .trim_end_matches(';')
-            .trim_matches('"')
-            .to_string()
-    };
-    let nightly = constant("EBPF_NIGHTLY");
-    let linker = constant("BPF_LINKER_VERSION");
-    let llvm = constant("LLVM_MAJOR");
+    fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The value of `const NAME: ... = "value";` in xtask/src/toolchain.rs.
+fn toolchain_constant(name: &str) -> String {
+    let toolchain = repo_file("xtask/src/toolchain.rs");
+    let line = toolchain
+        .lines()
+        .find(|l| l.contains(&format!("const {name}:")))
+        .unwrap_or_else(|| panic!("{name} in toolchain.rs"));
+    line.split('=')
+        .nth(1)
+        .expect("a value")
+        .trim()
+        .trim_end_matches(';')
+        .trim_matches('"')
+        .to_string()
+}
+
+/// The Dockerfile's instructions (continuation lines joined, comments dropped), by stage: each
+/// stage starts with its FROM.
+fn dockerfile_stages() -> Vec<Vec<String>> {
+    let text = repo_file("deploy/Dockerfile");
+    let mut instructions: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (current.is_empty() && trimmed.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part.trim());
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                instructions.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    let mut stages: Vec<Vec<String>> = Vec::new();
+    for instruction in instructions {
+        if instruction.starts_with("FROM ") || stages.is_empty() {
+            stages.push(Vec::new());
+        }
+        if let Some(stage) = stages.last_mut() {
+            stage.push(instruction);
+        }
+    }
+    stages
+}
+
+/// The image's entrypoint (exec form) in the Dockerfile's final stage.
+fn dockerfile_entrypoint() -> String {
+    let stages = dockerfile_stages();
+    let last = stages.last().expect("a stage");
+    let json = last
+        .iter()
+        .find_map(|i| i.strip_prefix("ENTRYPOINT "))
+        .expect("an ENTRYPOINT in the final stage");
+    let argv: Vec<String> =
+        serde_json::from_str(json).expect("ENTRYPOINT in exec form: there is no shell");
+    assert_eq!(argv.len(), 1, "ENTRYPOINT is the agent alone: {argv:?}");
+    argv[0].clone()
+}
+
+/// The Dockerfile builds what `cargo xtask image` builds: the toolchain versions xtask pins,
+/// the same cargo command for the same target and profile (flags come from the repository's
+/// Cargo.toml and .cargo/config.toml, not from the Dockerfile), and a final stage FROM
+/// scratch with the agent as entrypoint and `run` as command.
+#[test]
+fn dockerfile_builds_what_xtask_image_builds() {
+    let dockerfile = repo_file("deploy/Dockerfile");
+    let nightly = toolchain_constant("EBPF_NIGHTLY");
+    let linker = toolchain_constant("BPF_LINKER_VERSION");
+    let llvm = toolchain_constant("LLVM_MAJOR");
+    let target = toolchain_constant("IMAGE_TARGET");
+    let profile = toolchain_constant("IMAGE_PROFILE");
+    // xtask/src/image.rs `cargo_args()`, whose unit test pins the same string.
+    let build =
+        format!("cargo build --profile {profile} --locked -p clusterip-agent --target {target}");
     for want in [
         format!("ARG EBPF_NIGHTLY={nightly}"),
         format!("ARG BPF_LINKER_VERSION={linker}"),
         format!("llvm-{llvm}-dev"),
         format!("--features llvm-{llvm}"),
         format!("LLVM_PREFIX=/usr/lib/llvm-{llvm}"),
-        "cargo build --release --locked -p clusterip-agent".to_string(),
-        "FROM debian:bookworm-slim".to_string(),
-        "ENTRYPOINT [\"/usr/local/bin/clusterip-agent\"]".to_string(),
+        "musl-tools".to_string(),
+        format!("rustup target add {target}"),
+        build.clone(),
+        format!("target/{target}/{profile}/clusterip-agent"),
     ] {
         assert!(
             dockerfile.contains(&want),
             "deploy/Dockerfile lacks {want:?}"
+        );
+    }
+    // Nothing in the Dockerfile changes how cargo builds.
+    for env in [
+        "RUSTFLAGS",
+        "CARGO_PROFILE",
+        "CARGO_BUILD",
+        "CARGO_ENCODED",
+        "CC_",
+        "CFLAGS",
+    ] {
+        assert!(
+            !dockerfile.contains(env),
+            "deploy/Dockerfile sets {env}: put it in the repository's cargo config"
+        );
+    }
+    let ignore = repo_file("deploy/Dockerfile.dockerignore");
+    for needed in [".cargo", "Cargo.toml", "Cargo.lock"] {
+        assert!(
+            !ignore.lines().any(|l| l.trim() == needed),
+            "the build context must include {needed}"
+        );
+    }
+    let profile_section = format!("[profile.{profile}]");
+    assert!(
+        repo_file("Cargo.toml").contains(&profile_section),
+        "Cargo.toml defines {profile_section}"
+    );
+
+    let stages = dockerfile_stages();
+    let last = stages.last().expect("stages");
+    assert_eq!(
+        last.first().map(String::as_str),
+        Some("FROM scratch"),
+        "the final stage"
+    );
+    assert!(
+        stages[..stages.len() - 1]
+            .iter()
+            .any(|stage| stage.iter().any(|i| i.contains(&build))),
+        "the agent is built in an earlier stage"
+    );
+    assert_eq!(dockerfile_entrypoint(), "/usr/local/bin/clusterip-agent");
+    assert!(last.contains(&"CMD [\"run\"]".to_string()), "{last:?}");
+    for label in [
+        "org.opencontainers.image.version",
+        "org.opencontainers.image.source",
+    ] {
+        assert!(
+            last.iter()
+                .any(|i| i.starts_with("LABEL ") && i.contains(label)),
+            "{label}"
         );
     }
 }

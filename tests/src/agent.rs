@@ -9,21 +9,89 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-/// Every line the agent printed (stdout and stderr interleaved, ANSI escapes removed),
-/// each prefixed with the run number.
+/// Every line a process printed (stdout and stderr interleaved, ANSI escapes removed), each
+/// prefixed with a tag (the agent's run number), and a wait for a given line.
 #[derive(Default)]
-struct Log {
+pub struct LineLog {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
 }
 
-impl Log {
+impl LineLog {
     fn push(&self, line: String) {
         self.lines
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(line);
         self.changed.notify_all();
+    }
+
+    /// Collects the lines of `pipe` in a thread of its own until EOF, as `<tag>: <line>`.
+    pub fn capture(self: &Arc<Self>, pipe: impl Read + Send + 'static, tag: String) {
+        let log = Arc::clone(self);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                log.push(format!("{tag}: {}", strip_ansi(&line)));
+            }
+        });
+    }
+
+    /// Number of lines logged so far; a mark for [`LineLog::wait_line`].
+    pub fn len(&self) -> usize {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits for a line logged at or after index `from` that contains every one of
+    /// `patterns`; fails after `timeout`, or as soon as `exited` reports that the process
+    /// ended (with everything it logged).
+    pub fn wait_line(
+        &self,
+        from: usize,
+        patterns: &[&str],
+        timeout: Duration,
+        mut exited: impl FnMut() -> Option<ExitStatus>,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(l) = lines
+                    .iter()
+                    .skip(from)
+                    .find(|l| patterns.iter().all(|p| l.contains(p)))
+                {
+                    return Ok(l.clone());
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let wait = (deadline - now).min(Duration::from_millis(50));
+                drop(self.changed.wait_timeout(lines, wait));
+            }
+            if let Some(status) = exited() {
+                // Let the reader threads collect the last lines before reporting.
+                std::thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "the process exited ({status}) while waiting for a line with {patterns:?}; \
+                     log:\n{}",
+                    self.lines().join("\n")
+                );
+            }
+        }
+        bail!(
+            "no line with {patterns:?} within {timeout:?}; log:\n{}",
+            self.lines().join("\n")
+        )
     }
 }
 
@@ -47,7 +115,7 @@ pub struct Agent {
     runs: u32,
     /// Index in the log where the current run started.
     run_start: usize,
-    log: Arc<Log>,
+    log: Arc<LineLog>,
 }
 
 /// Where the agent under test reads Services from.
@@ -190,20 +258,11 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("spawning {}", self.bin.display()))?;
-        let run = self.runs;
-        let pipes: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().context("agent stdout")?),
-            Box::new(child.stderr.take().context("agent stderr")?),
-        ];
-        for pipe in pipes {
-            let log = self.log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    log.push(format!("run#{run}: {}", strip_ansi(&line)));
-                }
-            });
-        }
+        let tag = format!("run#{}", self.runs);
+        self.log
+            .capture(child.stdout.take().context("agent stdout")?, tag.clone());
+        self.log
+            .capture(child.stderr.take().context("agent stderr")?, tag);
         self.child = Some(child);
         Ok(())
     }
@@ -214,19 +273,11 @@ impl Agent {
 
     /// Number of lines logged so far; a mark for [`Agent::wait_line_since`].
     pub fn log_len(&self) -> usize {
-        self.log
-            .lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.log.len()
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.log
-            .lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.log.lines()
     }
 
     /// Waits for a line logged at or after index `from` that contains every one of `patterns`.
@@ -236,37 +287,9 @@ impl Agent {
         patterns: &[&str],
         timeout: Duration,
     ) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let lines = self.log.lines.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(l) = lines
-                    .iter()
-                    .skip(from)
-                    .find(|l| patterns.iter().all(|p| l.contains(p)))
-                {
-                    return Ok(l.clone());
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                let wait = (deadline - now).min(Duration::from_millis(50));
-                drop(self.log.changed.wait_timeout(lines, wait));
-            }
-            if let Some(status) = self.exit_status() {
-                // Let the reader threads collect the last lines before reporting.
-                std::thread::sleep(Duration::from_millis(100));
-                bail!(
-                    "agent exited ({status}) while waiting for a line with {patterns:?}; log:\n{}",
-                    self.lines().join("\n")
-                );
-            }
-        }
-        bail!(
-            "no agent line with {patterns:?} within {timeout:?}; log:\n{}",
-            self.lines().join("\n")
-        )
+        let log = Arc::clone(&self.log);
+        log.wait_line(from, patterns, timeout, || self.exit_status())
+            .context("clusterip-agent")
     }
 
     /// Waits for the current run to log a line containing "synced".

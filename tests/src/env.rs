@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 pub const CGROUP2: &str = "/sys/fs/cgroup/unified";
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
 
 /// What a privileged test needs from its environment.
@@ -26,6 +26,8 @@ pub struct Env {
 pub struct Bins {
     pub backend: &'static str,
     pub client: &'static str,
+    /// `cip-runc`: runc behind a clamp, podman's runtime in the image test.
+    pub runc_clamp: &'static str,
 }
 
 /// [`Bins`] of this crate; expand it in an integration test.
@@ -35,6 +37,7 @@ macro_rules! bins {
         $crate::env::Bins {
             backend: env!("CARGO_BIN_EXE_cip-backend"),
             client: env!("CARGO_BIN_EXE_cip-client"),
+            runc_clamp: env!("CARGO_BIN_EXE_cip-runc"),
         }
     };
 }
@@ -53,6 +56,49 @@ pub fn prerequisites_without_agent(test: &str, bins: Bins) -> Option<Env> {
         check_system().map(|()| Env {
             agent_bin: agent_bin_var().unwrap_or_default(),
             bins,
+        }),
+    )
+}
+
+/// What the image test needs besides [`Env`]: the image archive `cargo xtask image` wrote
+/// (`CLUSTERIP_IMAGE`, set by `cargo xtask test`), podman and runc to run it.
+#[derive(Clone, Debug)]
+pub struct ImageEnv {
+    pub env: Env,
+    pub archive: PathBuf,
+}
+
+/// [`prerequisites`] plus the image's; the same skip/fail decision.
+pub fn image_prerequisites(test: &str, bins: Bins) -> Option<ImageEnv> {
+    decide(
+        test,
+        check(bins).and_then(|env| {
+            let archive = std::env::var_os("CLUSTERIP_IMAGE")
+                .map(PathBuf::from)
+                .ok_or(
+                    "CLUSTERIP_IMAGE is not set (`cargo xtask test` builds the image and sets it; \
+                 or `cargo xtask image`)",
+                )?;
+            if !archive.is_file() {
+                return Err(format!(
+                    "CLUSTERIP_IMAGE={} does not exist",
+                    archive.display()
+                ));
+            }
+            for tool in ["podman", "runc"] {
+                let ok = Command::new(tool)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    return Err(format!(
+                        "`{tool}` is not installed (`cargo xtask setup` installs it)"
+                    ));
+                }
+            }
+            Ok(ImageEnv { env, archive })
         }),
     )
 }
@@ -113,7 +159,7 @@ fn check_system() -> Result<(), String> {
     ensure_bpffs()
 }
 
-fn fs_magic(path: &Path) -> std::io::Result<i64> {
+pub(crate) fn fs_magic(path: &Path) -> std::io::Result<i64> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: zeroed statfs is valid; c is a NUL-terminated path.

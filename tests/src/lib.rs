@@ -7,7 +7,10 @@
 //! - [`bpffs::PinDir`]: the agent's bpffs pin directory (`clusterip-agent cleanup` on drop);
 //! - [`agent::Agent`]: the agent process, its output captured line by line;
 //! - [`manifests::Manifests`]: a directory of Service/EndpointSlice YAML;
-//! - [`process`]: backends in the pods netns, clients in the client netns and cgroup.
+//! - [`process`]: backends in the pods netns, clients in the client netns and cgroup;
+//! - [`container::Podman`]: a podman store of the test's own for the agent's image, with its
+//!   containers' cgroups ([`container::SharedMount`]: a shared mount standing in for a node's
+//!   /sys/fs/bpf).
 //!
 //! [`fixture::Fixture`] puts them together in the order they must be torn down.
 //! [`env::prerequisites`] (or [`require_env!`]) decides whether a test can run at all.
@@ -16,6 +19,7 @@ pub mod agent;
 pub mod bench;
 pub mod bpffs;
 pub mod cgroup;
+pub mod container;
 pub mod datagen;
 pub mod env;
 pub mod fakeapi;
@@ -28,7 +32,9 @@ pub mod node;
 pub mod packet;
 pub mod process;
 
-pub use env::{Bins, Env, prerequisites, prerequisites_without_agent};
+pub use env::{
+    Bins, Env, ImageEnv, image_prerequisites, prerequisites, prerequisites_without_agent,
+};
 pub use fixture::Fixture;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,6 +67,18 @@ macro_rules! __test_name {
 macro_rules! require_env {
     () => {
         match $crate::prerequisites($crate::__test_name!(), $crate::bins!()) {
+            Some(env) => env,
+            None => return,
+        }
+    };
+}
+
+/// [`require_env!`] for the image test: the [`ImageEnv`] (the image archive besides the
+/// [`Env`]), or a skip (a panic when `CLUSTERIP_E2E_REQUIRED=1`).
+#[macro_export]
+macro_rules! require_image {
+    () => {
+        match $crate::image_prerequisites($crate::__test_name!(), $crate::bins!()) {
             Some(env) => env,
             None => return,
         }

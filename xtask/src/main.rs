@@ -4,6 +4,7 @@
 //! newer ones. Pinned versions: `toolchain.rs`.
 
 mod demo;
+mod image;
 mod kernels;
 mod proc;
 mod setup;
@@ -37,7 +38,11 @@ enum Cmd {
     /// builds the eBPF object (aya-build, pinned nightly) and embeds it, as a plain
     /// `cargo build` does.
     Build,
-    /// `build`, then `cargo test --workspace` with the privileged e2e tests required to run.
+    /// The agent's OCI image, FROM scratch (static musl agent, buildah; no base image pulled):
+    /// target/image/clusterip-agent-<version>.oci.tar. Prints its size and digest.
+    Image,
+    /// `build` (and `image` unless only other `--test` targets are picked), then
+    /// `cargo test --workspace` with the privileged e2e tests required to run.
     /// Arguments go to `cargo test`: `cargo xtask test -- some_filter -- --nocapture`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -132,6 +137,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Setup => setup::setup(),
         Cmd::Build => tasks::build(&root).map(|_| ()),
+        Cmd::Image => image::image(&root),
         Cmd::Test { args } => tasks::test(&root, &args),
         Cmd::Bench {
             parts,

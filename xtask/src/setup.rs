@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use crate::{
     proc::{self, cargo, command, probe, run},
     toolchain::{
-        BPF_LINKER_VERSION, EBPF_NIGHTLY, LLVM_MAJOR, MIN_STABLE, NIGHTLY_COMPONENTS, STABLE,
-        STABLE_COMPONENTS, debian_packages, llvm_prefix,
+        BPF_LINKER_VERSION, EBPF_NIGHTLY, IMAGE_TARGET, LLVM_MAJOR, MIN_STABLE, NIGHTLY_COMPONENTS,
+        STABLE, STABLE_COMPONENTS, debian_packages, image_packages, llvm_prefix,
     },
 };
 
@@ -24,6 +24,7 @@ pub fn setup() -> Result<()> {
     check_bpf()?;
     debian()?;
     stable()?;
+    stable_target(IMAGE_TARGET)?;
     nightly()?;
     bpf_linker()?;
     Ok(())
@@ -118,20 +119,23 @@ fn debian() -> Result<()> {
     if probe(command("dpkg-query").arg("--version"))?.is_none() {
         bail!(
             "dpkg-query not found: `cargo xtask setup` only knows Debian/Ubuntu; install by hand: \
-             LLVM {LLVM_MAJOR} (dev files, polly), zlib and zstd dev files, bpftool, iproute2"
+             LLVM {LLVM_MAJOR} (dev files, polly), zlib and zstd dev files, bpftool, iproute2, \
+             and for the image musl-tools, buildah, podman, runc"
         );
     }
-    let mut missing = Vec::new();
-    for package in debian_packages() {
-        match deb_version(&package)? {
-            Some(version) => ok(format!("{package} {version}")),
-            None => missing.push(package),
-        }
-    }
-    if missing.is_empty() {
+    let missing = missing_packages(&debian_packages())?;
+    let missing_image = missing_packages(&image_packages())?;
+    if missing.is_empty() && missing_image.is_empty() {
         return Ok(());
     }
-    installing(missing.join(" "));
+    installing(
+        missing
+            .iter()
+            .chain(&missing_image)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
     let apt = || {
         let mut cmd = command("apt-get");
         cmd.env("DEBIAN_FRONTEND", "noninteractive");
@@ -141,14 +145,35 @@ fn debian() -> Result<()> {
     // Packages such as nginx start their service on install; the benchmark runs its own
     // nginx in namespaces it creates, and a setup must not leave a web server on the host.
     let _no_services = NoServiceStarts::new()?;
-    run(apt().args(["install", "-y"]).args(&missing))?;
-    for package in &missing {
+    if !missing.is_empty() {
+        run(apt().args(["install", "-y"]).args(&missing))?;
+    }
+    if !missing_image.is_empty() {
+        // Without recommends: they would bring crun as podman's runtime (it cannot start
+        // containers here: see image.rs), fuse-overlayfs, slirp4netns, dbus-user-session.
+        run(apt()
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing_image))?;
+    }
+    for package in missing.iter().chain(&missing_image) {
         match deb_version(package)? {
             Some(version) => ok(format!("{package} {version}")),
             None => bail!("{package} still not installed after apt-get install"),
         }
     }
     Ok(())
+}
+
+/// The packages of `wanted` that are not installed; prints `ok:` for the others.
+fn missing_packages(wanted: &[String]) -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    for package in wanted {
+        match deb_version(package)? {
+            Some(version) => ok(format!("{package} {version}")),
+            None => missing.push(package.clone()),
+        }
+    }
+    Ok(missing)
 }
 
 /// `/usr/sbin/policy-rc.d` answering 101 ("action forbidden") while it lives, so packages do
@@ -289,6 +314,29 @@ fn stable() -> Result<()> {
         "{STABLE} components: {}",
         STABLE_COMPONENTS.join(" ")
     ));
+    Ok(())
+}
+
+/// rustup's standard library for `target` on the stable toolchain (the image's musl agent).
+fn stable_target(target: &str) -> Result<()> {
+    let installed = || -> Result<bool> {
+        let out = proc::output(command("rustup").args([
+            "target",
+            "list",
+            "--installed",
+            "--toolchain",
+            STABLE,
+        ]))?;
+        Ok(out.lines().any(|l| l.trim() == target))
+    };
+    if !installed()? {
+        installing(format!("target {target} on {STABLE}"));
+        run(command("rustup").args(["target", "add", "--toolchain", STABLE, target]))?;
+        if !installed()? {
+            bail!("target {target} still missing on {STABLE} after `rustup target add`");
+        }
+    }
+    ok(format!("{STABLE} target {target}"));
     Ok(())
 }
 

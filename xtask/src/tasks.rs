@@ -107,6 +107,14 @@ pub fn build(root: &Path) -> Result<PathBuf> {
 /// `cargo test` (`cargo xtask test -- some_filter -- --nocapture`).
 pub fn test(root: &Path, args: &[String]) -> Result<()> {
     let agent = build(root)?;
+    // The image test (tests/tests/image.rs) runs the image built here; `--test` picks that
+    // leave it out skip the (release, musl) build.
+    let image = if wants_image(args) {
+        Some(crate::image::build(root)?)
+    } else {
+        eprintln!("==> image: not built (no selected test runs it)");
+        None
+    };
     eprintln!("==> test");
     let started = Instant::now();
     let mut cmd = cargo(STABLE);
@@ -114,6 +122,9 @@ pub fn test(root: &Path, args: &[String]) -> Result<()> {
         .env("CLUSTERIP_AGENT_BIN", &agent)
         .env("CLUSTERIP_E2E_REQUIRED", "1")
         .arg("test");
+    if let Some(image) = &image {
+        cmd.env("CLUSTERIP_IMAGE", &image.archive);
+    }
     if !selects_packages(args) {
         cmd.arg("--workspace");
     }
@@ -301,6 +312,29 @@ pub fn bench_smoke(root: &Path, agent: &Path) -> Result<()> {
     result
 }
 
+/// Whether the selected tests may include the image test: unless every `--test` target named
+/// (before any `--`) is another one. Filters and package selections may include it.
+fn wants_image(args: &[String]) -> bool {
+    let cargo_args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .take_while(|a| *a != "--")
+        .collect();
+    let mut targets = Vec::new();
+    let mut it = cargo_args.iter();
+    while let Some(arg) = it.next() {
+        if *arg == "--test" {
+            targets.extend(it.next().copied());
+        } else if let Some(target) = arg.strip_prefix("--test=") {
+            targets.push(target);
+        }
+    }
+    targets.is_empty() || targets.contains(&IMAGE_TEST)
+}
+
+/// The integration test that runs the image (`tests/tests/image.rs`).
+const IMAGE_TEST: &str = "image";
+
 /// Whether cargo arguments (before any `--`) pick packages themselves.
 fn selects_packages(args: &[String]) -> bool {
     args.iter()
@@ -323,6 +357,22 @@ mod tests {
         assert!(selects_packages(&strings(&["-p", "clusterip-tests"])));
         assert!(selects_packages(&strings(&["-pclusterip-tests"])));
         assert!(selects_packages(&strings(&["--package=xtask"])));
+    }
+
+    #[test]
+    fn the_image_is_built_unless_other_tests_are_picked() {
+        assert!(wants_image(&[]));
+        assert!(wants_image(&strings(&["some_filter"])));
+        assert!(wants_image(&strings(&["-p", "clusterip-tests"])));
+        assert!(wants_image(&strings(&["--test", "image"])));
+        assert!(wants_image(&strings(&["--test", "tcp", "--test=image"])));
+        assert!(!wants_image(&strings(&["--test", "tcp"])));
+        assert!(!wants_image(&strings(&[
+            "--test=tcp",
+            "--",
+            "--test",
+            "image"
+        ])));
     }
 
     #[test]

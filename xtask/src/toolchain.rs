@@ -20,6 +20,13 @@ pub const MIN_STABLE: (u32, u32) = (1, 98);
 pub const STABLE_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// Target triple of the eBPF object.
 pub const EBPF_TARGET: &str = "bpfel-unknown-none";
+/// Target of the agent in the container image (`cargo xtask image`, deploy/Dockerfile): a
+/// static musl binary, so that it runs FROM scratch and still resolves host names (musl's
+/// resolver reads /etc/hosts and /etc/resolv.conf itself; a static glibc needs NSS modules
+/// that a scratch image does not have). The C parts (ring, mimalloc) go through musl-gcc.
+pub const IMAGE_TARGET: &str = "x86_64-unknown-linux-musl";
+/// Cargo profile of the image's agent (workspace Cargo.toml: release without symbols).
+pub const IMAGE_PROFILE: &str = "dist";
 
 /// Debian packages: LLVM for bpf-linker, bpftool to inspect maps, iproute2 for the demo/tests,
 /// and for the benchmark (`cargo xtask bench`, and its smoke mode in `test`): iptables and
@@ -38,6 +45,16 @@ pub fn debian_packages() -> Vec<String> {
         "wrk".to_string(),
         "nginx".to_string(),
     ]
+}
+
+/// Debian packages for `cargo xtask image` and its test, installed without their recommends
+/// (crun, fuse-overlayfs, slirp4netns, dbus-user-session: crun cannot start containers on
+/// these machines and the others are not used): musl-gcc for the image's C parts, buildah to
+/// build the image, podman and runc to run it, the CA bundle the image carries.
+pub fn image_packages() -> Vec<String> {
+    ["musl-tools", "buildah", "podman", "runc", "ca-certificates"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Where Debian installs `llvm-<major>-dev` (bpf-linker's build script needs it in LLVM_PREFIX).

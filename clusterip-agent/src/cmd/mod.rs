@@ -1,5 +1,5 @@
 //! The agent's commands: `run` (load, attach, follow the source), `dump`, `explain`,
-//! `probe`, `cleanup`.
+//! `probe`, `cleanup`, `mount-bpffs`.
 
 pub mod dump;
 pub mod explain;

@@ -1,5 +1,5 @@
 //! The agent's commands: `run` (load, attach, follow the source), `dump`, `explain`,
-//! `probe`, `cleanup`.
+//! `probe`, `cleanup`, `mount-bpffs`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -92,6 +92,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             datapath::cleanup(&args.bpffs)
                 .with_context(|| format!("cleaning up {}", args.bpffs.display()))?;
             info!(bpffs = %args.bpffs.display(), "detached and unpinned");
+            Ok(())
+        }
+        Command::MountBpffs(args) => {
+            match datapath::mount_bpffs(&args.dir)? {
+                datapath::BpffsMount::Present => {
+                    info!(dir = %args.dir.display(), "already a bpf filesystem")
+                }
+                // mount_bpffs logs the mount itself (the loader's path does too).
+                datapath::BpffsMount::Mounted => {}
+            }
             Ok(())
         }
     }

@@ -97,7 +97,7 @@ pub const NODEPORT_EGRESS_PIN_PREFIX: &str = "npe";
 pub const LINKS_DIR: &str = "links";
 
 /// Where bpffs is expected (and mounted when missing).
-const BPFFS_ROOT: &str = "/sys/fs/bpf";
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The global of aya-log-ebpf that holds the enabled log level; patched before load.
@@ -152,10 +152,10 @@ pub enum DatapathError {
     #[error("{path}: not permitted ({source}): {FIX_PRIVILEGES}")]
     NotPermitted { path: PathBuf, source: io::Error },
     #[error(
-        "/sys/fs/bpf is not a bpf filesystem and mounting one failed ({source}): \
-         mount it with `mount -t bpf bpf /sys/fs/bpf`, as root"
+        "{path} is not a bpf filesystem and mounting one failed ({source}): \
+         mount it with `mount -t bpf bpf {path}`, as root"
     )]
-    MountBpffs { source: io::Error },
+    MountBpffs { path: PathBuf, source: io::Error },
     #[error("{path} is not on a bpf filesystem: choose a pin directory under /sys/fs/bpf")]
     NotBpffs { path: PathBuf },
     #[error("{path}: {source}")]
@@ -1077,17 +1077,35 @@ fn remove_dir_if_exists(path: &Path) -> Result<(), DatapathError> {
 }
 
 fn ensure_bpffs() -> Result<(), DatapathError> {
-    let root = Path::new(BPFFS_ROOT);
-    if is_bpffs(root).unwrap_or(false) {
-        return Ok(());
+    mount_bpffs(Path::new(BPFFS_ROOT)).map(|_| ())
+}
+
+/// What [`mount_bpffs`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BpffsMount {
+    /// `dir` already was on a bpf filesystem.
+    Present,
+    /// A bpf filesystem was mounted at `dir`.
+    Mounted,
+}
+
+/// Mounts a bpf filesystem at `dir` (created if missing) unless `dir` is on one already.
+///
+/// Decided by the filesystem type (statfs), not by `dir` being a mount point: in a container
+/// a hostPath volume is a mount point whether or not the host mounted bpffs there, which is
+/// why `mountpoint -q /sys/fs/bpf || mount ...` never mounted anything in a pod.
+pub fn mount_bpffs(dir: &Path) -> Result<BpffsMount, DatapathError> {
+    if is_bpffs(dir).unwrap_or(false) {
+        return Ok(BpffsMount::Present);
     }
-    fs::create_dir_all(root).map_err(|source| DatapathError::MountBpffs { source })?;
+    let failed = |source| DatapathError::MountBpffs {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(failed)?;
     let c = |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
-    let (src, target, fstype) = (
-        c("bpf").map_err(|source| DatapathError::MountBpffs { source })?,
-        c(BPFFS_ROOT).map_err(|source| DatapathError::MountBpffs { source })?,
-        c("bpf").map_err(|source| DatapathError::MountBpffs { source })?,
-    );
+    let (src, fstype) = (c("bpf").map_err(failed)?, c("bpf").map_err(failed)?);
+    let target = path_cstring(dir).map_err(failed)?;
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
         libc::mount(
@@ -1099,12 +1117,17 @@ fn ensure_bpffs() -> Result<(), DatapathError> {
         )
     };
     if rc != 0 {
-        return Err(DatapathError::MountBpffs {
-            source: io::Error::last_os_error(),
+        return Err(failed(io::Error::last_os_error()));
+    }
+    // A mount that "succeeded" but left something else visible at `dir` (mounted over by
+    // another mount) must not pass for a bpffs.
+    if !is_bpffs(dir).map_err(failed)? {
+        return Err(DatapathError::NotBpffs {
+            path: dir.to_path_buf(),
         });
     }
-    tracing::info!("mounted bpffs at {BPFFS_ROOT}");
-    Ok(())
+    tracing::info!("mounted bpffs at {}", dir.display());
+    Ok(BpffsMount::Mounted)
 }
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {

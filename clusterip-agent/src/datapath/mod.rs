@@ -15,4 +15,7 @@ pub mod sizing;
 pub mod sockdiag;
 mod sys;
 
-pub use loader::{Datapath, DatapathConfig, DatapathError, cleanup, default_cgroup_root};
+pub use loader::{
+    BPFFS_ROOT, BpffsMount, Datapath, DatapathConfig, DatapathError, cleanup, default_cgroup_root,
+    mount_bpffs,
+};

@@ -304,9 +304,12 @@ impl SockDiag {
 
     /// Bounds each `recv` (the probe must never hang, whatever the kernel does).
     pub(crate) fn set_recv_timeout(&self, timeout: Duration) -> io::Result<()> {
+        // The field types are inferred, not named: libc deprecates its musl `time_t` and
+        // `suseconds_t` aliases (they change width with musl 1.2), and the image's agent is
+        // built for musl.
         let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+            tv_sec: timeout.as_secs().try_into().unwrap_or(i32::MAX.into()),
+            tv_usec: timeout.subsec_micros().into(),
         };
         // SAFETY: a valid option buffer of its size, on a socket we own; netlink-sys has no
         // setter for SO_RCVTIMEO.
