@@ -79,7 +79,9 @@ fn describe(event: &SourceEvent) -> String {
         SourceEvent::SliceDeleted(s) => format!("SliceDeleted({})", name(s)),
         SourceEvent::ServicesReplaced(all) => format!("ServicesReplaced({:?})", names(all)),
         SourceEvent::SlicesReplaced(all) => format!("SlicesReplaced({:?})", names(all)),
-        SourceEvent::NodeZone(zone) => format!("NodeZone({zone:?})"),
+        SourceEvent::NodeUpdated { zone, deleting } => {
+            format!("NodeUpdated({zone:?}, deleting={deleting})")
+        }
         SourceEvent::WatchRestarted(what) => format!("WatchRestarted({what})"),
     }
 }
@@ -220,7 +222,7 @@ impl Source {
             match self.next().await {
                 SourceEvent::ServicesReplaced(all) if services.is_none() => services = Some(all),
                 SourceEvent::SlicesReplaced(all) if slices.is_none() => slices = Some(all),
-                SourceEvent::NodeZone(z) if zone.is_none() => zone = Some(z),
+                SourceEvent::NodeUpdated { zone: z, .. } if zone.is_none() => zone = Some(z),
                 other => panic!("unexpected before the initial sets: {}", describe(&other)),
             }
         }
@@ -489,7 +491,7 @@ impl Folded {
                     .map(|s| (name(s).into(), rv(&s.metadata)))
                     .collect()
             }
-            SourceEvent::NodeZone(_) | SourceEvent::WatchRestarted(_) => {}
+            SourceEvent::NodeUpdated { .. } | SourceEvent::WatchRestarted(_) => {}
         }
     }
 }
@@ -566,7 +568,9 @@ async fn expired_history_relists_without_an_empty_state() {
                 assert!(!all.is_empty());
                 replaced.1 = true;
             }
-            SourceEvent::NodeZone(z) => assert_eq!(z.as_deref(), Some("zone-a")),
+            SourceEvent::NodeUpdated { zone, deleting } => {
+                assert_eq!((zone.as_deref(), *deleting), (Some("zone-a"), false))
+            }
             other => panic!("before the relist: {}", describe(other)),
         }
         folded.apply(&e);
@@ -621,7 +625,7 @@ fn change_while_away(api: &FakeApi, round: u16) -> Vec<String> {
     api.apply(&slice(&format!("c{round}-1"), "c", "10.0.0.4", &[]));
     api.apply(&node(NODE, Some(&format!("zone-{round}"))));
     let mut expected = vec![
-        format!("NodeZone(Some(\"zone-{round}\"))"),
+        format!("NodeUpdated(Some(\"zone-{round}\"), deleting=false)"),
         "ServiceApplied(a)".to_string(),
         format!("ServiceApplied(c{round})"),
         format!("SliceApplied(c{round}-1)"),
@@ -744,7 +748,7 @@ async fn node_zone_and_its_changes() {
     api.apply(&node(NODE, Some("zone-b")));
     let (zone, skipped) = source
         .until("zone", |e| match e {
-            SourceEvent::NodeZone(z) => Some(z.clone()),
+            SourceEvent::NodeUpdated { zone, .. } => Some(zone.clone()),
             _ => None,
         })
         .await;
@@ -753,20 +757,64 @@ async fn node_zone_and_its_changes() {
     api.apply(&node(NODE, None));
     let (zone, _) = source
         .until("no zone", |e| match e {
-            SourceEvent::NodeZone(z) => Some(z.clone()),
+            SourceEvent::NodeUpdated { zone, .. } => Some(zone.clone()),
             _ => None,
         })
         .await;
     assert_eq!(zone, None);
     api.apply(&node(NODE, Some("zone-c")));
     assert!(api.delete(Kind::Node, "", NODE));
-    let mut zones = Vec::new();
-    while zones.len() < 2 {
-        if let SourceEvent::NodeZone(z) = source.next().await {
-            zones.push(z);
+    let mut nodes = Vec::new();
+    while nodes.len() < 2 {
+        if let SourceEvent::NodeUpdated { zone, deleting } = source.next().await {
+            nodes.push((zone, deleting));
         }
     }
-    assert_eq!(zones, [Some("zone-c".to_string()), None]);
+    // The Node object deleted: no zone, and the node is going away.
+    assert_eq!(nodes, [(Some("zone-c".to_string()), false), (None, true)]);
+}
+
+/// This node being deleted, as kube-proxy tells (a deletionTimestamp, or the cluster
+/// autoscaler's taint; not any other taint), and its Node missing from a list.
+#[tokio::test]
+async fn node_deletion_and_its_reversal() {
+    let api = FakeApi::start();
+    let mut source = Source::start(&api).await;
+    // No Node for this node in the initial list: as if deleted.
+    let (_, _, zone) = source.initial().await;
+    assert_eq!(zone, None);
+    let with = |extra: serde_json::Value| {
+        let mut n = serde_json::to_value(node(NODE, Some("zone-a"))).unwrap();
+        for (k, v) in extra.as_object().unwrap() {
+            match k.as_str() {
+                "deletionTimestamp" => n["metadata"][k] = v.clone(),
+                _ => n[k] = v.clone(),
+            }
+        }
+        serde_json::from_value::<Node>(n).unwrap()
+    };
+    let taint = |key: &str| json!({"spec": {"taints": [{"key": key, "effect": "NoSchedule"}]}});
+    for (n, expected) in [
+        (with(json!({})), false),
+        (with(taint("ToBeDeletedByClusterAutoscaler")), true),
+        (with(taint("example.com/other")), false),
+        (
+            with(json!({"deletionTimestamp": "2024-01-01T00:00:00Z"})),
+            true,
+        ),
+    ] {
+        api.apply(&n);
+        let (deleting, _) = source
+            .until("the node", |e| match e {
+                SourceEvent::NodeUpdated { zone, deleting } => {
+                    assert_eq!(zone.as_deref(), Some("zone-a"));
+                    Some(*deleting)
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(deleting, expected, "{:?}", n.spec);
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,10 @@
 //!   filter slices by service-proxy-name: a slice whose Service is not watched is inert, and
 //!   keeping it avoids a window without endpoints when that label is removed from a Service
 //!   (the controller relabels its slices only afterwards);
-//! - Node: field selector `metadata.name=<node>`, for its `topology.kubernetes.io/zone` label.
+//! - Node: field selector `metadata.name=<node>`, for its `topology.kubernetes.io/zone` label
+//!   and whether it is being deleted (a `deletionTimestamp`, the cluster autoscaler's
+//!   `ToBeDeletedByClusterAutoscaler` taint, or the object gone: the health checks then tell
+//!   load balancers to stop sending this node traffic).
 //!
 //! Each kind is a kube-runtime `watcher` (list + watch with bookmarks, the strategy every API
 //! server supports; streaming lists need `WatchList`, beta since 1.32 only) behind kube's
@@ -42,7 +45,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::Sender;
 use tracing::{debug, info, warn};
 
-use crate::source::SourceEvent;
+use crate::source::{SourceEvent, node_deleting};
 
 /// kube-proxy's label selector for Services.
 pub const SERVICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
@@ -214,13 +217,29 @@ impl Watched for EndpointSlice {
 impl Watched for Node {
     const RESOURCE: &'static str = "nodes";
     fn applied(self) -> SourceEvent {
-        SourceEvent::NodeZone(node_zone(&self))
+        SourceEvent::NodeUpdated {
+            zone: node_zone(&self),
+            deleting: node_deleting(&self),
+        }
     }
+    /// The Node object is gone: this node is going away (newer kube-proxies exit then, and
+    /// their health checks fail with them).
     fn deleted(self) -> SourceEvent {
-        SourceEvent::NodeZone(None)
+        SourceEvent::NodeUpdated {
+            zone: None,
+            deleting: true,
+        }
     }
+    /// A relist without this node's Node (deleted while the watch was away, or a wrong
+    /// `--node-name`) is the same as its deletion.
     fn replaced(all: Vec<Self>) -> SourceEvent {
-        SourceEvent::NodeZone(all.first().and_then(node_zone))
+        match all.into_iter().next() {
+            Some(node) => node.applied(),
+            None => SourceEvent::NodeUpdated {
+                zone: None,
+                deleting: true,
+            },
+        }
     }
 }
 

@@ -210,7 +210,8 @@ impl Store {
                     self.apply_slice(at, slice);
                 }
             }
-            SourceEvent::NodeZone(zone) => {
+            // Whether the node is being deleted is the health checks' business (the run loop's).
+            SourceEvent::NodeUpdated { zone, .. } => {
                 if zone != self.node.zone {
                     debug!(zone = ?zone, "node zone changed; rebuilding every service");
                     self.node.zone = zone;
@@ -705,6 +706,13 @@ mod tests {
         assert!(s.problems().is_empty(), "{:?}", s.problems());
     }
 
+    fn zone_event(zone: Option<&str>) -> SourceEvent {
+        SourceEvent::NodeUpdated {
+            zone: zone.map(str::to_owned),
+            deleting: false,
+        }
+    }
+
     #[test]
     fn a_zone_change_rebuilds_every_service() {
         let now = Instant::now();
@@ -715,10 +723,10 @@ mod tests {
         );
         s.handle(now, SourceEvent::SlicesReplaced(vec![]));
         s.compute();
-        s.handle(now, SourceEvent::NodeZone(Some("z1".into())));
+        s.handle(now, zone_event(Some("z1")));
         assert_eq!(s.node().zone.as_deref(), Some("z1"));
         assert_eq!(s.compute().services_rebuilt, 1);
-        s.handle(now, SourceEvent::NodeZone(Some("z1".into())));
+        s.handle(now, zone_event(Some("z1")));
         assert_eq!(s.compute().services_rebuilt, 0);
     }
 

@@ -13,7 +13,9 @@
 //! kinds are skipped (debug log), empty documents too. A missing namespace is "default" (Nodes
 //! are cluster-scoped). Nodes only matter for this node's zone: the
 //! `topology.kubernetes.io/zone` label of the Node named like the agent's node (topology
-//! hints, see [`crate::model`]).
+//! hints, see [`crate::model`]), and whether that Node is being deleted (a `deletionTimestamp`
+//! or the cluster autoscaler's taint: the proxy health check then fails). Without that Node
+//! the zone is unknown and the node not being deleted.
 //!
 //! Two ways to consume it: [`ManifestSource::poll`] (the table) or
 //! [`ManifestSource::poll_objects`] (the last good objects themselves, for the object store);
@@ -67,7 +69,7 @@ use crate::model::{
     self, DEFAULT_NAMESPACE, LABEL_TOPOLOGY_ZONE, NodeInfo, ObjectKind, ObjectRef, Problem,
     ProblemKind, Severity,
 };
-use crate::source::{Objects, SourceEvent};
+use crate::source::{Objects, SourceEvent, node_deleting};
 
 /// A file whose mtime is younger than this is re-read on every poll even if its metadata looks
 /// unchanged (a rewrite within the filesystem's timestamp granularity keeps the mtime).
@@ -187,9 +189,9 @@ pub struct ManifestSource {
     /// The generation [`Self::poll`] built its table from last, and what it returned last.
     table_generation: Option<u64>,
     last_table: Option<DesiredTable>,
-    /// The generation [`Self::poll_events`] reported last, with its good set and zone.
+    /// The generation [`Self::poll_events`] reported last, with its good set and this node.
     events_generation: Option<u64>,
-    reported: Option<(Vec<Version>, Option<String>)>,
+    reported: Option<(Vec<Version>, NodeFacts)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,6 +254,24 @@ struct Parsed {
     service: Option<Box<str>>,
     /// Node: its zone label.
     zone: Option<Box<str>>,
+    /// Node: being deleted ([`node_deleting`]).
+    deleting: bool,
+}
+
+/// What [`SourceEvent::NodeUpdated`] says of this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct NodeFacts {
+    zone: Option<String>,
+    deleting: bool,
+}
+
+impl NodeFacts {
+    fn event(self) -> SourceEvent {
+        SourceEvent::NodeUpdated {
+            zone: self.zone,
+            deleting: self.deleting,
+        }
+    }
 }
 
 type Version = Arc<Parsed>;
@@ -411,10 +431,10 @@ impl ManifestSource {
 
     /// Re-reads PATH. Returns what changed in the good set (as [`Self::poll_objects`] hands
     /// it out) since the last call, as events for the object store: the first call returns
-    /// the whole set ([`SourceEvent::NodeZone`], [`SourceEvent::ServicesReplaced`],
+    /// the whole set ([`SourceEvent::NodeUpdated`], [`SourceEvent::ServicesReplaced`],
     /// [`SourceEvent::SlicesReplaced`]); later ones the objects added or changed
     /// (`ServiceApplied`, `SliceApplied`), the ones removed (`ServiceDeleted`, `SliceDeleted`,
-    /// carrying only namespace and name) and the zone if it changed. None when nothing changed.
+    /// carrying only namespace and name) and this node if it changed. None when nothing changed.
     /// Only the changed objects are typed: cheap for a small change in a large set.
     pub fn poll_events(&mut self) -> Option<Vec<SourceEvent>> {
         self.refresh();
@@ -422,27 +442,20 @@ impl ManifestSource {
             return None;
         }
         self.events_generation = Some(self.generation);
-        let zone = objects_of(
-            self.accepted
-                .iter()
-                .filter(|v| v.key.kind == ObjectKind::Node)
-                .map(|v| v.as_ref()),
-            &self.node_name,
-        )
-        .node_zone;
+        let node = self.node_facts();
         let events = match self.reported.take() {
             None => {
                 let objects = self.current_objects();
                 vec![
-                    SourceEvent::NodeZone(objects.node_zone),
+                    node.clone().event(),
                     SourceEvent::ServicesReplaced(objects.services),
                     SourceEvent::SlicesReplaced(objects.slices),
                 ]
             }
-            Some((base, base_zone)) => {
+            Some((base, base_node)) => {
                 let mut events = Vec::new();
-                if zone != base_zone {
-                    events.push(SourceEvent::NodeZone(zone.clone()));
+                if node != base_node {
+                    events.push(node.clone().event());
                 }
                 let before: HashMap<&ObjectRef, &Version> =
                     base.iter().map(|v| (&v.key, v)).collect();
@@ -460,8 +473,24 @@ impl ManifestSource {
                 events
             }
         };
-        self.reported = Some((self.accepted.clone(), zone));
+        self.reported = Some((self.accepted.clone(), node));
         (!events.is_empty()).then_some(events)
+    }
+
+    /// This node's Node in the good set (defaults without one).
+    fn node_facts(&self) -> NodeFacts {
+        self.accepted
+            .iter()
+            .find(|v| {
+                v.key.kind == ObjectKind::Node
+                    && !self.node_name.is_empty()
+                    && v.key.name == self.node_name
+            })
+            .map(|v| NodeFacts {
+                zone: v.zone.as_deref().map(str::to_owned),
+                deleting: v.deleting,
+            })
+            .unwrap_or_default()
     }
 
     /// The good set, typed.
@@ -960,6 +989,7 @@ fn version_of(
         frontends: Box::default(),
         service: None,
         zone: None,
+        deleting: false,
     };
     let json = match key.kind {
         ObjectKind::Service => {
@@ -1005,6 +1035,7 @@ fn version_of(
                 .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
                 .filter(|z| !z.is_empty())
                 .map(|z| z.as_str().into());
+            parsed.deleting = node_deleting(&node);
             json
         }
     };

@@ -763,7 +763,9 @@ fn describe(ev: &SourceEvent) -> String {
         SourceEvent::SliceDeleted(s) => format!("SliceDeleted {}", meta(&s.metadata)),
         SourceEvent::ServicesReplaced(all) => format!("ServicesReplaced {}", all.len()),
         SourceEvent::SlicesReplaced(all) => format!("SlicesReplaced {}", all.len()),
-        SourceEvent::NodeZone(z) => format!("NodeZone {z:?}"),
+        SourceEvent::NodeUpdated { zone, deleting } => {
+            format!("NodeUpdated {zone:?} deleting={deleting}")
+        }
         SourceEvent::WatchRestarted(r) => format!("WatchRestarted {r}"),
     }
 }
@@ -796,7 +798,7 @@ fn poll_events_reports_what_changed() {
     assert_eq!(
         events,
         vec![
-            "NodeZone Some(\"z1\")",
+            "NodeUpdated Some(\"z1\") deleting=false",
             "ServicesReplaced 2",
             "SlicesReplaced 1"
         ]
@@ -853,8 +855,73 @@ fn poll_events_reports_what_changed() {
     );
     let (mut events, table) = feed(src.poll_events().unwrap());
     events.sort();
-    assert_eq!(events, vec!["NodeZone Some(\"z2\")", "SliceDeleted t/a-1"]);
+    assert_eq!(
+        events,
+        vec![
+            "NodeUpdated Some(\"z2\") deleting=false",
+            "SliceDeleted t/a-1"
+        ]
+    );
     assert_eq!(Some(table), src.poll());
+    assert!(src.poll_events().is_none());
+}
+
+/// This node's Node being deleted (a deletionTimestamp, or the cluster autoscaler's taint) is
+/// reported with its zone; other nodes, and other taints, are not this node's deletion; no
+/// Node at all is a node not being deleted.
+#[test]
+fn poll_events_reports_this_nodes_deletion() {
+    let dir = TempDir::new();
+    dir.write("a.yaml", &svc("a", "10.96.34.1"));
+    let mut src = source(&dir.0);
+    let node_events = |src: &mut ManifestSource| -> Vec<String> {
+        src.poll_events()
+            .unwrap_or_default()
+            .iter()
+            .map(describe)
+            .filter(|d| d.starts_with("NodeUpdated"))
+            .collect()
+    };
+    assert_eq!(node_events(&mut src), ["NodeUpdated None deleting=false"]);
+    let tainted = |name: &str, key: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: \
+             {{topology.kubernetes.io/zone: z1}}}}\nspec:\n  taints:\n  - {{key: {key}, \
+             value: \"1700000000\", effect: NoSchedule}}\n"
+        )
+    };
+    // Another node marked, this one tainted otherwise: not deleting.
+    dir.write(
+        "nodes.yaml",
+        &format!(
+            "{}---\n{}",
+            tainted("node-x", "ToBeDeletedByClusterAutoscaler"),
+            tainted("node-a", "example.com/other")
+        ),
+    );
+    assert_eq!(
+        node_events(&mut src),
+        ["NodeUpdated Some(\"z1\") deleting=false"]
+    );
+    // The autoscaler's taint on this node.
+    dir.write(
+        "nodes.yaml",
+        &tainted("node-a", "ToBeDeletedByClusterAutoscaler"),
+    );
+    assert_eq!(
+        node_events(&mut src),
+        ["NodeUpdated Some(\"z1\") deleting=true"]
+    );
+    // A deletionTimestamp instead.
+    dir.write(
+        "nodes.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a, \
+         deletionTimestamp: \"2024-01-01T00:00:00Z\"}\n",
+    );
+    assert_eq!(node_events(&mut src), ["NodeUpdated None deleting=true"]);
+    // The Node gone from the files: nothing says this node is being deleted.
+    dir.remove("nodes.yaml");
+    assert_eq!(node_events(&mut src), ["NodeUpdated None deleting=false"]);
     assert!(src.poll_events().is_none());
 }
 
