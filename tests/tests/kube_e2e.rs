@@ -159,6 +159,11 @@ fn traffic_follows_the_api_and_readyz_waits_for_the_first_sync() {
     let agent = k.fx.agent.insert(agent);
     let metrics = agent.metrics_addr(Duration::from_secs(10)).unwrap();
     assert_eq!(http_get(metrics, "/healthz").0, 200);
+    // The pins exist once the datapath is loaded (which takes a while on a busy machine);
+    // from then on, nothing may be written without the lists.
+    agent
+        .wait_line_since(0, &["datapath loaded"], Duration::from_secs(20))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let (code, body) = http_get(metrics, "/readyz");
     assert_eq!(code, 503, "ready before the initial lists: {body}");
