@@ -8,6 +8,7 @@ use clusterip_common::DatapathConfigValue;
 use crate::datapath::sizing::{
     DEFAULT_BACKEND_ENTRIES, DEFAULT_MAGLEV_ENTRIES, DEFAULT_RATIO, DEFAULT_SERVICE_ENTRIES,
 };
+use crate::health::DEFAULT_HEALTHZ_BIND_ADDRESS;
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/clusterip";
 
@@ -133,6 +134,13 @@ pub struct RunArgs {
     /// nothing.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: String,
+    /// Serve kube-proxy's proxy health checks here: /healthz, which the cloud load balancers
+    /// of `externalTrafficPolicy: Cluster` services probe (503 when the datapath lags behind
+    /// pending changes, or while this node is being deleted), and /livez (the datapath
+    /// only). An unspecified IP listens on both families, as kube-proxy does. A port that
+    /// cannot be bound is retried every 5 s. `--healthz-bind-address ''` serves nothing.
+    #[arg(long, value_name = "IP:PORT", default_value = DEFAULT_HEALTHZ_BIND_ADDRESS)]
+    pub healthz_bind_address: String,
 }
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9964";
@@ -226,6 +234,11 @@ mod tests {
         assert_eq!(r.ct_tcp_timeout, 21_600);
         assert_eq!(r.ct_tcp_closing_timeout, 10);
         assert_eq!(r.ct_udp_timeout, 30);
+        assert_eq!(r.healthz_bind_address, "0.0.0.0:10256");
+        assert_eq!(
+            run_args(&["--healthz-bind-address", ""]).healthz_bind_address,
+            ""
+        );
     }
 
     #[test]

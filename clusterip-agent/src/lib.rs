@@ -4,12 +4,15 @@
 //!
 //! `source` (Kubernetes API, manifest files) → `sync` (store, syncer) → `datapath` (pinned
 //! maps, programs, links), with `model` (pure Kubernetes semantics and the desired table)
-//! used by all three, and the edges on top: `cmd` (the commands), `cli`, `metrics`,
-//! `telemetry`. No folder imports one to its left in that chain, and `model` imports none.
+//! used by all three, and the edges on top: `cmd` (the commands), `cli`, `health`,
+//! `http`, `metrics`, `telemetry`. No folder imports one to its left in that chain, and
+//! `model` imports none.
 
 pub mod cli;
 pub mod cmd;
 pub mod datapath;
+pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod source;

@@ -153,6 +153,18 @@ impl Agent {
             .with_context(|| format!("no address in {line:?}"))
     }
 
+    /// The address the current run serves kube-proxy's /healthz and /livez on (from its log;
+    /// waits up to `timeout` for the line).
+    pub fn healthz_addr(&mut self, timeout: Duration) -> Result<std::net::SocketAddr> {
+        let line =
+            self.wait_line_since(self.run_start, &["serving /healthz and /livez"], timeout)?;
+        line.split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no address in {line:?}"))
+    }
+
     /// Starts `BIN run --manifests DIR --cgroup CG --bpffs BPFFS --node-name node-a`.
     pub fn start(bin: &Path, manifests: &Path, cgroup: &Path, bpffs: &Path) -> Result<Self> {
         Self::start_in(bin, manifests, cgroup, bpffs, None, &[])
@@ -243,6 +255,15 @@ impl Agent {
             // Port 0: agents of tests running in parallel never collide; the address is
             // in the log ([`Agent::metrics_addr`]).
             cmd.args(["--metrics-addr", "127.0.0.1:0"]);
+        }
+        if !self
+            .extra
+            .iter()
+            .any(|a| a.starts_with("--healthz-bind-address"))
+        {
+            // Likewise for the proxy health server ([`Agent::healthz_addr`]), which would
+            // otherwise take every address's port 10256.
+            cmd.args(["--healthz-bind-address", "127.0.0.1:0"]);
         }
         let mut child = cmd
             .arg("--cgroup")

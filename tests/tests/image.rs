@@ -22,7 +22,7 @@ use clusterip_tests::manifests::{Service, tcp};
 use clusterip_tests::netns::pod_ip;
 use clusterip_tests::process::assert_spread_via;
 use clusterip_tests::{ImageEnv, require_image, uniq};
-use serde_yaml::Value;
+use serde_json::Value;
 
 /// Where the image keeps the agent (its entrypoint).
 const AGENT_PATH: &str = "/usr/local/bin/clusterip-agent";
@@ -80,27 +80,27 @@ impl DaemonSet {
     fn read() -> Self {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
-        let ds: Value = serde_yaml::from_str(&text).unwrap();
+        let ds: Value = serde_saphyr::from_str(&text).unwrap();
         let pod = &ds["spec"]["template"]["spec"];
         let init = pod["initContainers"]
-            .as_sequence()
+            .as_array()
             .and_then(|s| s.iter().find(|c| c["name"] == "mount-bpffs"))
             .expect("the mount-bpffs init container");
         let list = |v: &Value| -> Vec<String> {
-            v.as_sequence()
+            v.as_array()
                 .expect("a list")
                 .iter()
                 .map(|s| s.as_str().expect("a string").to_string())
                 .collect()
         };
         let init_bpffs = init["volumeMounts"]
-            .as_sequence()
+            .as_array()
             .and_then(|m| m.iter().find(|m| m["mountPropagation"] == "Bidirectional"))
             .and_then(|m| m["mountPath"].as_str())
             .expect("a Bidirectional volume in the init container")
             .to_string();
         let agent = pod["containers"]
-            .as_sequence()
+            .as_array()
             .and_then(|s| s.iter().find(|c| c["name"] == "agent"))
             .expect("the agent container");
         let memory = |c: &Value| {

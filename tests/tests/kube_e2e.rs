@@ -3,7 +3,8 @@
 //! connections go where the API says. Traffic keeps flowing through endpoint churn and
 //! through watch outages and relists; readiness, metrics and the semantics kube-proxy users
 //! rely on (topology hints, terminating endpoints, external IPs, live changes) are checked on
-//! the maps and with real sockets.
+//! the maps and with real sockets; so is kube-proxy's proxy health check, which fails while
+//! the Node is being deleted.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,6 +105,12 @@ fn node(name: &str, zone: &str) -> Value {
 
 /// GET `path` on `addr`: (status code, body).
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (code, _, body) = http_get_head(addr, path);
+    (code, body)
+}
+
+/// GET `path` on `addr`: (status code, head, body).
+fn http_get_head(addr: SocketAddr, path: &str) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -119,8 +126,8 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (code, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (code, head.to_string(), body.to_string())
 }
 
 /// The value of a metric line `name` (with labels, exact) in a /metrics body.
@@ -152,6 +159,11 @@ fn traffic_follows_the_api_and_readyz_waits_for_the_first_sync() {
     let agent = k.fx.agent.insert(agent);
     let metrics = agent.metrics_addr(Duration::from_secs(10)).unwrap();
     assert_eq!(http_get(metrics, "/healthz").0, 200);
+    // The pins exist once the datapath is loaded (which takes a while on a busy machine);
+    // from then on, nothing may be written without the lists.
+    agent
+        .wait_line_since(0, &["datapath loaded"], Duration::from_secs(20))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let (code, body) = http_get(metrics, "/readyz");
     assert_eq!(code, 503, "ready before the initial lists: {body}");
@@ -707,4 +719,103 @@ fn sigterm_exits_cleanly_and_leaves_the_datapath() {
     let r = k.fx.client().tcp(vip, 10).unwrap();
     assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
     assert_eq!(k.entry("10.96.1.80", 80, "TCP").unwrap().backends.len(), 2);
+}
+
+/// kube-proxy's proxy health check (`--healthz-bind-address`, what the cloud load balancers of
+/// `externalTrafficPolicy: Cluster` services probe): /healthz is 200 once the agent has
+/// synced, 503 with `nodeEligible: false` while the API says the Node is being deleted (the
+/// cluster autoscaler's taint, a deletionTimestamp, the Node gone) and 200 again when it no
+/// longer does; /livez, which is about the datapath only, stays 200 throughout.
+#[test]
+fn healthz_fails_while_the_node_is_being_deleted() {
+    let env = require_env!();
+    let mut k = KubeFx::new(env, 1);
+    k.fx.standard_backends(1).unwrap();
+    let svc = Service::new("web", "10.96.1.90").port(tcp("http", 80, TCP_PORT));
+    k.apply(svc.to_value());
+    k.apply(svc.slice("a").ready([pod_ip(0, false)]).to_value());
+    k.apply(node("node-a", "zone-a"));
+    k.start_agent(&[]);
+    let addr = k.agent().healthz_addr(Duration::from_secs(5)).unwrap();
+
+    let (code, head, body) = http_get_head(addr, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["nodeEligible"], json!(true), "{body}");
+    assert_eq!(v["healthy"], json!(true), "{body}");
+    // Synced: the datapath's last update is there for both families.
+    for family in ["IPv4", "IPv6"] {
+        assert_eq!(v["status"][family]["healthy"], json!(true), "{body}");
+    }
+    assert_eq!(http_get(addr, "/livez").0, 200);
+
+    // /healthz answers `expected` (the change is applied as the watch event arrives), /livez
+    // stays 200.
+    let expect = |k: &mut KubeFx, expected: u16, eligible: bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let body = loop {
+            let (code, body) = http_get(addr, "/healthz");
+            if code == expected {
+                break body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/healthz still {code}, not {expected}: {body}\n{}",
+                k.agent().lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["nodeEligible"], json!(eligible), "{body}");
+        // The datapath itself is fine: only the node is going away.
+        assert_eq!(v["healthy"], json!(true), "{body}");
+        let (code, body) = http_get(addr, "/livez");
+        assert_eq!(code, 200, "{body}");
+        assert!(serde_json::from_str::<Value>(&body).unwrap()["nodeEligible"].is_null());
+    };
+
+    // The cluster autoscaler is about to remove the node.
+    let mut tainted = node("node-a", "zone-a");
+    tainted["spec"] = json!({"taints": [{"key": "ToBeDeletedByClusterAutoscaler",
+                                         "value": "1700000000", "effect": "NoSchedule"}]});
+    let mark = k.agent().log_len();
+    k.apply(tainted);
+    k.agent()
+        .wait_line_since(
+            mark,
+            &["this node is being deleted"],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    expect(&mut k, 503, false);
+    // Scale-down cancelled: the taint goes.
+    let mark = k.agent().log_len();
+    k.apply(node("node-a", "zone-a"));
+    k.agent()
+        .wait_line_since(mark, &["no longer being deleted"], Duration::from_secs(5))
+        .unwrap();
+    expect(&mut k, 200, true);
+    // Another taint is not deletion.
+    let mut other = node("node-a", "zone-a");
+    other["spec"] = json!({"taints": [{"key": "example.com/maintenance", "effect": "NoSchedule"}]});
+    k.apply(other);
+    std::thread::sleep(Duration::from_millis(300));
+    expect(&mut k, 200, true);
+    // The Node is deleted: first its deletionTimestamp, then the object.
+    let mut deleted = node("node-a", "zone-a");
+    deleted["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
+    k.apply(deleted);
+    expect(&mut k, 503, false);
+    assert!(k.api.delete(Kind::Node, "", "node-a"));
+    std::thread::sleep(Duration::from_millis(300));
+    expect(&mut k, 503, false);
+    // Traffic through the VIP is untouched by all this.
+    let r =
+        k.fx.client()
+            .tcp("10.96.1.90:80".parse().unwrap(), 3)
+            .unwrap();
+    assert!(r.iter().all(|r| r.backend() == Some("be-0")), "{r:?}");
 }

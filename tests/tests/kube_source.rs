@@ -117,7 +117,7 @@ fn describe(event: &SourceEvent) -> String {
         SourceEvent::SliceDeleted(s) => format!("SliceDeleted({})", name(s)),
         SourceEvent::Listing(kind) => format!("Listing({kind})"),
         SourceEvent::Listed(kind) => format!("Listed({kind})"),
-        SourceEvent::NodeZone(zone) => format!("NodeZone({zone:?})"),
+        SourceEvent::NodeUpdated { zone, .. } => format!("NodeZone({zone:?})"),
         SourceEvent::WatchRestarted(what) => format!("WatchRestarted({what})"),
     }
 }
@@ -282,7 +282,7 @@ impl Source {
                 SourceEvent::Listed(ObjectKind::EndpointSlice) if listing_slices.is_some() => {
                     slices = listing_slices.take()
                 }
-                SourceEvent::NodeZone(z) if zone.is_none() => zone = Some(z),
+                SourceEvent::NodeUpdated { zone: z, .. } if zone.is_none() => zone = Some(z),
                 other => panic!("unexpected before the initial sets: {}", describe(&other)),
             }
         }
@@ -554,7 +554,7 @@ impl Folded {
             }
             SourceEvent::Listing(_)
             | SourceEvent::Listed(_)
-            | SourceEvent::NodeZone(_)
+            | SourceEvent::NodeUpdated { .. }
             | SourceEvent::WatchRestarted(_) => {}
         }
     }
@@ -640,7 +640,7 @@ async fn expired_history_relists_without_an_empty_state() {
                 assert!(!folded.listing_slices.as_ref().unwrap().is_empty());
                 relisted.1 = true;
             }
-            SourceEvent::NodeZone(z) => assert_eq!(z.as_deref(), Some("zone-a")),
+            SourceEvent::NodeUpdated { zone: z, .. } => assert_eq!(z.as_deref(), Some("zone-a")),
             other => panic!("before the relist: {}", describe(other)),
         }
         folded.apply(&e);
@@ -817,7 +817,7 @@ async fn node_zone_and_its_changes() {
     api.apply(&node(NODE, Some("zone-b")));
     let (zone, skipped) = source
         .until("zone", |e| match e {
-            SourceEvent::NodeZone(z) => Some(z.clone()),
+            SourceEvent::NodeUpdated { zone: z, .. } => Some(z.clone()),
             _ => None,
         })
         .await;
@@ -826,7 +826,7 @@ async fn node_zone_and_its_changes() {
     api.apply(&node(NODE, None));
     let (zone, _) = source
         .until("no zone", |e| match e {
-            SourceEvent::NodeZone(z) => Some(z.clone()),
+            SourceEvent::NodeUpdated { zone: z, .. } => Some(z.clone()),
             _ => None,
         })
         .await;
@@ -835,11 +835,54 @@ async fn node_zone_and_its_changes() {
     assert!(api.delete(Kind::Node, "", NODE));
     let mut zones = Vec::new();
     while zones.len() < 2 {
-        if let SourceEvent::NodeZone(z) = source.next().await {
+        if let SourceEvent::NodeUpdated { zone: z, .. } = source.next().await {
             zones.push(z);
         }
     }
     assert_eq!(zones, [Some("zone-c".to_string()), None]);
+}
+
+/// This node being deleted, as kube-proxy tells (a deletionTimestamp, or the cluster
+/// autoscaler's taint; not any other taint), and its Node missing from a list.
+#[tokio::test]
+async fn node_deletion_and_its_reversal() {
+    let api = FakeApi::start();
+    let mut source = Source::start(&api).await;
+    // No Node for this node in the initial list: as if deleted.
+    let (_, _, zone) = source.initial().await;
+    assert_eq!(zone, None);
+    let with = |extra: serde_json::Value| {
+        let mut n = serde_json::to_value(node(NODE, Some("zone-a"))).unwrap();
+        for (k, v) in extra.as_object().unwrap() {
+            match k.as_str() {
+                "deletionTimestamp" => n["metadata"][k] = v.clone(),
+                _ => n[k] = v.clone(),
+            }
+        }
+        serde_json::from_value::<Node>(n).unwrap()
+    };
+    let taint = |key: &str| json!({"spec": {"taints": [{"key": key, "effect": "NoSchedule"}]}});
+    for (n, expected) in [
+        (with(json!({})), false),
+        (with(taint("ToBeDeletedByClusterAutoscaler")), true),
+        (with(taint("example.com/other")), false),
+        (
+            with(json!({"deletionTimestamp": "2024-01-01T00:00:00Z"})),
+            true,
+        ),
+    ] {
+        api.apply(&n);
+        let (deleting, _) = source
+            .until("the node", |e| match e {
+                SourceEvent::NodeUpdated { zone, deleting } => {
+                    assert_eq!(zone.as_deref(), Some("zone-a"));
+                    Some(*deleting)
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(deleting, expected, "{:?}", n.spec);
+    }
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ use crate::datapath::migrate::possible_cpus;
 use crate::datapath::sizing::{Mib, Sizing, SizingInput};
 use crate::datapath::{self, sockdiag};
 use crate::datapath::{Datapath, DatapathConfig};
+use crate::health::{self, ProxyHealth};
 use crate::metrics::{self, Metrics};
 use crate::model::NodeInfo;
 use crate::source::SourceEvent;
@@ -116,8 +117,13 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 /// is computed and written at once (bursts coalesce without waiting for a timer). The first
 /// sync, and any sync after a failed one, applies the whole table (removing what an earlier
 /// agent left that is no longer wanted); the others write only the touched frontends.
+///
+/// The proxy health checks follow kube-proxy's: each batch of events is a queued update,
+/// each sync that leaves the maps current (or finds nothing to write) an update, and this
+/// Node being deleted makes the node ineligible ([`ProxyHealth`]).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_addr = metrics::parse_addr(&args.metrics_addr)?;
+    let healthz_addr = health::node::parse_addr(&args.healthz_bind_address)?;
     let cgroup = match (args.socket_lb, args.cgroup.clone()) {
         (false, _) => None,
         (true, Some(c)) => Some(c),
@@ -139,6 +145,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.set_not_ready("waiting for the initial lists of Services and EndpointSlices");
     if let Some(addr) = metrics_addr {
         metrics::serve(addr, Arc::clone(&metrics)).await?;
+    }
+    let proxy_health = Arc::new(ProxyHealth::new(health::DEFAULT_HEALTH_TIMEOUT));
+    if let Some(addr) = healthz_addr {
+        // Not fatal when the port is taken (kube-proxy's may still be running): retried.
+        let _healthz_task = proxy_health.serve(addr);
     }
 
     let debug_logs = telemetry::ebpf_debug_enabled();
@@ -200,6 +211,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup,
         bpffs: args.bpffs.clone(),
         metrics: Arc::clone(&metrics),
+        proxy_health: Arc::clone(&proxy_health),
     };
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -213,11 +225,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let Some((at, ev)) = ev else {
                     anyhow::bail!("the source of Services stopped");
                 };
-                take_event(&mut store, &metrics, at, ev);
+                // Pending from when the first change of the batch was received.
+                proxy_health.queued_update(at);
+                take_event(&mut store, &metrics, &proxy_health, at, ev);
                 // Everything already queued joins this batch.
                 for _ in 0..MAX_BATCH {
                     match rx.try_recv() {
-                        Ok((at, ev)) => take_event(&mut store, &metrics, at, ev),
+                        Ok((at, ev)) => take_event(&mut store, &metrics, &proxy_health, at, ev),
                         Err(_) => break,
                     }
                 }
@@ -248,9 +262,31 @@ const MAX_BATCH: usize = 20_000;
 /// How soon a failed sync is retried (as a full apply).
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
-fn take_event(store: &mut Store, metrics: &Metrics, at: Instant, ev: SourceEvent) {
-    if let SourceEvent::WatchRestarted(resource) = &ev {
-        metrics.inc_watch_restarts(resource);
+fn take_event(
+    store: &mut Store,
+    metrics: &Metrics,
+    proxy_health: &ProxyHealth,
+    at: Instant,
+    ev: SourceEvent,
+) {
+    match &ev {
+        SourceEvent::WatchRestarted(resource) => metrics.inc_watch_restarts(resource),
+        SourceEvent::NodeUpdated { deleting, .. } => {
+            let eligible = !deleting;
+            if eligible != proxy_health.node_eligible() {
+                if eligible {
+                    info!("this node is no longer being deleted: /healthz passes again");
+                } else {
+                    warn!(
+                        "this node is being deleted (deletionTimestamp, \
+                         ToBeDeletedByClusterAutoscaler taint, or its Node is gone): /healthz \
+                         fails so that load balancers stop sending it traffic"
+                    );
+                }
+            }
+            proxy_health.set_node_eligible(eligible);
+        }
+        _ => {}
     }
     store.handle(at, ev);
 }
@@ -261,6 +297,8 @@ struct SyncState {
     cgroup: Option<PathBuf>,
     bpffs: PathBuf,
     metrics: Arc<Metrics>,
+    /// Told each time the maps are current.
+    proxy_health: Arc<ProxyHealth>,
 }
 
 impl SyncState {
@@ -275,6 +313,9 @@ impl SyncState {
         let started = Instant::now();
         let changes = store.compute();
         if !self.full_needed && changes.touched.is_empty() {
+            // Nothing to write: the maps hold the current state (kube-proxy too counts a
+            // sync that changed nothing as an update).
+            self.proxy_health.updated(Instant::now());
             return Ok(());
         }
         let full = self.full_needed;
@@ -298,6 +339,7 @@ impl SyncState {
                 if !datapath.is_attached() {
                     datapath.attach().context("attaching the eBPF datapath")?;
                 }
+                self.proxy_health.updated(written);
                 let latency = changes.since.map(|t| written.saturating_duration_since(t));
                 syncer::log_stats(&stats, full, written - write_start, latency);
                 self.metrics

@@ -1,7 +1,8 @@
 //! Prometheus metrics, /healthz and /readyz.
 //!
 //! [`Metrics`] holds the agent's counters, gauges and histograms in a prometheus-client
-//! [`Registry`], and its readiness. [`serve`] answers on [`server`] (hyper, with its limits):
+//! [`Registry`], and its readiness. [`serve`] answers on [`crate::http`] (hyper, with its
+//! limits):
 //! `/metrics` in the Prometheus text format 0.0.4 (what the agent always served: the same
 //! `# TYPE` lines, no `# EOF`, readable by every scraper); `/healthz`: 200 `ok` while the
 //! process serves; `/readyz`: 200 once the agent has programmed the datapath (see
@@ -10,8 +11,6 @@
 //! To add a metric: a field in [`Metrics`], its registration in [`Metrics::default`] (the
 //! order there is the order in `/metrics`) and a method that updates it. A family with labels
 //! is a `Family<L, _>` with `L` a `#[derive(EncodeLabelSet)]` struct, like [`MapLabels`].
-
-pub mod server;
 
 use std::{
     net::SocketAddr,
@@ -28,7 +27,7 @@ use thiserror::Error;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use self::server::{Limits, Routes};
+use crate::http::{self, Limits, Routes};
 
 /// Upper bounds of `clusterip_sync_duration_seconds` (one apply of the table to the maps).
 pub const SYNC_BUCKETS: &[f64] = &[
@@ -322,16 +321,16 @@ pub fn routes(metrics: Arc<Metrics>) -> Routes {
     let readiness = Arc::clone(&metrics);
     Routes::new()
         .get("/metrics", move |_| {
-            server::with_type(
+            http::with_type(
                 StatusCode::OK,
                 prometheus_text::CONTENT_TYPE,
                 metrics.render(),
             )
         })
-        .get("/healthz", |_| server::text(StatusCode::OK, "ok\n"))
+        .get("/healthz", |_| http::text(StatusCode::OK, "ok\n"))
         .get("/readyz", move |_| match readiness.readiness() {
-            Ok(()) => server::text(StatusCode::OK, "ok\n"),
-            Err(reason) => server::text(
+            Ok(()) => http::text(StatusCode::OK, "ok\n"),
+            Err(reason) => http::text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {reason}\n"),
             ),
@@ -341,11 +340,11 @@ pub fn routes(metrics: Arc<Metrics>) -> Routes {
 /// Binds `addr` (an error names it) and serves [`routes`] on a task of its own, within the
 /// default [`Limits`], until the runtime shuts down or the handle is aborted.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<JoinHandle<()>> {
-    let listener = server::bind(addr, "metrics (--metrics-addr)").await?;
+    let listener = http::bind(addr, "metrics (--metrics-addr)").await?;
     let local = listener.local_addr().unwrap_or(addr);
     // The tests read the address from this line (`--metrics-addr 127.0.0.1:0`).
     info!(addr = %local, "serving /metrics, /healthz and /readyz");
-    Ok(server::spawn(listener, routes(metrics), Limits::default()))
+    Ok(http::spawn(listener, routes(metrics), Limits::default()))
 }
 
 #[cfg(test)]
@@ -354,12 +353,13 @@ mod tests {
 
     use tokio::net::TcpListener;
 
-    use super::{server::testing::*, *};
+    use super::*;
+    use crate::http::testing::*;
 
     async fn start(metrics: Arc<Metrics>) -> (SocketAddr, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let server = server::spawn(listener, routes(metrics), Limits::default());
+        let server = http::spawn(listener, routes(metrics), Limits::default());
         (addr, server)
     }
 

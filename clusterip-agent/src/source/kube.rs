@@ -10,7 +10,10 @@
 //!   filter slices by service-proxy-name: a slice whose Service is not watched is inert, and
 //!   keeping it avoids a window without endpoints when that label is removed from a Service
 //!   (the controller relabels its slices only afterwards);
-//! - Node: field selector `metadata.name=<node>`, for its `topology.kubernetes.io/zone` label.
+//! - Node: field selector `metadata.name=<node>`, for its `topology.kubernetes.io/zone` label
+//!   and whether it is being deleted (a `deletionTimestamp`, the cluster autoscaler's
+//!   `ToBeDeletedByClusterAutoscaler` taint, or the object gone: the health checks then tell
+//!   load balancers to stop sending this node traffic).
 //!
 //! Each kind is a kube-runtime `watcher` (list + watch with bookmarks, the strategy every API
 //! server supports; streaming lists need `WatchList`, beta since 1.32 only) behind kube's
@@ -45,7 +48,7 @@ use tokio::sync::mpsc::Sender;
 use tracing::{debug, info, warn};
 
 use crate::model::{Key, ObjectKind, ServiceObject, SliceObject};
-use crate::source::SourceEvent;
+use crate::source::{SourceEvent, node_deleting};
 
 /// kube-proxy's label selector for Services.
 pub const SERVICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
@@ -240,23 +243,39 @@ impl Watched for EndpointSlice {
 
 impl Watched for Node {
     const RESOURCE: &'static str = "nodes";
-    /// The zone of this node, if the list had it (the field selector lets only it through).
-    type Listing = Option<String>;
+    /// This node's Node as the list had it (the field selector lets only it through).
+    type Listing = Option<Node>;
     fn listing() -> Option<SourceEvent> {
         None
     }
-    fn listed_one(self, zone: &mut Option<String>) -> Option<SourceEvent> {
-        *zone = node_zone(&self);
+    fn listed_one(self, node: &mut Option<Node>) -> Option<SourceEvent> {
+        *node = Some(self);
         None
     }
-    fn listed(zone: Option<String>) -> SourceEvent {
-        SourceEvent::NodeZone(zone)
+    /// A list without this node's Node (deleted while the watch was away, or a wrong
+    /// `--node-name`) is the same as its deletion.
+    fn listed(node: Option<Node>) -> SourceEvent {
+        match node {
+            Some(node) => node.applied(),
+            None => SourceEvent::NodeUpdated {
+                zone: None,
+                deleting: true,
+            },
+        }
     }
     fn applied(self) -> SourceEvent {
-        SourceEvent::NodeZone(node_zone(&self))
+        SourceEvent::NodeUpdated {
+            zone: node_zone(&self),
+            deleting: node_deleting(&self),
+        }
     }
+    /// The Node object is gone: this node is going away (newer kube-proxies exit then, and
+    /// their health checks fail with them).
     fn deleted(self) -> SourceEvent {
-        SourceEvent::NodeZone(None)
+        SourceEvent::NodeUpdated {
+            zone: None,
+            deleting: true,
+        }
     }
 }
 

@@ -431,7 +431,7 @@ impl ManifestSource {
 
     /// Re-reads PATH. Returns what changed in the good set (as [`Self::poll_objects`] hands
     /// it out) since the last call, as events for the object store: the first call returns
-    /// the whole set ([`SourceEvent::NodeZone`], then each kind as a complete list:
+    /// the whole set ([`SourceEvent::NodeUpdated`], then each kind as a complete list:
     /// [`SourceEvent::Listing`], the objects, [`SourceEvent::Listed`]); later ones the
     /// objects added or changed (`ServiceApplied`, `SliceApplied`), the ones removed
     /// (`ServiceDeleted`, `SliceDeleted`, carrying only the key) and the zone if it changed.
@@ -454,7 +454,10 @@ impl ManifestSource {
             None => {
                 // The whole set, as one list of each kind.
                 let mut events = vec![
-                    SourceEvent::NodeZone(zone.clone()),
+                    SourceEvent::NodeUpdated {
+                        zone: zone.clone(),
+                        deleting: false,
+                    },
                     SourceEvent::Listing(ObjectKind::Service),
                 ];
                 let of = |kind: ObjectKind| {
@@ -473,7 +476,10 @@ impl ManifestSource {
             Some((base, base_zone)) => {
                 let mut events = Vec::new();
                 if zone != base_zone {
-                    events.push(SourceEvent::NodeZone(zone.clone()));
+                    events.push(SourceEvent::NodeUpdated {
+                        zone: zone.clone(),
+                        deleting: false,
+                    });
                 }
                 let before: HashMap<&ObjectRef, &Version> =
                     base.iter().map(|v| (&v.key, v)).collect();

@@ -143,7 +143,8 @@ impl Store {
             }
             // Nodes are reported through their zone.
             SourceEvent::Listing(ObjectKind::Node) | SourceEvent::Listed(ObjectKind::Node) => {}
-            SourceEvent::NodeZone(zone) => {
+            // Whether the node is being deleted is the health checks' business (the run loop's).
+            SourceEvent::NodeUpdated { zone, .. } => {
                 if zone != self.node.zone {
                     debug!(zone = ?zone, "node zone changed; rebuilding every service");
                     self.node.zone = zone;

@@ -1,15 +1,17 @@
-//! A small HTTP/1.1 server on hyper for the agent's read-only endpoints (`/metrics`, health
-//! checks): GET and HEAD of fixed paths, one request per connection, and [`Limits`] so that
-//! nothing a client sends, or withholds, can stop the server or take all of it.
+//! A small HTTP/1.1 server on hyper for the agent's read-only endpoints (`/metrics`, the
+//! health checks): fixed paths (and optionally a handler for every other path), one request
+//! per connection, and [`Limits`] so that nothing a client sends, or withholds, can stop the
+//! server or take all of it. It imports nothing of the agent: the metrics server and the
+//! health check servers share it.
 //!
 //! ```no_run
 //! # async fn f() -> std::io::Result<()> {
-//! use clusterip_agent::metrics::server::{self, Limits, Routes, text};
+//! use clusterip_agent::http::{self, Limits, Routes, text};
 //! use hyper::StatusCode;
 //!
 //! let routes = Routes::new().get("/healthz", |_| text(StatusCode::OK, "ok\n"));
-//! let listener = server::bind("127.0.0.1:0".parse().expect("addr"), "health checks").await?;
-//! server::spawn(listener, routes, Limits::default());
+//! let listener = http::bind("127.0.0.1:0".parse().expect("addr"), "health checks").await?;
+//! http::spawn(listener, routes, Limits::default());
 //! # Ok(()) }
 //! ```
 
@@ -66,16 +68,37 @@ impl Default for Limits {
 
 type Handler = Box<dyn Fn(&Request<Incoming>) -> Response<Body> + Send + Sync>;
 
-/// The paths served and what answers each. GET and HEAD only: these endpoints only read.
+/// Which methods a route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Methods {
+    /// GET and HEAD; any other method gets 405.
+    Read,
+    /// Every method, as a Go `http.Handler` does unless it checks (kube-proxy's health
+    /// checks answer a POST like a GET).
+    Any,
+}
+
+struct Route {
+    path: &'static str,
+    methods: Methods,
+    handler: Handler,
+}
+
+/// The paths served and what answers each. Routes added with [`Routes::get`] answer GET and
+/// HEAD only (these endpoints only read); [`Routes::any_method`] and [`Routes::fallback`] are
+/// for servers that must answer like kube-proxy's Go handlers, whatever the method.
 #[derive(Default)]
 pub struct Routes {
-    routes: Vec<(&'static str, Handler)>,
+    routes: Vec<Route>,
+    /// Answers every path no route matches (and every method); without it such a path is 404.
+    fallback: Option<Handler>,
 }
 
 impl std::fmt::Debug for Routes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.routes.iter().map(|(path, _)| path))
+        f.debug_struct("Routes")
+            .field("paths", &self.paths().collect::<Vec<_>>())
+            .field("fallback", &self.fallback.is_some())
             .finish()
     }
 }
@@ -88,36 +111,74 @@ impl Routes {
     /// Answers GET and HEAD of exactly `path` (whatever the query string) with `handler`;
     /// hyper drops the body of a HEAD response and keeps its length.
     pub fn get(
-        mut self,
+        self,
         path: &'static str,
         handler: impl Fn(&Request<Incoming>) -> Response<Body> + Send + Sync + 'static,
     ) -> Self {
-        self.routes.push((path, Box::new(handler)));
+        self.route(path, Methods::Read, handler)
+    }
+
+    /// Answers every method on exactly `path` with `handler` (a request body is not read).
+    pub fn any_method(
+        self,
+        path: &'static str,
+        handler: impl Fn(&Request<Incoming>) -> Response<Body> + Send + Sync + 'static,
+    ) -> Self {
+        self.route(path, Methods::Any, handler)
+    }
+
+    /// Answers every path no route matches, with every method, with `handler`.
+    pub fn fallback(
+        mut self,
+        handler: impl Fn(&Request<Incoming>) -> Response<Body> + Send + Sync + 'static,
+    ) -> Self {
+        self.fallback = Some(Box::new(handler));
+        self
+    }
+
+    fn route(
+        mut self,
+        path: &'static str,
+        methods: Methods,
+        handler: impl Fn(&Request<Incoming>) -> Response<Body> + Send + Sync + 'static,
+    ) -> Self {
+        self.routes.push(Route {
+            path,
+            methods,
+            handler: Box::new(handler),
+        });
         self
     }
 
     /// The paths, in the order they were added.
     pub fn paths(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.routes.iter().map(|(path, _)| *path)
+        self.routes.iter().map(|r| r.path)
     }
 
     fn respond(&self, req: &Request<Incoming>) -> Response<Body> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
-        }
+        let read = req.method() == Method::GET || req.method() == Method::HEAD;
         let path = req.uri().path();
-        match self.routes.iter().find(|(p, _)| *p == path) {
-            Some((_, handler)) => handler(req),
-            None => {
-                let paths = self.paths().collect::<Vec<_>>().join(", ");
-                text(StatusCode::NOT_FOUND, format!("not found: try {paths}\n"))
-            }
+        match self.routes.iter().find(|r| r.path == path) {
+            Some(route) if read || route.methods == Methods::Any => (route.handler)(req),
+            Some(_) => method_not_allowed(),
+            None => match &self.fallback {
+                Some(handler) => handler(req),
+                None if !read => method_not_allowed(),
+                None => {
+                    let paths = self.paths().collect::<Vec<_>>().join(", ");
+                    text(StatusCode::NOT_FOUND, format!("not found: try {paths}\n"))
+                }
+            },
         }
     }
+}
+
+fn method_not_allowed() -> Response<Body> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
 }
 
 /// A `text/plain` response.
@@ -147,10 +208,67 @@ pub async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot serve {what} on {addr}: {e}")))
 }
 
+/// Binds `addr` as Go's `net.Listen("tcp", addr)` does, which is what kube-proxy's health
+/// check servers get: an unspecified address (`0.0.0.0` or `::`) listens on every address of
+/// both families (one IPv6 socket that also accepts IPv4 peers), or of its own family where
+/// the kernel has no IPv6; any other address only on itself. Synchronous (a bind does not
+/// block), so that a failed bind can be handled before anything is spawned; needs a tokio
+/// runtime. The error names `addr` and `what` was to be served there.
+pub fn bind_like_go(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
+    let named =
+        |e: io::Error| io::Error::new(e.kind(), format!("cannot serve {what} on {addr}: {e}"));
+    if addr.ip().is_unspecified() {
+        let any6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), addr.port());
+        match listen_socket(any6, Some(false)) {
+            Ok(listener) => return Ok(listener),
+            // No IPv6 in this kernel (or none configured): the address's own family only.
+            Err(e)
+                if addr.is_ipv4()
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+                    ) =>
+            {
+                debug!(%addr, error = %e, "no dual-stack socket; listening on IPv4 only");
+            }
+            Err(e) => return Err(named(e)),
+        }
+    }
+    listen_socket(addr, None).map_err(named)
+}
+
+/// A listening TCP socket on `addr`; `only_v6` set for an IPv6 socket when given.
+fn listen_socket(addr: SocketAddr, only_v6: Option<bool>) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if let Some(only_v6) = only_v6 {
+        socket.set_only_v6(only_v6)?;
+    }
+    // As Go and Rust's std do: a restarted agent can bind while its old connections linger in
+    // TIME_WAIT (a listening socket still excludes every other).
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The listen backlog tokio uses for its own binds.
+const LISTEN_BACKLOG: i32 = 1024;
+
 /// Serves `routes` on `listener` within `limits`, on a task of its own, until the runtime
-/// shuts down or the handle is aborted.
+/// shuts down or the handle is aborted (which closes the listener: await the aborted handle
+/// to know the port is free again).
 pub fn spawn(listener: TcpListener, routes: Routes, limits: Limits) -> JoinHandle<()> {
-    tokio::spawn(accept_loop(listener, Arc::new(routes), limits))
+    tokio::spawn(serve(listener, routes, limits))
+}
+
+/// Serves `routes` on `listener` within `limits`; never returns (drop the future to stop).
+pub async fn serve(listener: TcpListener, routes: Routes, limits: Limits) {
+    accept_loop(listener, Arc::new(routes), limits).await
 }
 
 async fn accept_loop(listener: TcpListener, routes: Arc<Routes>, limits: Limits) {
@@ -367,6 +485,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn any_method_routes_and_the_fallback() {
+        let routes = Routes::new()
+            .get("/read", |_| text(StatusCode::OK, "read\n"))
+            .any_method("/any", |req| {
+                text(StatusCode::OK, format!("any {}\n", req.method()))
+            })
+            .fallback(|req| {
+                text(
+                    StatusCode::IM_A_TEAPOT,
+                    format!("fallback {} {}\n", req.method(), req.uri().path()),
+                )
+            });
+        let (addr, server) = start(routes, Limits::default()).await;
+        assert_eq!(get(addr, "/any").await.2, "any GET\n");
+        // A body is left unread and the answer still arrives whole.
+        let (status, _, body) = raw(
+            addr,
+            b"POST /any HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (200, "any POST\n"));
+        let (status, _, body) = raw(addr, b"DELETE /any HTTP/1.1\r\n\r\n").await;
+        assert_eq!((status, body.as_str()), (200, "any DELETE\n"));
+        // A read-only route still refuses other methods, even with a fallback.
+        assert_eq!(raw(addr, b"PUT /read HTTP/1.1\r\n\r\n").await.0, 405);
+        // Every other path, with every method, goes to the fallback.
+        let (status, _, body) = get(addr, "/elsewhere?x=1").await;
+        assert_eq!((status, body.as_str()), (418, "fallback GET /elsewhere\n"));
+        let (status, _, body) = raw(addr, b"POST / HTTP/1.1\r\n\r\n").await;
+        assert_eq!((status, body.as_str()), (418, "fallback POST /\n"));
+        server.abort();
+    }
+
+    #[tokio::test]
     async fn survives_garbage_slow_and_oversized_clients() {
         let (addr, server) = start(hello(), limits(300, 5_000, 64)).await;
 
@@ -487,6 +639,32 @@ mod tests {
         );
         drop(lingering);
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn bind_like_go_listens_on_both_families_for_an_unspecified_address() {
+        let listener = bind_like_go("0.0.0.0:0".parse().expect("addr"), "things").expect("bind");
+        let local = listener.local_addr().expect("addr");
+        assert!(local.ip().is_unspecified(), "{local}");
+        let server = spawn(listener, hello(), Limits::default());
+        let port = local.port();
+        let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(get(v4, "/hello").await.0, 200);
+        if local.is_ipv6() {
+            // Dual stack: IPv6 peers too.
+            let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+            assert_eq!(get(v6, "/hello").await.0, 200);
+        }
+        // A specific address is that address only; a taken port is an error naming it.
+        let specific = bind_like_go(SocketAddr::from(([127, 0, 0, 1], 0)), "things").expect("bind");
+        assert_eq!(specific.local_addr().expect("addr").ip(), v4.ip());
+        let e = bind_like_go(v4, "things").expect_err("the port is taken");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains(&v4.to_string()), "{e}");
+        server.abort();
+        // An aborted server, once awaited, has closed its port.
+        assert!(server.await.expect_err("aborted").is_cancelled());
+        drop(bind_like_go(v4, "things").expect("free again"));
     }
 
     #[tokio::test]
