@@ -98,6 +98,11 @@ impl LineLog {
 /// The agent's log filter in tests: its own debug lines, not the eBPF programs'.
 pub const DEFAULT_RUST_LOG: &str = "info,clusterip_agent=debug";
 
+/// `--node-name` of an agent started without one: the node every
+/// [`crate::manifests::Endpoint::ready`] is on, so single-node tests see their endpoints as
+/// local.
+pub const DEFAULT_NODE_NAME: &str = "node-a";
+
 /// `clusterip-agent run` for one test; killed on drop, its output then printed to stderr.
 pub struct Agent {
     bin: PathBuf,
@@ -108,6 +113,8 @@ pub struct Agent {
     netns: Option<std::fs::File>,
     /// More arguments after the standard ones.
     extra: Vec<String>,
+    /// `--node-name`: decides which endpoints are local (`internalTrafficPolicy: Local`).
+    node_name: String,
     source: AgentSource,
     /// RUST_LOG of the agent.
     rust_log: String,
@@ -139,7 +146,16 @@ impl Agent {
         extra: &[&str],
     ) -> Result<Self> {
         let source = AgentSource::Kubeconfig(kubeconfig.to_owned());
-        Self::launch(bin, source, Path::new(""), cgroup, bpffs, netns, extra)
+        Self::launch(
+            bin,
+            source,
+            Path::new(""),
+            cgroup,
+            bpffs,
+            netns,
+            DEFAULT_NODE_NAME,
+            extra,
+        )
     }
 
     /// The address the current run serves /metrics, /healthz and /readyz on (from its log;
@@ -165,7 +181,8 @@ impl Agent {
             .with_context(|| format!("no address in {line:?}"))
     }
 
-    /// Starts `BIN run --manifests DIR --cgroup CG --bpffs BPFFS --node-name node-a`.
+    /// Starts `BIN run --manifests DIR --cgroup CG --bpffs BPFFS --node-name node-a`
+    /// ([`DEFAULT_NODE_NAME`]).
     pub fn start(bin: &Path, manifests: &Path, cgroup: &Path, bpffs: &Path) -> Result<Self> {
         Self::start_in(bin, manifests, cgroup, bpffs, None, &[])
     }
@@ -180,9 +197,9 @@ impl Agent {
         netns: Option<&crate::netns::Netns>,
         extra: &[&str],
     ) -> Result<Self> {
-        Self::launch(
+        Self::start_as(
+            DEFAULT_NODE_NAME,
             bin,
-            AgentSource::Manifests,
             manifests,
             cgroup,
             bpffs,
@@ -191,6 +208,30 @@ impl Agent {
         )
     }
 
+    /// [`Agent::start_in`] as node `node_name` (`--node-name`): the multi-node lab runs one
+    /// agent per node on the same manifests, each seeing its own endpoints as local.
+    pub fn start_as(
+        node_name: &str,
+        bin: &Path,
+        manifests: &Path,
+        cgroup: &Path,
+        bpffs: &Path,
+        netns: Option<&crate::netns::Netns>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::launch(
+            bin,
+            AgentSource::Manifests,
+            manifests,
+            cgroup,
+            bpffs,
+            netns,
+            node_name,
+            extra,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         bin: &Path,
         source: AgentSource,
@@ -198,6 +239,7 @@ impl Agent {
         cgroup: &Path,
         bpffs: &Path,
         netns: Option<&crate::netns::Netns>,
+        node_name: &str,
         extra: &[&str],
     ) -> Result<Self> {
         let netns = match netns {
@@ -211,6 +253,7 @@ impl Agent {
             bpffs: bpffs.to_owned(),
             netns,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            node_name: node_name.to_owned(),
             source,
             rust_log: std::env::var("CLUSTERIP_AGENT_LOG")
                 .unwrap_or_else(|_| DEFAULT_RUST_LOG.to_string()),
@@ -270,7 +313,8 @@ impl Agent {
             .arg(&self.cgroup)
             .arg("--bpffs")
             .arg(&self.bpffs)
-            .args(["--node-name", "node-a"])
+            .arg("--node-name")
+            .arg(&self.node_name)
             .args(&self.extra)
             .env("RUST_LOG", &self.rust_log)
             .env("NO_COLOR", "1")

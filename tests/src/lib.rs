@@ -12,7 +12,10 @@
 //!   containers' cgroups ([`container::SharedMount`]: a shared mount standing in for a node's
 //!   /sys/fs/bpf).
 //!
-//! [`fixture::Fixture`] puts them together in the order they must be torn down.
+//! [`fixture::Fixture`] puts them together in the order they must be torn down;
+//! [`node::NodeFixture`] is one node routing between a client and pods (per-packet tests);
+//! [`lab::Lab`] is several nodes on a shared network, each with its pods and agent, and an
+//! external client (pod-to-pod across nodes, per-node endpoints, traffic from outside).
 //! [`env::prerequisites`] (or [`require_env!`]) decides whether a test can run at all.
 
 pub mod agent;
@@ -25,6 +28,7 @@ pub mod env;
 pub mod fakeapi;
 pub mod fixture;
 pub mod kubeproxy;
+pub mod lab;
 pub mod manifests;
 pub mod memcg;
 pub mod netns;

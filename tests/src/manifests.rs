@@ -194,14 +194,15 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Ready, serving, not terminating, on node-a (the agent's node).
+    /// Ready, serving, not terminating, on node-a (the agent's node unless a test names
+    /// another: [`crate::agent::DEFAULT_NODE_NAME`]).
     pub fn ready(addr: IpAddr) -> Self {
         Self {
             address: addr.to_string(),
             ready: true,
             serving: true,
             terminating: false,
-            node: "node-a".into(),
+            node: crate::agent::DEFAULT_NODE_NAME.into(),
         }
     }
 
@@ -237,6 +238,14 @@ impl EndpointSlice {
     pub fn ready(mut self, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
         self.endpoints
             .extend(addrs.into_iter().map(Endpoint::ready));
+        self
+    }
+
+    /// Ready endpoints on node `node` (its `nodeName`) for the given addresses: several
+    /// agents reading the same slice each see only their own node's endpoints as local.
+    pub fn ready_on(mut self, node: &str, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.endpoints
+            .extend(addrs.into_iter().map(|a| Endpoint::ready(a).on_node(node)));
         self
     }
 

@@ -183,7 +183,7 @@ impl NodeTopology {
 /// No duplicate address detection on interfaces created in `ns` from now on: their IPv6
 /// addresses, link-local ones included, are usable at once (a tentative link-local address
 /// delays neighbour discovery and loses the first packets of a test).
-fn no_dad(ns: &Netns) -> Result<()> {
+pub(crate) fn no_dad(ns: &Netns) -> Result<()> {
     sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")?;
     sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")
 }
@@ -324,29 +324,7 @@ impl NodeFixture {
     /// Waits until every interface in `ifaces` has a TC ingress program (tcx or cls_bpf) in
     /// the node netns.
     pub fn wait_tc(&mut self, ifaces: &[String], timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let net = self.net()?;
-            let mut missing = Vec::new();
-            for i in ifaces {
-                let legacy = net.tc.iter().any(|t| &t.devname == i && t.is_ingress());
-                if !legacy && tcx_ingress(&self.topo.node, i)?.is_empty() {
-                    missing.push(i);
-                }
-            }
-            if missing.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("no TC ingress program on {missing:?} after {timeout:?}: {net:?}");
-            }
-            if let Some(agent) = self.agent.as_mut()
-                && let Some(status) = agent.exit_status()
-            {
-                bail!("the agent exited ({status}) before attaching to {missing:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_tc_ingress(&self.topo.node, self.agent.as_mut(), ifaces, timeout)
     }
 
     /// `bpftool net show` in the node netns.
@@ -395,6 +373,39 @@ impl NodeFixture {
             Value::Array(a) => Ok(a),
             other => bail!("dump --json printed {other}"),
         }
+    }
+}
+
+/// Waits until every interface in `ifaces` of `ns` has a TC ingress program (tcx or
+/// cls_bpf); fails early if `agent` (the one expected to attach them) exits.
+pub fn wait_tc_ingress(
+    ns: &Netns,
+    mut agent: Option<&mut Agent>,
+    ifaces: &[String],
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let net = net_progs(ns)?;
+        let mut missing = Vec::new();
+        for i in ifaces {
+            let legacy = net.tc.iter().any(|t| &t.devname == i && t.is_ingress());
+            if !legacy && tcx_ingress(ns, i)?.is_empty() {
+                missing.push(i);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no TC ingress program on {missing:?} after {timeout:?}: {net:?}");
+        }
+        if let Some(agent) = agent.as_deref_mut()
+            && let Some(status) = agent.exit_status()
+        {
+            bail!("the agent exited ({status}) before attaching to {missing:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
