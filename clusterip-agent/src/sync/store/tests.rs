@@ -220,16 +220,22 @@ fn a_zone_change_rebuilds_every_service() {
     list_services(&mut s, now, vec![svc("ns", "a", "10.96.0.1", 80)]);
     list_slices(&mut s, now, vec![]);
     s.compute();
-    s.handle(now, SourceEvent::NodeUpdated {
+    s.handle(
+        now,
+        SourceEvent::NodeUpdated {
             zone: Some("z1".into()),
             deleting: false,
-        });
+        },
+    );
     assert_eq!(s.node().zone.as_deref(), Some("z1"));
     assert_eq!(s.compute().services_rebuilt, 1);
-    s.handle(now, SourceEvent::NodeUpdated {
+    s.handle(
+        now,
+        SourceEvent::NodeUpdated {
             zone: Some("z1".into()),
             deleting: false,
-        });
+        },
+    );
     assert_eq!(s.compute().services_rebuilt, 0);
 }
 
