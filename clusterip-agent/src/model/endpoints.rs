@@ -106,7 +106,9 @@ impl Analysis<'_, '_> {
             backends: self.backends.iter().map(|&b| Backend::from(b)).collect(),
             affinity_timeout_s: svc.affinity_timeout_s,
             no_endpoints: self.no_endpoints,
-            external: false,
+            kind: FrontendKind::ClusterIp,
+            external_local: None,
+            source_ranges: Box::new([]),
         }
     }
 }

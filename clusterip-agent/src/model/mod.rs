@@ -76,7 +76,7 @@ pub use endpoints::{NotUsed, Topology, TrafficPolicy};
 pub use explain::{ExplainedEndpoint, Explanation, FrontendStatus, explain};
 pub use object::{Key, ServiceObject, SliceObject};
 pub use problem::{ObjectKind, ObjectRef, Problem, ProblemKind, Severity};
-pub use validate::FrontendKind;
+pub use table::FrontendKind;
 
 use endpoints::analyze;
 use table::{DesiredTable, Frontend, ServiceEntry};
@@ -205,7 +205,7 @@ pub fn build(svc: &ServiceObject, slices: &[&SliceObject], node: &NodeInfo) -> S
         .map(|(frontend, port, kind)| {
             let analysis = analyze(&valid, port, kind, frontend.vip, &group, node);
             let mut entry = analysis.entry(svc.key(), &valid, port);
-            entry.external = kind == FrontendKind::ExternalIp;
+            entry.kind = kind;
             (frontend, entry)
         })
         .collect();

@@ -1272,7 +1272,7 @@ fn terminating_fallback_is_separate_for_cluster_and_local() {
 
 /// `e` as the entry of an external IP frontend.
 fn external(mut e: ServiceEntry) -> ServiceEntry {
-    e.external = true;
+    e.kind = FrontendKind::ExternalIp;
     e
 }
 

@@ -1,15 +1,13 @@
 //! Validation: a Service or EndpointSlice in, the parts the model uses (or its problems) out.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::Serialize;
 
-use super::table::{Frontend, Protocol};
+use super::table::{Frontend, FrontendKind, Protocol};
 use super::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,25 +22,6 @@ pub(super) struct ValidPort<'a> {
     pub(super) port: u16,
     pub(super) protocol: Protocol,
     pub(super) target: TargetPort<'a>,
-}
-
-/// Where a frontend's VIP comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FrontendKind {
-    /// `spec.clusterIP(s)`.
-    ClusterIp,
-    /// `spec.externalIPs`.
-    ExternalIp,
-}
-
-impl fmt::Display for FrontendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FrontendKind::ClusterIp => "cluster IP",
-            FrontendKind::ExternalIp => "external IP",
-        })
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
