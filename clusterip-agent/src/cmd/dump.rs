@@ -7,11 +7,13 @@ use std::path::Path;
 use aya::maps::{HashMap, MapData};
 use clusterip_common::{
     CT_DIR_FORWARD, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, DatapathConfigValue, SVC_FLAG_AFFINITY,
-    SVC_FLAG_DROP, map_names,
+    SVC_FLAG_DROP, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR, map_names,
 };
 use serde::Serialize;
 
-use crate::datapath::maps::{CtKey, Installed, MapsError, PacketMaps, PinnedMapInfo, PinnedMaps};
+use crate::datapath::maps::{
+    CtKey, Installed, InstalledFrontend, MapsError, PacketMaps, PinnedMapInfo, PinnedMaps,
+};
 use crate::datapath::sizing::Mib;
 use crate::model::table::Protocol;
 
@@ -21,8 +23,22 @@ pub struct DumpEntry {
     pub vip: IpAddr,
     pub port: u16,
     pub protocol: String,
+    /// "cluster-ip" (this node only), "external" (an external or load-balancer IP) or
+    /// "node-port" (an address of this node): what the frontend's flags say.
+    #[serde(default)]
+    pub kind: String,
     /// "ip:port", IPv6 as "[ip]:port", in slot order.
     pub backends: Vec<String>,
+    /// Those of `backends` that run on this node.
+    #[serde(default)]
+    pub local_backends: Vec<String>,
+    /// `externalTrafficPolicy: Local`: the backends traffic from outside the node gets (this
+    /// node's), in slot order; None: it gets `backends`.
+    #[serde(default)]
+    pub external_local: Option<Vec<String>>,
+    /// `loadBalancerSourceRanges` the datapath holds for this frontend; empty: any source.
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
     pub affinity_timeout_s: Option<u32>,
     /// What happens without backends: "reject" or "drop".
     pub no_endpoints: String,
@@ -51,6 +67,17 @@ pub fn read(bpffs: &Path) -> Result<Vec<DumpEntry>, MapsError> {
 }
 
 pub fn entries(installed: &Installed) -> Vec<DumpEntry> {
+    let names = |f: &InstalledFrontend, only_local: bool| -> Vec<String> {
+        f.slots
+            .iter()
+            .filter_map(|id| match installed.backends.get(id) {
+                Some(b) if only_local && !b.addr.local => None,
+                Some(b) => Some(b.addr.to_string()),
+                None if only_local => None,
+                None => Some(format!("<missing backend {id}>")),
+            })
+            .collect()
+    };
     installed
         .frontends
         .iter()
@@ -58,14 +85,18 @@ pub fn entries(installed: &Installed) -> Vec<DumpEntry> {
             vip: fe.vip,
             port: fe.port,
             protocol: fe.protocol.to_string(),
-            backends: f
-                .slots
-                .iter()
-                .map(|id| match installed.backends.get(id) {
-                    Some(b) => b.addr.to_string(),
-                    None => format!("<missing backend {id}>"),
-                })
-                .collect(),
+            kind: kind_of(f.flags).to_string(),
+            backends: names(f, false),
+            local_backends: names(f, true),
+            external_local: installed
+                .external_local
+                .get(fe)
+                .map(|local| names(local, false)),
+            source_ranges: installed
+                .source_ranges
+                .get(&f.svc_id)
+                .map(|r| r.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
             affinity_timeout_s: (f.flags & SVC_FLAG_AFFINITY != 0).then_some(f.affinity_timeout_s),
             no_endpoints: if f.flags & SVC_FLAG_DROP != 0 {
                 "drop"
@@ -78,6 +109,17 @@ pub fn entries(installed: &Installed) -> Vec<DumpEntry> {
             bytes: 0,
         })
         .collect()
+}
+
+/// The kind of frontend its flags say.
+fn kind_of(flags: u16) -> &'static str {
+    if flags & SVC_FLAG_NODE_ADDR != 0 {
+        "node-port"
+    } else if flags & SVC_FLAG_EXTERNAL != 0 {
+        "external"
+    } else {
+        "cluster-ip"
+    }
 }
 
 /// Conntrack size and timeouts, as pinned.
@@ -258,9 +300,18 @@ pub fn print_text(
             Some(t) => format!(" affinity=ClientIP/{t}s"),
             None => String::new(),
         };
+        let kind = match e.kind.as_str() {
+            "" | "cluster-ip" => String::new(),
+            k => format!(" {k}"),
+        };
+        let ranges = if e.source_ranges.is_empty() {
+            String::new()
+        } else {
+            format!(" source-ranges={}", e.source_ranges.join(","))
+        };
         writeln!(
             out,
-            "{vip}/{} id={}{affinity} backends={} packets={} bytes={}",
+            "{vip}/{}{kind} id={}{affinity}{ranges} backends={} packets={} bytes={}",
             e.protocol,
             e.svc_id,
             e.backends.len(),
@@ -271,7 +322,23 @@ pub fn print_text(
             writeln!(out, "  (no endpoints: {})", e.no_endpoints)?;
         }
         for b in &e.backends {
-            writeln!(out, "  -> {b}")?;
+            let local = if e.local_backends.contains(b) {
+                " (local)"
+            } else {
+                ""
+            };
+            writeln!(out, "  -> {b}{local}")?;
+        }
+        if let Some(local) = &e.external_local {
+            writeln!(
+                out,
+                "  from outside (externalTrafficPolicy: Local): {}",
+                if local.is_empty() {
+                    "drop (no endpoint on this node)".to_string()
+                } else {
+                    local.join(" ")
+                }
+            )?;
         }
     }
     Ok(())

@@ -4,17 +4,20 @@
 //! datapath really holds) go through [`PinnedMaps::read_installed`]: the maps are the truth,
 //! never the agent's memory.
 
-use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use clusterip_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, CT_DIR_REPLY, CT_FLAG_HAIRPIN, Ct4Key,
-    Ct4Value, Ct6Key, Ct6Value, DatapathConfigValue, MaglevValue, SVC_FLAG_WILDCARD, Service4Key,
-    Service6Key, ServiceValue, SockFlowKey, SockFlowValue, SvcStats, ip4_from_net, ip6_from_net,
-    map_names, port_from_net,
+    AffinityKey, AffinityValue, BE_FLAG_LOCAL, Backend4, Backend6, CT_DIR_REPLY, CT_FLAG_HAIRPIN,
+    Ct4Key, Ct4Value, Ct6Key, Ct6Value, DatapathConfigValue, MaglevValue, SCOPE_DEFAULT,
+    SCOPE_EXTERNAL, SVC_FLAG_WILDCARD, Service4Key, Service6Key, ServiceValue, SockFlowKey,
+    SockFlowValue, SourceRange4, SourceRange6, SvcStats, ip4_from_net, ip4_to_net, ip6_from_net,
+    ip6_to_net, map_names, port_from_net,
 };
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::model::table::{Backend, Frontend, Protocol};
 
@@ -64,14 +67,23 @@ pub struct InstalledFrontend {
 /// Everything the service and backend maps hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Installed {
+    /// Scope-0 frontends: every frontend, as traffic from this node (and from outside, unless
+    /// it has `SVC_FLAG_EXT_LOCAL`) sees it.
     pub frontends: BTreeMap<Frontend, InstalledFrontend>,
+    /// Scope-1 frontends: the outside view of `externalTrafficPolicy: Local` frontends (this
+    /// node's endpoints only), with their own service ids, slots and backend ids.
+    pub external_local: BTreeMap<Frontend, InstalledFrontend>,
     /// VIPs with a wildcard entry, and its flags.
     pub wildcards: BTreeMap<IpAddr, u16>,
     /// By backend id. Hashed, not ordered: nothing walks it in order, and 100,000 entries
     /// take about 3.5 MB this way against about 8 MB in a BTreeMap.
     pub backends: StdHashMap<u32, BackendAddr>,
-    /// Slot entries (slot >= 1) that belong to no frontend or lie beyond its count.
-    pub stray_slots: Vec<(Frontend, u16)>,
+    /// Slot entries (slot >= 1) that belong to no frontend or lie beyond its count:
+    /// (frontend, scope, slot).
+    pub stray_slots: Vec<(Frontend, u8, u16)>,
+    /// `loadBalancerSourceRanges` in `CIP_SRCRANGE4/6`, by the service id of the (scope-0)
+    /// frontend they belong to (empty without the per-packet maps).
+    pub source_ranges: BTreeMap<u32, BTreeSet<IpNet>>,
     /// svc_id -> fingerprint ([`maglev_fingerprint`]) of its Maglev table, for every
     /// table in `CIP_MAGLEV` (empty without the per-packet maps).
     pub maglev: BTreeMap<u32, u64>,
@@ -99,6 +111,8 @@ pub struct PacketMaps {
     pub ct4: HashMap<MapData, Ct4Key, Ct4Value>,
     pub ct6: HashMap<MapData, Ct6Key, Ct6Value>,
     pub stats: PerCpuArray<MapData, SvcStats>,
+    pub ranges4: LpmTrie<MapData, SourceRange4, u8>,
+    pub ranges6: LpmTrie<MapData, SourceRange6, u8>,
 }
 
 impl PacketMaps {
@@ -112,7 +126,76 @@ impl PacketMaps {
             ct4: open(dir, map_names::CONNTRACK_V4)?,
             ct6: open(dir, map_names::CONNTRACK_V6)?,
             stats: open_map(dir, map_names::STATS)?,
+            ranges4: open_map(dir, map_names::SOURCE_RANGES_V4)?,
+            ranges6: open_map(dir, map_names::SOURCE_RANGES_V6)?,
         }))
+    }
+
+    /// Adds (`insert`) or removes one source range of the frontend with service id `svc_id`.
+    pub fn set_source_range(
+        &mut self,
+        svc_id: u32,
+        range: IpNet,
+        insert: bool,
+    ) -> Result<(), MapsError> {
+        let op = || {
+            format!(
+                "{} {range} of service id {svc_id}",
+                if insert { "add" } else { "delete" }
+            )
+        };
+        let r = match range {
+            IpNet::V4(n) => {
+                let key = range4_key(svc_id, n);
+                let r = if insert {
+                    self.ranges4.insert(&key, &1, 0)
+                } else {
+                    self.ranges4.remove(&key)
+                };
+                r.map_err(|e| (e, map_names::SOURCE_RANGES_V4))
+            }
+            IpNet::V6(n) => {
+                let key = range6_key(svc_id, n);
+                let r = if insert {
+                    self.ranges6.insert(&key, &1, 0)
+                } else {
+                    self.ranges6.remove(&key)
+                };
+                r.map_err(|e| (e, map_names::SOURCE_RANGES_V6))
+            }
+        };
+        match r {
+            Ok(()) => Ok(()),
+            // Deleting what is not there is done already.
+            Err((e, _)) if !insert && is_missing(&e) => Ok(()),
+            Err((e, name)) => Err(op_err(name, op())(e)),
+        }
+    }
+
+    /// Every source range in the tries, by service id.
+    fn read_source_ranges(&self) -> Result<BTreeMap<u32, BTreeSet<IpNet>>, MapsError> {
+        let mut out: BTreeMap<u32, BTreeSet<IpNet>> = BTreeMap::new();
+        for key in self.ranges4.keys() {
+            let key = key.map_err(op_err(map_names::SOURCE_RANGES_V4, "iterate"))?;
+            let d = key.data();
+            let len = key.prefix_len().saturating_sub(32).min(32) as u8;
+            if let Ok(n) = Ipv4Net::new(ip4_from_net(d.addr), len) {
+                out.entry(u32::from_be(d.svc_id_be))
+                    .or_default()
+                    .insert(IpNet::V4(n));
+            }
+        }
+        for key in self.ranges6.keys() {
+            let key = key.map_err(op_err(map_names::SOURCE_RANGES_V6, "iterate"))?;
+            let d = key.data();
+            let len = key.prefix_len().saturating_sub(32).min(128) as u8;
+            if let Ok(n) = Ipv6Net::new(ip6_from_net(d.addr), len) {
+                out.entry(u32::from_be(d.svc_id_be))
+                    .or_default()
+                    .insert(IpNet::V6(n));
+            }
+        }
+        Ok(out)
     }
 
     /// Sum over CPUs of the counters of `svc_id` (zero when out of range).
@@ -144,6 +227,25 @@ impl PacketMaps {
             .set(svc_id, zeros, 0)
             .map_err(op_err(map_names::STATS, op()))
     }
+}
+
+/// The `CIP_SRCRANGE4` key of `range` for service id `svc_id`: the id's 32 bits, then the
+/// range's prefix.
+pub fn range4_key(svc_id: u32, range: Ipv4Net) -> LpmKey<SourceRange4> {
+    let data = SourceRange4 {
+        svc_id_be: svc_id.to_be(),
+        addr: ip4_to_net(range.network()),
+    };
+    LpmKey::new(32 + u32::from(range.prefix_len()), data)
+}
+
+/// [`range4_key`] for `CIP_SRCRANGE6`.
+pub fn range6_key(svc_id: u32, range: Ipv6Net) -> LpmKey<SourceRange6> {
+    let data = SourceRange6 {
+        svc_id_be: svc_id.to_be(),
+        addr: ip6_to_net(range.network()),
+    };
+    LpmKey::new(32 + u32::from(range.prefix_len()), data)
 }
 
 /// A conntrack key of either family (`Ct4Key`, `Ct6Key`) with its value type, so that code
@@ -285,6 +387,15 @@ pub fn write_config(dir: &Path, v: &DatapathConfigValue) -> Result<bool, MapsErr
     Ok(true)
 }
 
+/// Whether a failed delete failed because the key was not there.
+pub(crate) fn is_missing(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 /// Opens a pinned map as any typed aya map.
 fn open_map<T>(dir: &Path, name: &'static str) -> Result<T, MapsError>
 where
@@ -332,10 +443,10 @@ impl PinnedMaps {
     /// Reads the service and backend maps.
     pub fn read_installed(&self) -> Result<Installed, MapsError> {
         let mut out = Installed::default();
-        // (frontend, slot) -> backend id, for slots >= 1.
-        let mut slots: BTreeMap<(Frontend, u16), u32> = BTreeMap::new();
-        let mut visit = |vip: IpAddr, port: u16, proto: u8, slot: u16, v: ServiceValue| {
-            if slot == 0 && v.flags & SVC_FLAG_WILDCARD != 0 {
+        // (frontend, scope, slot) -> backend id, for slots >= 1.
+        let mut slots: BTreeMap<(Frontend, u8, u16), u32> = BTreeMap::new();
+        let mut visit = |vip: IpAddr, port: u16, proto: u8, slot: u16, scope: u8, v: ServiceValue| {
+            if slot == 0 && scope == SCOPE_DEFAULT && v.flags & SVC_FLAG_WILDCARD != 0 {
                 out.wildcards.insert(vip, v.flags);
                 return;
             }
@@ -347,8 +458,13 @@ impl PinnedMaps {
                 port: port_from_net(port),
                 protocol,
             };
+            let frontends = match scope {
+                SCOPE_DEFAULT => &mut out.frontends,
+                SCOPE_EXTERNAL => &mut out.external_local,
+                _ => return,
+            };
             if slot == 0 {
-                out.frontends.insert(
+                frontends.insert(
                     fe,
                     InstalledFrontend {
                         svc_id: v.svc_id,
@@ -358,36 +474,41 @@ impl PinnedMaps {
                     },
                 );
             } else {
-                slots.insert((fe, slot), v.backend_id);
+                slots.insert((fe, scope, slot), v.backend_id);
             }
         };
         for item in self.svc4.iter() {
             let (k, v) = item.map_err(op_err(map_names::SERVICES_V4, "iterate"))?;
-            visit(IpAddr::V4(ip4_from_net(k.addr)), k.port, k.proto, k.slot, v);
+            visit(IpAddr::V4(ip4_from_net(k.addr)), k.port, k.proto, k.slot, k.scope, v);
         }
         for item in self.svc6.iter() {
             let (k, v) = item.map_err(op_err(map_names::SERVICES_V6, "iterate"))?;
-            visit(IpAddr::V6(ip6_from_net(k.addr)), k.port, k.proto, k.slot, v);
+            visit(IpAddr::V6(ip6_from_net(k.addr)), k.port, k.proto, k.slot, k.scope, v);
         }
-        for ((fe, slot), id) in slots {
-            match out.frontends.get_mut(&fe) {
+        for ((fe, scope, slot), id) in slots {
+            let frontends = if scope == SCOPE_DEFAULT {
+                &mut out.frontends
+            } else {
+                &mut out.external_local
+            };
+            match frontends.get_mut(&fe) {
                 Some(f) if usize::from(slot) <= f.slots.len() => {
                     f.slots[usize::from(slot) - 1] = id
                 }
-                _ => out.stray_slots.push((fe, slot)),
+                _ => out.stray_slots.push((fe, scope, slot)),
             }
         }
         for item in self.be4.iter() {
             let (id, b) = item.map_err(op_err(map_names::BACKENDS_V4, "iterate"))?;
             if let Some(protocol) = Protocol::from_number(b.proto) {
-                let addr = Backend::new(IpAddr::V4(ip4_from_net(b.addr)), port_from_net(b.port));
+                let addr = backend(IpAddr::V4(ip4_from_net(b.addr)), b.port, b.flags);
                 out.backends.insert(id, BackendAddr { addr, protocol });
             }
         }
         for item in self.be6.iter() {
             let (id, b) = item.map_err(op_err(map_names::BACKENDS_V6, "iterate"))?;
             if let Some(protocol) = Protocol::from_number(b.proto) {
-                let addr = Backend::new(IpAddr::V6(ip6_from_net(b.addr)), port_from_net(b.port));
+                let addr = backend(IpAddr::V6(ip6_from_net(b.addr)), b.port, b.flags);
                 out.backends.insert(id, BackendAddr { addr, protocol });
             }
         }
@@ -397,8 +518,19 @@ impl PinnedMaps {
                 out.maglev
                     .insert(svc_id, maglev_fingerprint(&table.backend_ids));
             }
+            out.source_ranges = p.read_source_ranges()?;
         }
         Ok(out)
+    }
+}
+
+/// A backend as a map holds it (port in network order, `BE_FLAG_*`).
+fn backend(ip: IpAddr, port_net: u16, flags: u8) -> Backend {
+    let port = port_from_net(port_net);
+    if flags & BE_FLAG_LOCAL != 0 {
+        Backend::local(ip, port)
+    } else {
+        Backend::new(ip, port)
     }
 }
 

@@ -21,22 +21,27 @@
 //! smallest free id and its counters are zeroed. When backends go, the conntrack entries of
 //! their UDP flows are deleted (as kube-proxy's conntrack cleanup does); TCP flows expire.
 
-use std::collections::{BTreeSet, HashMap as StdHashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::Path;
 
 use aya::maps::{HashMap, MapData};
 use clusterip_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, CT_DIR_FORWARD, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS_PER_SERVICE, MAX_SVC_ID, MaglevValue, PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_DROP,
-    Service4Key, Service6Key, ServiceValue, SockFlowValue, map_names,
+    AffinityKey, AffinityValue, BE_FLAG_LOCAL, Backend4, Backend6, CT_DIR_FORWARD,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_SVC_ID, MaglevValue, PROTO_UDP,
+    SCOPE_DEFAULT, SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_EXT_LOCAL,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR, SVC_FLAG_SOURCE_RANGE, Service4Key, Service6Key,
+    ServiceValue, SockFlowValue, map_names,
 };
+use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use crate::datapath::maps::{
     self, BackendAddr, CtKey, Installed, InstalledFrontend, MapsError, PinnedMaps, op_err,
 };
-use crate::model::table::{Backend, DesiredTable, Frontend, NoEndpoints, ServiceEntry};
+use crate::model::table::{
+    Backend, DesiredTable, Frontend, FrontendKind, NoEndpoints, ServiceEntry,
+};
 use crate::sync::maglev;
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +122,11 @@ struct Pending {
     slots6: Vec<(Service6Key, ServiceValue)>,
     heads4: Vec<(Service4Key, ServiceValue)>,
     heads6: Vec<(Service6Key, ServiceValue)>,
-    trims: Vec<(IpAddr, u16, u8, u16)>,
+    /// Source ranges to add (with the slots, before the frontend that turns them on) and to
+    /// delete (with the trims, after it), by service id.
+    ranges_add: Vec<(u32, IpNet)>,
+    ranges_del: Vec<(u32, IpNet)>,
+    trims: Vec<SvcAt>,
 }
 
 /// Backend ids an apply took out of their frontend.
@@ -187,7 +196,12 @@ impl Syncer {
         let installed = self.maps.read_installed()?;
         let max_backend = installed.backends.keys().max().copied().unwrap_or(0);
         self.next_backend_id = self.next_backend_id.max(max_backend.saturating_add(1));
-        self.svc_ids = installed.frontends.values().map(|f| f.svc_id).collect();
+        self.svc_ids = installed
+            .frontends
+            .values()
+            .chain(installed.external_local.values())
+            .map(|f| f.svc_id)
+            .collect();
         self.maglev_checked.clear();
         debug!(
             frontends = installed.frontends.len(),
@@ -211,7 +225,12 @@ impl Syncer {
         }
         // Backends are of their VIP's family and belong to one frontend each: counting slots
         // avoids walking 100,000 backends after every sync.
-        for (fe, f) in &self.installed.frontends {
+        for (fe, f) in self
+            .installed
+            .frontends
+            .iter()
+            .chain(&self.installed.external_local)
+        {
             let fam = usize::from(fe.vip.is_ipv6());
             svc[fam] += 1 + f.slots.len() as u64;
             be[fam] += f.slots.len() as u64;
@@ -272,8 +291,15 @@ impl Syncer {
         }
         self.flush()?;
         for fe in touched {
-            if !desired.services.contains_key(fe) {
-                self.remove_frontend(*fe, &mut st, &mut removed)?;
+            match desired.services.get(fe) {
+                None => {
+                    self.remove_frontend(*fe, SCOPE_DEFAULT, &mut st, &mut removed)?;
+                    self.remove_frontend(*fe, SCOPE_EXTERNAL, &mut st, &mut removed)?;
+                }
+                Some(e) if e.external_local.is_none() => {
+                    self.remove_frontend(*fe, SCOPE_EXTERNAL, &mut st, &mut removed)?;
+                }
+                Some(_) => {}
             }
         }
         // Backend ids are per frontend: an id a frontend dropped is used by nobody.
@@ -287,7 +313,7 @@ impl Syncer {
         // Wildcards of VIPs that lost their last frontend.
         for vip in vips {
             if self.installed.wildcards.contains_key(&vip) && desired.wildcard(vip).is_none() {
-                self.delete_svc(vip, 0, 0, 0)?;
+                self.delete_svc(SvcAt::wildcard(vip))?;
                 self.installed.wildcards.remove(&vip);
                 st.deletes += 1;
             }
@@ -299,32 +325,60 @@ impl Syncer {
         Ok(st)
     }
 
-    /// Removes one installed frontend: slot 0 first, so nothing new picks it, then its slots
-    /// and Maglev table; its backend ids go to `removed`.
+    /// The installed frontends of `scope`.
+    fn scoped(&mut self, scope: u8) -> &mut BTreeMap<Frontend, InstalledFrontend> {
+        if scope == SCOPE_EXTERNAL {
+            &mut self.installed.external_local
+        } else {
+            &mut self.installed.frontends
+        }
+    }
+
+    /// Removes one installed frontend of `scope`: slot 0 first, so nothing new picks it, then
+    /// its slots, Maglev table and source ranges; its backend ids go to `removed`. Scope 0
+    /// goes before scope 1 (whose absence the datapath reads as "drop" while scope 0 still
+    /// says `SVC_FLAG_EXT_LOCAL`).
     fn remove_frontend(
         &mut self,
         fe: Frontend,
+        scope: u8,
         st: &mut SyncStats,
         removed: &mut Removed,
     ) -> Result<(), SyncError> {
-        let Some(old) = self.installed.frontends.remove(&fe) else {
+        let Some(old) = self.scoped(scope).remove(&fe) else {
             return Ok(());
         };
-        self.delete_svc(fe.vip, fe.port, fe.protocol.number(), 0)?;
+        self.delete_svc(SvcAt::of(&fe, scope, 0))?;
         st.deletes += 1;
         for slot in 1..=old.slots.len() {
-            self.delete_svc(fe.vip, fe.port, fe.protocol.number(), slot_u16(slot))?;
+            self.delete_svc(SvcAt::of(&fe, scope, slot_u16(slot)))?;
             st.deletes += 1;
         }
         if self.installed.maglev.contains_key(&old.svc_id) {
             st.deletes += 1;
         }
         self.delete_maglev(old.svc_id)?;
+        st.deletes += self.delete_source_ranges(old.svc_id)?;
         self.svc_ids.remove(&old.svc_id);
         removed.extend(old.slots);
-        st.frontends_removed += 1;
-        debug!(%fe, "frontend removed");
+        if scope == SCOPE_DEFAULT {
+            st.frontends_removed += 1;
+            debug!(%fe, "frontend removed");
+        }
         Ok(())
+    }
+
+    /// Deletes every source range of service id `svc_id`; returns how many.
+    fn delete_source_ranges(&mut self, svc_id: u32) -> Result<usize, SyncError> {
+        let Some(ranges) = self.installed.source_ranges.remove(&svc_id) else {
+            return Ok(0);
+        };
+        if let Some(p) = &mut self.maps.packet {
+            for r in &ranges {
+                p.set_source_range(svc_id, *r, false)?;
+            }
+        }
+        Ok(ranges.len())
     }
 
     /// The smallest service id >= 1 not in use; it indexes `CIP_STATS`, hence < MAX_SVC_ID.
@@ -361,7 +415,8 @@ impl Syncer {
         // Everything new is in place before anything old goes.
         self.flush()?;
 
-        // Frontends that are no longer wanted: frontend first, so nothing new picks them.
+        // Frontends that are no longer wanted: frontend first, so nothing new picks them;
+        // then the outside views (scope 1) that are no longer wanted.
         let gone: Vec<Frontend> = self
             .installed
             .frontends
@@ -370,7 +425,40 @@ impl Syncer {
             .copied()
             .collect();
         for fe in gone {
-            self.remove_frontend(fe, &mut st, &mut removed_backends)?;
+            self.remove_frontend(fe, SCOPE_DEFAULT, &mut st, &mut removed_backends)?;
+        }
+        let gone: Vec<Frontend> = self
+            .installed
+            .external_local
+            .keys()
+            .filter(|fe| {
+                desired
+                    .services
+                    .get(fe)
+                    .is_none_or(|e| e.external_local.is_none())
+            })
+            .copied()
+            .collect();
+        for fe in gone {
+            self.remove_frontend(fe, SCOPE_EXTERNAL, &mut st, &mut removed_backends)?;
+        }
+
+        // Source ranges of no frontend (a crash of an earlier agent).
+        let owners: BTreeSet<u32> = self
+            .installed
+            .frontends
+            .values()
+            .map(|f| f.svc_id)
+            .collect();
+        let stray_ranges: Vec<u32> = self
+            .installed
+            .source_ranges
+            .keys()
+            .filter(|id| !owners.contains(id))
+            .copied()
+            .collect();
+        for id in stray_ranges {
+            st.deletes += self.delete_source_ranges(id)?;
         }
 
         // Maglev tables of no frontend (a crash of an earlier agent), or all of them when
@@ -379,6 +467,7 @@ impl Syncer {
             self.installed
                 .frontends
                 .values()
+                .chain(self.installed.external_local.values())
                 .map(|f| f.svc_id)
                 .collect()
         } else {
@@ -397,8 +486,8 @@ impl Syncer {
         }
 
         // Stray slot entries (a crash mid-update of an earlier agent).
-        for (fe, slot) in std::mem::take(&mut self.installed.stray_slots) {
-            self.delete_svc(fe.vip, fe.port, fe.protocol.number(), slot)?;
+        for (fe, scope, slot) in std::mem::take(&mut self.installed.stray_slots) {
+            self.delete_svc(SvcAt::of(&fe, scope, slot))?;
             st.deletes += 1;
         }
 
@@ -407,6 +496,7 @@ impl Syncer {
             .installed
             .frontends
             .values()
+            .chain(self.installed.external_local.values())
             .flat_map(|f| f.slots.iter().copied())
             .collect();
         let orphans: Vec<u32> = self
@@ -432,7 +522,7 @@ impl Syncer {
             .copied()
             .collect();
         for vip in stale {
-            self.delete_svc(vip, 0, 0, 0)?;
+            self.delete_svc(SvcAt::wildcard(vip))?;
             self.installed.wildcards.remove(&vip);
             st.deletes += 1;
         }
@@ -444,6 +534,9 @@ impl Syncer {
         Ok(st)
     }
 
+    /// Installs one frontend: its outside view first (scope 1, `externalTrafficPolicy:
+    /// Local`), then its source ranges, then the frontend itself (scope 0), whose flags turn
+    /// both on. Removing what is no longer wanted happens after the flush.
     fn apply_frontend(
         &mut self,
         fe: &Frontend,
@@ -451,12 +544,115 @@ impl Syncer {
         st: &mut SyncStats,
         removed: &mut Removed,
     ) -> Result<(), SyncError> {
-        let proto = fe.protocol.number();
-        let old = self.installed.frontends.get(fe).cloned();
-        let svc_id = match &old {
-            Some(o) => o.svc_id,
-            None => self.alloc_svc_id()?,
+        let mut common = 0;
+        if entry.affinity_timeout_s.is_some() {
+            common |= SVC_FLAG_AFFINITY;
+        }
+        if entry.external() {
+            common |= SVC_FLAG_EXTERNAL;
+        }
+        if entry.kind == FrontendKind::NodePort {
+            common |= SVC_FLAG_NODE_ADDR;
+        }
+        let mut flags = common;
+        if let Some(local) = &entry.external_local {
+            // Without a local endpoint the datapath drops whatever the flags say.
+            let drop = if local.is_empty() { SVC_FLAG_DROP } else { 0 };
+            let svc_id = self.svc_id_of(fe, SCOPE_EXTERNAL)?;
+            let scoped = Scoped {
+                fe,
+                scope: SCOPE_EXTERNAL,
+                svc_id,
+                flags: common | drop,
+            };
+            self.apply_scoped(&scoped, entry, local, st, removed)?;
+            flags |= SVC_FLAG_EXT_LOCAL;
+        }
+        if entry.backends.is_empty() && entry.no_endpoints == NoEndpoints::Drop {
+            flags |= SVC_FLAG_DROP;
+        }
+        let svc_id = self.svc_id_of(fe, SCOPE_DEFAULT)?;
+        if self.queue_source_ranges(fe, svc_id, &entry.source_ranges, st) {
+            flags |= SVC_FLAG_SOURCE_RANGE;
+        }
+        let scoped = Scoped {
+            fe,
+            scope: SCOPE_DEFAULT,
+            svc_id,
+            flags,
         };
+        let old = self.installed.frontends.get(fe).cloned();
+        let new = self.apply_scoped(&scoped, entry, &entry.backends, st, removed)?;
+        match &old {
+            None => {
+                st.frontends_added += 1;
+                debug!(%fe, service = %entry.service, backends = entry.backends.len(), "frontend added");
+            }
+            Some(o) if *o != new => {
+                st.frontends_updated += 1;
+                debug!(%fe, service = %entry.service, backends = entry.backends.len(), "frontend updated");
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The service id of `fe` in `scope`: the installed one, or a new one.
+    fn svc_id_of(&mut self, fe: &Frontend, scope: u8) -> Result<u32, SyncError> {
+        match self.scoped(scope).get(fe) {
+            Some(f) => Ok(f.svc_id),
+            None => self.alloc_svc_id(),
+        }
+    }
+
+    /// Queues the source ranges of `fe` (service id `svc_id`) that are not installed, and the
+    /// deletion of those installed that are no longer wanted. Ranges of the other address
+    /// family are ignored (kube-proxy's per-family proxiers never see them); returns whether
+    /// any is left, which turns `SVC_FLAG_SOURCE_RANGE` on.
+    fn queue_source_ranges(
+        &mut self,
+        fe: &Frontend,
+        svc_id: u32,
+        ranges: &[IpNet],
+        st: &mut SyncStats,
+    ) -> bool {
+        let wanted: BTreeSet<IpNet> = ranges
+            .iter()
+            .filter(|r| matches!(r, IpNet::V4(_)) == fe.vip.is_ipv4())
+            .map(IpNet::trunc)
+            .collect();
+        if self.maps.packet.is_none() {
+            return false;
+        }
+        let installed = self.installed.source_ranges.remove(&svc_id).unwrap_or_default();
+        for r in wanted.difference(&installed) {
+            self.pending.ranges_add.push((svc_id, *r));
+            st.writes += 1;
+        }
+        for r in installed.difference(&wanted) {
+            self.pending.ranges_del.push((svc_id, *r));
+            st.deletes += 1;
+        }
+        let any = !wanted.is_empty();
+        if any {
+            self.installed.source_ranges.insert(svc_id, wanted);
+        }
+        any
+    }
+
+    /// Writes one frontend of one scope with `backends` (make-before-break: backends, Maglev
+    /// table, slots, then slot 0 with the count; trims last) and returns what is installed.
+    fn apply_scoped(
+        &mut self,
+        sc: &Scoped,
+        entry: &ServiceEntry,
+        backends: &[Backend],
+        st: &mut SyncStats,
+        removed: &mut Removed,
+    ) -> Result<InstalledFrontend, SyncError> {
+        let fe = sc.fe;
+        let svc_id = sc.svc_id;
+        let old = self.scoped(sc.scope).get(fe).cloned();
 
         // 1. Backends: reuse this frontend's ids (found through its own slots: ids are per
         // frontend), write the new ones.
@@ -469,8 +665,8 @@ impl Syncer {
                     .collect()
             })
             .unwrap_or_default();
-        let mut members: Vec<(Backend, u32)> = Vec::with_capacity(entry.backends.len());
-        for addr in &entry.backends {
+        let mut members: Vec<(Backend, u32)> = Vec::with_capacity(backends.len());
+        for addr in backends {
             let key = BackendAddr {
                 addr: *addr,
                 protocol: fe.protocol,
@@ -518,9 +714,8 @@ impl Syncer {
                     svc_id,
                     ..Default::default()
                 };
-                let full =
-                    self.queue_svc(SvcPhase::Slot, fe.vip, fe.port, proto, slot_u16(i + 1), v);
-                if let Some(phase) = full {
+                if let Some(phase) = self.queue_svc(SvcPhase::Slot, SvcAt::of(fe, sc.scope, slot_u16(i + 1)), v)
+                {
                     self.flush_through(phase)?;
                 }
                 st.writes += 1;
@@ -528,16 +723,9 @@ impl Syncer {
         }
 
         // 3. The frontend, which publishes the new count.
-        let mut flags = 0;
-        if entry.affinity_timeout_s.is_some() {
-            flags |= SVC_FLAG_AFFINITY;
-        }
-        if entry.backends.is_empty() && entry.no_endpoints == NoEndpoints::Drop {
-            flags |= SVC_FLAG_DROP;
-        }
         let new_fe = InstalledFrontend {
             svc_id,
-            flags,
+            flags: sc.flags,
             affinity_timeout_s: entry.affinity_timeout_s.unwrap_or(0),
             slots,
         };
@@ -550,11 +738,11 @@ impl Syncer {
             let v = ServiceValue {
                 backend_id: 0,
                 count: slot_u16(new_fe.slots.len()),
-                flags,
+                flags: new_fe.flags,
                 svc_id,
                 affinity_timeout_s: new_fe.affinity_timeout_s,
             };
-            if let Some(phase) = self.queue_svc(SvcPhase::Head, fe.vip, fe.port, proto, 0, v) {
+            if let Some(phase) = self.queue_svc(SvcPhase::Head, SvcAt::of(fe, sc.scope, 0), v) {
                 self.flush_through(phase)?;
             }
             st.writes += 1;
@@ -562,9 +750,7 @@ impl Syncer {
 
         // 4. Trim slots beyond the new count.
         for slot in new_fe.slots.len() + 1..=old_slots.len() {
-            self.pending
-                .trims
-                .push((fe.vip, fe.port, proto, slot_u16(slot)));
+            self.pending.trims.push(SvcAt::of(fe, sc.scope, slot_u16(slot)));
             st.deletes += 1;
         }
         for id in old_slots {
@@ -572,20 +758,8 @@ impl Syncer {
                 removed.insert(*id);
             }
         }
-
-        match &old {
-            None => {
-                st.frontends_added += 1;
-                debug!(%fe, service = %entry.service, backends = entry.backends.len(), "frontend added");
-            }
-            Some(o) if *o != new_fe => {
-                st.frontends_updated += 1;
-                debug!(%fe, service = %entry.service, backends = entry.backends.len(), "frontend updated");
-            }
-            Some(_) => {}
-        }
-        self.installed.frontends.insert(*fe, new_fe);
-        Ok(())
+        self.scoped(sc.scope).insert(*fe, new_fe.clone());
+        Ok(new_fe)
     }
 
     /// Deletes affinity and socket-flow entries that name one of the `removed` backend ids.
@@ -603,6 +777,7 @@ impl Syncer {
             .installed
             .frontends
             .values()
+            .chain(self.installed.external_local.values())
             .flat_map(|f| f.slots.iter().map(move |id| (f.svc_id, *id)))
             .collect();
         self.purge_lru_where(
@@ -652,7 +827,7 @@ impl Syncer {
                 ..Default::default()
             };
             // Never full (see queue_svc).
-            let _ = self.queue_svc(SvcPhase::Wildcard, vip, 0, 0, 0, v);
+            let _ = self.queue_svc(SvcPhase::Wildcard, SvcAt::wildcard(vip), v);
             self.installed.wildcards.insert(vip, flags);
             st.writes += 1;
         }
@@ -668,24 +843,16 @@ impl Syncer {
 
     /// Queues a service-map write; returns the phase to flush through when its queue is
     /// full (wildcards never fill one: there is one per VIP, and they are flushed first).
-    fn queue_svc(
-        &mut self,
-        phase: SvcPhase,
-        vip: IpAddr,
-        port: u16,
-        proto: u8,
-        slot: u16,
-        v: ServiceValue,
-    ) -> Option<Phase> {
+    fn queue_svc(&mut self, phase: SvcPhase, at: SvcAt, v: ServiceValue) -> Option<Phase> {
         let p = &mut self.pending;
-        let queued = match vip {
+        let queued = match at.vip {
             IpAddr::V4(a) => {
                 let q = match phase {
                     SvcPhase::Wildcard => &mut p.wild4,
                     SvcPhase::Slot => &mut p.slots4,
                     SvcPhase::Head => &mut p.heads4,
                 };
-                q.push((Service4Key::new(a, port, proto, slot), v));
+                q.push((Service4Key::scoped(a, at.port, at.proto, at.slot, at.scope), v));
                 q.len()
             }
             IpAddr::V6(a) => {
@@ -694,7 +861,7 @@ impl Syncer {
                     SvcPhase::Slot => &mut p.slots6,
                     SvcPhase::Head => &mut p.heads6,
                 };
-                q.push((Service6Key::new(a, port, proto, slot), v));
+                q.push((Service6Key::scoped(a, at.port, at.proto, at.slot, at.scope), v));
                 q.len()
             }
         };
@@ -712,11 +879,15 @@ impl Syncer {
         let port = b.addr.port;
         let queued = match b.addr.ip {
             IpAddr::V4(ip) => {
-                self.pending.be4.push((id, Backend4::new(ip, port, proto)));
+                let mut v = Backend4::new(ip, port, proto);
+                v.flags = backend_flags(&b.addr);
+                self.pending.be4.push((id, v));
                 self.pending.be4.len()
             }
             IpAddr::V6(ip) => {
-                self.pending.be6.push((id, Backend6::new(ip, port, proto)));
+                let mut v = Backend6::new(ip, port, proto);
+                v.flags = backend_flags(&b.addr);
+                self.pending.be6.push((id, v));
                 self.pending.be6.len()
             }
         };
@@ -758,6 +929,12 @@ impl Syncer {
             }
         }
         if last >= Phase::Slot {
+            let adds = std::mem::take(&mut self.pending.ranges_add);
+            if let Some(pm) = &mut self.maps.packet {
+                for (svc_id, r) in adds {
+                    pm.set_source_range(svc_id, r, true)?;
+                }
+            }
             let p = std::mem::take(&mut self.pending.slots4);
             write_batch(&mut self.maps.svc4, &p, map_names::SERVICES_V4)?;
             let p = std::mem::take(&mut self.pending.slots6);
@@ -770,8 +947,14 @@ impl Syncer {
             write_batch(&mut self.maps.svc6, &p, map_names::SERVICES_V6)?;
         }
         if last >= Phase::Trim {
-            for (vip, port, proto, slot) in std::mem::take(&mut self.pending.trims) {
-                self.delete_svc(vip, port, proto, slot)?;
+            for at in std::mem::take(&mut self.pending.trims) {
+                self.delete_svc(at)?;
+            }
+            let dels = std::mem::take(&mut self.pending.ranges_del);
+            if let Some(pm) = &mut self.maps.packet {
+                for (svc_id, r) in dels {
+                    pm.set_source_range(svc_id, r, false)?;
+                }
             }
         }
         Ok(())
@@ -799,24 +982,18 @@ impl Syncer {
         Ok(purge_udp_ct_in(&mut p.ct4, &gone)? + purge_udp_ct_in(&mut p.ct6, &gone)?)
     }
 
-    fn delete_svc(
-        &mut self,
-        vip: IpAddr,
-        port: u16,
-        proto: u8,
-        slot: u16,
-    ) -> Result<(), SyncError> {
-        match vip {
+    fn delete_svc(&mut self, at: SvcAt) -> Result<(), SyncError> {
+        match at.vip {
             IpAddr::V4(a) => ignore_missing(
                 self.maps
                     .svc4
-                    .remove(&Service4Key::new(a, port, proto, slot)),
+                    .remove(&Service4Key::scoped(a, at.port, at.proto, at.slot, at.scope)),
                 map_names::SERVICES_V4,
             ),
             IpAddr::V6(a) => ignore_missing(
                 self.maps
                     .svc6
-                    .remove(&Service6Key::new(a, port, proto, slot)),
+                    .remove(&Service6Key::scoped(a, at.port, at.proto, at.slot, at.scope)),
                 map_names::SERVICES_V6,
             ),
         }
@@ -830,6 +1007,53 @@ impl Syncer {
             _ => ignore_missing(self.maps.be4.remove(&id), map_names::BACKENDS_V4),
         }
     }
+}
+
+/// A service-map key: the address, port, protocol, scope and slot (the wildcard entry of an
+/// address has port, protocol, scope and slot 0).
+#[derive(Clone, Copy, Debug)]
+struct SvcAt {
+    vip: IpAddr,
+    port: u16,
+    proto: u8,
+    scope: u8,
+    slot: u16,
+}
+
+impl SvcAt {
+    fn wildcard(vip: IpAddr) -> Self {
+        SvcAt {
+            vip,
+            port: 0,
+            proto: 0,
+            scope: SCOPE_DEFAULT,
+            slot: 0,
+        }
+    }
+
+    fn of(fe: &Frontend, scope: u8, slot: u16) -> Self {
+        SvcAt {
+            vip: fe.vip,
+            port: fe.port,
+            proto: fe.protocol.number(),
+            scope,
+            slot,
+        }
+    }
+}
+
+/// One frontend of one scope as [`Syncer::apply_scoped`] writes it.
+struct Scoped<'a> {
+    fe: &'a Frontend,
+    scope: u8,
+    svc_id: u32,
+    /// Its slot-0 flags (`SVC_FLAG_*`).
+    flags: u16,
+}
+
+/// The `BE_FLAG_*` of a backend.
+fn backend_flags(b: &Backend) -> u8 {
+    if b.local { BE_FLAG_LOCAL } else { 0 }
 }
 
 /// Writes `entries` in batches; an error names the map.
@@ -873,13 +1097,9 @@ fn purge_udp_ct_in<K: CtKey>(
 
 fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<(), SyncError> {
     match r {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Ok(()) => Ok(()),
         // A delete of an absent key fails with ENOENT.
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
+        Err(e) if maps::is_missing(&e) => Ok(()),
         Err(e) => Err(op_err(name, "delete")(e).into()),
     }
 }
