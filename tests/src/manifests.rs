@@ -74,6 +74,8 @@ pub struct Port {
     pub port: u16,
     pub target_port: u16,
     pub protocol: &'static str,
+    /// `nodePort` (NodePort and LoadBalancer services).
+    pub node_port: Option<u16>,
 }
 
 pub fn tcp(name: &str, port: u16, target_port: u16) -> Port {
@@ -82,6 +84,7 @@ pub fn tcp(name: &str, port: u16, target_port: u16) -> Port {
         port,
         target_port,
         protocol: "TCP",
+        node_port: None,
     }
 }
 
@@ -91,6 +94,14 @@ pub fn udp(name: &str, port: u16, target_port: u16) -> Port {
         port,
         target_port,
         protocol: "UDP",
+        node_port: None,
+    }
+}
+
+impl Port {
+    pub fn node_port(mut self, node_port: u16) -> Self {
+        self.node_port = Some(node_port);
+        self
     }
 }
 
@@ -103,6 +114,14 @@ pub struct Service {
     pub ports: Vec<Port>,
     pub affinity_timeout_s: Option<u32>,
     pub internal_traffic_local: bool,
+    /// `spec.type`: ClusterIP, NodePort or LoadBalancer.
+    pub type_: &'static str,
+    /// `externalTrafficPolicy: Local`, with this `healthCheckNodePort`.
+    pub external_local: Option<u16>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub lb_ips: Vec<String>,
+    pub source_ranges: Vec<String>,
+    pub external_ips: Vec<String>,
 }
 
 impl Service {
@@ -113,7 +132,41 @@ impl Service {
             ports: Vec::new(),
             affinity_timeout_s: None,
             internal_traffic_local: false,
+            type_: "ClusterIP",
+            external_local: None,
+            lb_ips: Vec::new(),
+            source_ranges: Vec::new(),
+            external_ips: Vec::new(),
         }
+    }
+
+    /// `type: NodePort` (give the ports a `node_port`).
+    pub fn node_port(mut self) -> Self {
+        self.type_ = "NodePort";
+        self
+    }
+
+    /// `type: LoadBalancer` with these ingress IPs in its status.
+    pub fn load_balancer(mut self, ips: &[&str]) -> Self {
+        self.type_ = "LoadBalancer";
+        self.lb_ips = ips.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// `externalTrafficPolicy: Local` with `healthCheckNodePort: health_port`.
+    pub fn external_traffic_local(mut self, health_port: u16) -> Self {
+        self.external_local = Some(health_port);
+        self
+    }
+
+    pub fn source_ranges(mut self, ranges: &[&str]) -> Self {
+        self.source_ranges = ranges.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn external_ips(mut self, ips: &[&str]) -> Self {
+        self.external_ips = ips.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     pub fn port(mut self, p: Port) -> Self {
@@ -144,12 +197,16 @@ impl Service {
             .ports
             .iter()
             .map(|p| {
-                json!({"name": p.name, "port": p.port, "targetPort": p.target_port,
-                       "protocol": p.protocol})
+                let mut v = json!({"name": p.name, "port": p.port, "targetPort": p.target_port,
+                       "protocol": p.protocol});
+                if let Some(np) = p.node_port {
+                    v["nodePort"] = json!(np);
+                }
+                v
             })
             .collect();
         let mut spec = json!({
-            "type": "ClusterIP",
+            "type": self.type_,
             "clusterIP": self.cluster_ip,
             "clusterIPs": [self.cluster_ip],
             "ipFamilies": [self.family()],
@@ -162,12 +219,30 @@ impl Service {
             spec["sessionAffinity"] = json!("ClientIP");
             spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": t}});
         }
-        json!({
+        if self.type_ != "ClusterIP" {
+            spec["externalTrafficPolicy"] = json!("Cluster");
+        }
+        if let Some(hc) = self.external_local {
+            spec["externalTrafficPolicy"] = json!("Local");
+            spec["healthCheckNodePort"] = json!(hc);
+        }
+        if !self.source_ranges.is_empty() {
+            spec["loadBalancerSourceRanges"] = json!(self.source_ranges);
+        }
+        if !self.external_ips.is_empty() {
+            spec["externalIPs"] = json!(self.external_ips);
+        }
+        let mut svc = json!({
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": self.name, "namespace": "default"},
             "spec": spec,
-        })
+        });
+        if !self.lb_ips.is_empty() {
+            let ingress: Vec<Value> = self.lb_ips.iter().map(|ip| json!({"ip": ip})).collect();
+            svc["status"] = json!({"loadBalancer": {"ingress": ingress}});
+        }
+        svc
     }
 
     /// An EndpointSlice for this service with the same port names and protocols, each on its
