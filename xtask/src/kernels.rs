@@ -58,6 +58,9 @@ const CHECKS: &[&str] = &[
     "xdp-testrun",
     "tc-tcp",
     "tc-udp",
+    "nodeport",
+    "nodeport-local",
+    "nodeport-snat",
 ];
 
 /// Image packages of the current package lists whose parts are not on the mirror (one per line).
