@@ -5,12 +5,21 @@
 //! `servicechangetracker.go`/`serviceport.go`, `endpointslicecache.go`, `topology.go` and the
 //! iptables proxier's REJECT/DROP choice), as of Kubernetes 1.37:
 //!
-//! * **Frontends**: one per (cluster IP, ServicePort) and one per (external IP, ServicePort).
-//!   The cluster IPs are `spec.clusterIPs` (both families; falls back to `spec.clusterIP`); the
-//!   external IPs are `spec.externalIPs` (any number, either family; an invalid one is a
-//!   warning and is skipped, the rest of the service is unaffected). Types ClusterIP, NodePort
-//!   and LoadBalancer all get these frontends (node ports and load balancer IPs are not
-//!   handled here). Protocols TCP and UDP (absent = TCP); SCTP ports are skipped with a
+//! * **Frontends** ([`FrontendKind`]): one per (cluster IP, ServicePort), per (external IP,
+//!   ServicePort), per (load-balancer IP, ServicePort) and per (node-port address, ServicePort
+//!   with a `nodePort`). The cluster IPs are `spec.clusterIPs` (both families; falls back to
+//!   `spec.clusterIP`). The other addresses count only in the families the service has a
+//!   cluster IP of (kube-proxy's proxier of a family skips a service without a cluster IP of
+//!   its family): the external IPs are `spec.externalIPs` (an invalid one is a warning and is
+//!   skipped); the load-balancer IPs `status.loadBalancer.ingress[].ip` of VIP-mode ingresses
+//!   (no `ipMode`, or `VIP`; `Proxy` is left to the load balancer, KEP-1860; hostname-only
+//!   ingresses are ignored); the node-port addresses are [`NodeInfo::node_port_addresses`]
+//!   (`--nodeport-addresses`, [`select_node_port_addresses`]). Like kube-proxy, node ports and
+//!   load-balancer IPs follow the fields, not `spec.type` (the API server clears node ports
+//!   when a service becomes ClusterIP, and allocates none with
+//!   `allocateLoadBalancerNodePorts: false` unless they are set explicitly). A frontend that a
+//!   service would get twice (an external IP that is a node address, port = node port) is
+//!   kept the first time. Protocols TCP and UDP (absent = TCP); SCTP ports are skipped with a
 //!   warning.
 //! * **Ignored silently**: type ExternalName, headless services (`clusterIP: None`), services
 //!   without a cluster IP, and services labelled `service.kubernetes.io/service-proxy-name`
@@ -42,19 +51,34 @@
 //!   the Local endpoints. No local endpoint while the service has usable endpoints elsewhere →
 //!   no backends and [`NoEndpoints::Drop`]; no usable endpoint anywhere →
 //!   [`NoEndpoints::Reject`] (the iptables proxier's "has no endpoints" REJECT wins over its
-//!   "has no local endpoints" DROP). External IP frontends always use the Cluster endpoints:
-//!   the agent only sees traffic that originates on this node, and kube-proxy sends locally
-//!   originated traffic to an external IP to the Cluster endpoints whatever the traffic
-//!   policies ("subject to neither form of traffic policy").
+//!   "has no local endpoints" DROP). External frontends (external, load-balancer and node-port
+//!   addresses) use the Cluster endpoints for traffic from this node, its pods and its host
+//!   (`ServiceEntry::backends`): kube-proxy sends locally originated traffic to them to the
+//!   Cluster endpoints whatever the traffic policies ("subject to neither form of traffic
+//!   policy", the short-circuit). Traffic from outside the node follows
+//!   `externalTrafficPolicy` where kube-proxy's `ExternalPolicyLocal` applies it (type NodePort
+//!   or LoadBalancer, or ClusterIP with external IPs): Local puts the Local endpoints in
+//!   `ServiceEntry::external_local` (none: such traffic is dropped while the service has
+//!   endpoints elsewhere); Cluster leaves it None (the same backends, source NAT for remote
+//!   ones in the datapath).
+//! * **Source ranges**: `spec.loadBalancerSourceRanges` (trimmed, masked to their prefix) on
+//!   load-balancer frontends only, each with the ranges of its family (kube-proxy: "nodeports
+//!   are not subject to loadBalancerSourceRanges"). An invalid range rejects the service
+//!   (kube-proxy would skip it, which can leave no range, i.e. every source allowed).
+//! * **Health checks** ([`HealthCheck`]): a LoadBalancer service with
+//!   `externalTrafficPolicy: Local` and a `spec.healthCheckNodePort` reports the distinct
+//!   addresses of its ready endpoints on this node (`LocalReadyEndpoints`).
 //! * **Session affinity** ClientIP: `sessionAffinityConfig.clientIP.timeoutSeconds`, default
 //!   10800 s (valid: 1..=86400).
 //! * **Validation**: an invalid object yields a [`Problem`] and contributes nothing; everything
-//!   else is unaffected. Two services claiming the same frontend: the one that comes first in
+//!   else is unaffected. Problems of the new fields name them (`spec.ports[1].nodePort`,
+//!   `spec.loadBalancerSourceRanges[0]`, `status.loadBalancer.ingress[2].ip`,
+//!   `spec.healthCheckNodePort`). Two services claiming the same frontend, or the same node
+//!   port (port and protocol, whatever the node's addresses): the one that comes first in
 //!   the input keeps it, the later one is rejected as a whole.
 //! * Everything is a pure function of the current objects: a changed Service (affinity, type,
 //!   labels, ports, IP families) is simply rebuilt ([`build_service`]).
-//! * Not implemented (no effect): node ports, load balancer IPs, externalTrafficPolicy (no
-//!   effect on locally originated traffic, see above), SCTP.
+//! * Not implemented (no effect): SCTP.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
