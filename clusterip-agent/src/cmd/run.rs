@@ -229,7 +229,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         proxy_health: Arc::clone(&proxy_health),
         service_health: ServiceHealth::new(node_ports.bind(), Arc::clone(&proxy_health)),
         config: cfg.ct_config,
-        health_checks_fed: false,
+        health_checks_dirty: true,
     };
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -394,8 +394,9 @@ struct SyncState {
     service_health: ServiceHealth,
     /// `CIP_CONFIG` as last written (the source NAT addresses change with the node's).
     config: DatapathConfigValue,
-    /// Whether `service_health` was fed once.
-    health_checks_fed: bool,
+    /// The store's health checks changed since `service_health` was last fed (true at
+    /// first: it has never been). Kept across failed syncs, which do not feed it.
+    health_checks_dirty: bool,
 }
 
 impl SyncState {
@@ -410,13 +411,13 @@ impl SyncState {
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let changes = store.compute();
+        self.health_checks_dirty |= changes.health_checks;
         self.write_snat(node_ports);
         if !self.full_needed && changes.touched.is_empty() {
             // Nothing to write: the maps hold the current state (kube-proxy too counts a
             // sync that changed nothing as an update).
             self.proxy_health.updated(Instant::now());
-            self.feed_health_checks(store, node_ports, changes.health_checks)
-                .await;
+            self.feed_health_checks(store, node_ports).await;
             return Ok(());
         }
         let full = self.full_needed;
@@ -450,8 +451,7 @@ impl SyncState {
                 }
                 self.report(store, syncer);
                 self.metrics.set_ready(true);
-                self.feed_health_checks(store, node_ports, changes.health_checks)
-                    .await;
+                self.feed_health_checks(store, node_ports).await;
                 if let (Some(cg), Some(before)) = (&self.cgroup, udp_before) {
                     let after = if full {
                         sockdiag::udp_members(syncer.installed())
@@ -474,16 +474,15 @@ impl SyncState {
     /// Hands the services' health checks to their servers (kube-proxy does it after each
     /// sync, `SyncServices` then `SyncEndpoints`), on the node-port addresses. Only when they
     /// changed, or where they listen did; the servers answer from what they were last told.
-    async fn feed_health_checks(&mut self, store: &Store, node_ports: &NodePorts, changed: bool) {
+    async fn feed_health_checks(&mut self, store: &Store, node_ports: &NodePorts) {
         let bind = node_ports.bind();
-        let moved = self.service_health.bind() != bind;
-        if moved {
+        if self.service_health.bind() != bind {
             self.service_health.rebind(bind).await;
         }
-        if !(changed || moved || !self.health_checks_fed) {
+        if !self.health_checks_dirty {
             return;
         }
-        self.health_checks_fed = true;
+        self.health_checks_dirty = false;
         let services = store
             .health_checks()
             .iter()
