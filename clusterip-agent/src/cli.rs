@@ -9,6 +9,7 @@ use crate::datapath::sizing::{
     DEFAULT_BACKEND_ENTRIES, DEFAULT_MAGLEV_ENTRIES, DEFAULT_RATIO, DEFAULT_SERVICE_ENTRIES,
 };
 use crate::health::DEFAULT_HEALTHZ_BIND_ADDRESS;
+use crate::model::{NodePortAddresses, NodePortAddressesError};
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/clusterip";
 
@@ -100,6 +101,19 @@ pub struct RunArgs {
         requires = "nodeport_ifaces"
     )]
     pub nodeport_xdp: bool,
+    /// The addresses node ports are served on (kube-proxy's --nodeport-addresses): CIDRs
+    /// (repeatable or comma-separated), each selecting the addresses of the agent's network
+    /// namespace it contains; an IP family without a CIDR keeps every address of that family.
+    /// `primary`: the Node's InternalIP (else ExternalIP) of each family. Unset: every address
+    /// but loopback and IPv6 link-local. Re-read every second; the health check node ports
+    /// listen on them too.
+    #[arg(
+        long = "nodeport-addresses",
+        value_name = "CIDR|primary",
+        action = ArgAction::Append,
+        value_parser = parse_nodeport_addresses_item
+    )]
+    pub nodeport_addresses: Vec<String>,
     /// Socket-level load balancing (cgroup hooks). `--socket-lb=false` leaves the socket hooks
     /// out (and detaches those of a previous agent), so the per-packet path carries everything.
     #[arg(
@@ -158,6 +172,21 @@ pub struct RunArgs {
 }
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9964";
+
+impl RunArgs {
+    /// `--nodeport-addresses`, all occurrences together (`primary` must be alone).
+    pub fn nodeport_addresses(&self) -> Result<NodePortAddresses, NodePortAddressesError> {
+        NodePortAddresses::parse(&self.nodeport_addresses)
+    }
+}
+
+/// One `--nodeport-addresses` value: each of its comma-separated items a CIDR or `primary`.
+fn parse_nodeport_addresses_item(s: &str) -> Result<String, String> {
+    match NodePortAddresses::parse(&[s]) {
+        Ok(_) | Err(NodePortAddressesError::PrimaryWithCidrs) => Ok(s.to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
 
 /// A share of memory: a number in 0..=1.
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -249,6 +278,7 @@ mod tests {
         assert_eq!(r.ct_tcp_closing_timeout, 10);
         assert_eq!(r.ct_udp_timeout, 30);
         assert_eq!(r.healthz_bind_address, "0.0.0.0:10256");
+        assert_eq!(r.nodeport_addresses(), Ok(NodePortAddresses::All));
         assert_eq!(
             run_args(&["--healthz-bind-address", ""]).healthz_bind_address,
             ""
@@ -313,5 +343,49 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn nodeport_addresses_repeatable_or_comma_separated() {
+        let r = run_args(&[
+            "--nodeport-addresses",
+            "192.168.0.0/16,fd00::/64",
+            "--nodeport-addresses=10.1.2.3/8",
+        ]);
+        assert_eq!(
+            r.nodeport_addresses(),
+            Ok(NodePortAddresses::Cidrs(vec![
+                "192.168.0.0/16".parse().unwrap(),
+                "fd00::/64".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+            ]))
+        );
+        assert_eq!(
+            run_args(&["--nodeport-addresses", "primary"]).nodeport_addresses(),
+            Ok(NodePortAddresses::Primary)
+        );
+        // `primary` with CIDRs parses item by item but is refused as a whole.
+        assert_eq!(
+            run_args(&[
+                "--nodeport-addresses",
+                "primary",
+                "--nodeport-addresses",
+                "10.0.0.0/8"
+            ])
+            .nodeport_addresses(),
+            Err(NodePortAddressesError::PrimaryWithCidrs)
+        );
+        for bad in ["10.0.0.1", "eth0", "10.0.0.0/8,bogus", "fd00::/129"] {
+            let argv = [
+                "clusterip-agent",
+                "run",
+                "--manifests",
+                "/m",
+                "--nodeport-addresses",
+                bad,
+            ];
+            let err = Cli::try_parse_from(argv).expect_err(bad).to_string();
+            assert!(err.contains("is not a CIDR"), "{bad}: {err}");
+        }
     }
 }

@@ -819,3 +819,113 @@ fn healthz_fails_while_the_node_is_being_deleted() {
             .unwrap();
     assert!(r.iter().all(|r| r.backend() == Some("be-0")), "{r:?}");
 }
+
+/// The IPv4 addresses of the test's network namespace (where the agent runs), but loopback:
+/// what `--nodeport-addresses` leaves unset selects of IPv4.
+fn netns_ipv4_addresses() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-4", "addr", "show"])
+        .output()
+        .expect("ip -j addr");
+    let links: Value = serde_json::from_slice(&out.stdout).expect("ip's JSON");
+    let mut addrs: Vec<String> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["local"].as_str().map(str::to_owned))
+        .filter(|a| !a.starts_with("127."))
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+/// A LoadBalancer service with `externalTrafficPolicy: Local`: its node port is programmed on
+/// every address of the agent's network namespace (none given: kube-proxy's default), its
+/// load-balancer IP too, and its health check node port answers 200 while this node has a
+/// ready endpoint and 503 when the endpoint moves to another node, as load balancers expect.
+#[test]
+fn node_ports_on_the_netns_addresses_and_the_health_check_follows_the_endpoints() {
+    let env = require_env!();
+    let mut k = KubeFx::new(env, 1);
+    k.fx.standard_backends(1).unwrap();
+    let hc_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let svc = Service::new("lb", "10.96.1.95").port(tcp("http", 80, TCP_PORT));
+    let mut s = svc.to_value();
+    s["spec"]["type"] = json!("LoadBalancer");
+    s["spec"]["externalTrafficPolicy"] = json!("Local");
+    s["spec"]["healthCheckNodePort"] = json!(hc_port);
+    s["spec"]["ports"][0]["nodePort"] = json!(30095);
+    s["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.95"}]}});
+    k.apply(s);
+    let on = |node: &str| svc.slice("a").ready_on(node, [pod_ip(0, false)]).to_value();
+    k.apply(on("node-a"));
+    k.apply(node("node-a", "zone-a"));
+    k.start_agent(&[]);
+
+    let dump = k.fx.dump().unwrap();
+    let kinds_at = |vip: &str, port: u16| dump.iter().any(|e| e.vip == vip && e.port == port);
+    let addrs = netns_ipv4_addresses();
+    assert!(
+        !addrs.is_empty(),
+        "the test's namespace has no IPv4 address but loopback"
+    );
+    for a in &addrs {
+        assert!(kinds_at(a, 30095), "no node port on {a}: {dump:?}");
+    }
+    assert!(!kinds_at("127.0.0.1", 30095), "{dump:?}");
+    assert!(kinds_at("192.0.2.95", 80), "{dump:?}");
+
+    // The health check node port, on every address (the flag is unset).
+    let hc: SocketAddr = format!("127.0.0.1:{hc_port}").parse().unwrap();
+    let expect = |k: &mut KubeFx, code: u16, local: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (got, head, body) =
+                match std::net::TcpStream::connect_timeout(&hc, Duration::from_secs(1)) {
+                    Ok(_) => http_get_head(hc, "/"),
+                    Err(_) => (0, String::new(), String::new()),
+                };
+            if got == code {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["localEndpoints"], json!(local), "{body}");
+                assert_eq!(v["service"]["name"], json!("lb"), "{body}");
+                assert!(
+                    head.to_ascii_lowercase()
+                        .contains(&format!("x-load-balancing-endpoint-weight: {local}")),
+                    "{head}"
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "health check {got}, not {code}: {body}\n{}",
+                k.agent().lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    expect(&mut k, 200, 1);
+    // The endpoint moves to another node: 503, load balancers drain this node.
+    k.apply_and_sync(vec![on("node-b")]);
+    expect(&mut k, 503, 0);
+    k.apply_and_sync(vec![on("node-a")]);
+    expect(&mut k, 200, 1);
+    // The service stops asking for a health check: the port closes.
+    let mut cluster = svc.to_value();
+    cluster["spec"]["type"] = json!("LoadBalancer");
+    cluster["spec"]["ports"][0]["nodePort"] = json!(30095);
+    k.apply_and_sync(vec![cluster]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect_timeout(&hc, Duration::from_secs(1)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the health check port stays open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -874,7 +874,7 @@ async fn node_deletion_and_its_reversal() {
         api.apply(&n);
         let (deleting, _) = source
             .until("the node", |e| match e {
-                SourceEvent::NodeUpdated { zone, deleting } => {
+                SourceEvent::NodeUpdated { zone, deleting, .. } => {
                     assert_eq!(zone.as_deref(), Some("zone-a"));
                     Some(*deleting)
                 }

@@ -5,6 +5,11 @@
 //! decides: the first service claiming it), and prints [`crate::model::explain`]'s verdict on
 //! each of its endpoints, then what the pinned maps hold for the frontend now (or that there
 //! are no pins).
+//!
+//! An address that no Service names (as cluster, external or load-balancer IP) is taken for
+//! one of this node's addresses, so `explain NODEIP:NODEPORT` finds the service of that node
+//! port; for external frontends (node ports, load-balancer and external IPs) it tells what a
+//! client outside the node gets and what one on the node (a pod, the host) gets.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -132,9 +137,50 @@ pub struct Report {
     pub datapath: DatapathState,
 }
 
+/// Whether a Service names `ip` as a cluster, external or load-balancer IP.
+fn named_by_a_service(objects: &Objects, ip: IpAddr) -> bool {
+    objects.services.iter().any(|s| {
+        let parse = |a: &str| a.trim().parse::<IpAddr>().ok();
+        let spec = s.spec.as_ref();
+        let cluster = spec
+            .and_then(|sp| sp.cluster_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(spec.and_then(|sp| sp.cluster_ip.as_deref()));
+        let external = spec
+            .and_then(|sp| sp.external_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(String::as_str);
+        let lb = s
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref());
+        cluster
+            .chain(external)
+            .chain(lb)
+            .any(|a| parse(a) == Some(ip))
+    })
+}
+
+/// `node`, with the frontend's address as a node-port address when no Service names it.
+pub fn node_for(objects: &Objects, node: NodeInfo, frontend: &Frontend) -> NodeInfo {
+    if named_by_a_service(objects, frontend.vip) {
+        node
+    } else {
+        node.with_node_port_addresses([frontend.vip])
+    }
+}
+
 /// Builds the report's model part (no datapath yet: `Absent`).
 pub fn report(objects: &Objects, node: &NodeInfo, frontend: &Frontend) -> Report {
     let out = model::build_table(&objects.services, &objects.slices, node);
+    let node_port = node.node_port_addresses.contains(&frontend.vip);
     let owner = out.table.services.get(frontend).map(|e| {
         (
             e.service.namespace().to_owned(),
@@ -173,6 +219,15 @@ pub fn report(objects: &Objects, node: &NodeInfo, frontend: &Frontend) -> Report
                 .flatten()
                 .any(|ip| ip.parse::<IpAddr>().is_ok_and(|ip| ip == frontend.vip))
         };
+        let lb_ips: Vec<String> = s
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.clone())
+            .collect();
         spec.is_some_and(|sp| {
             names_vip(sp.cluster_ips.as_ref())
                 || sp
@@ -181,6 +236,13 @@ pub fn report(objects: &Objects, node: &NodeInfo, frontend: &Frontend) -> Report
                     .and_then(|ip| ip.parse::<IpAddr>().ok())
                     .is_some_and(|ip| ip == frontend.vip)
                 || names_vip(sp.external_ips.as_ref())
+                || names_vip(Some(&lb_ips))
+                || (node_port
+                    && sp
+                        .ports
+                        .iter()
+                        .flatten()
+                        .any(|p| p.node_port == Some(i32::from(frontend.port))))
         })
     }));
     for svc in candidates {
@@ -282,7 +344,11 @@ pub fn main(args: ExplainArgs) -> anyhow::Result<()> {
             .context("listing Services, EndpointSlices and this Node from the Kubernetes API")?
         }
     };
-    let node = NodeInfo::new(node_name, objects.node_zone.clone());
+    let node = node_for(
+        &objects,
+        NodeInfo::new(node_name, objects.node_zone.clone()),
+        &frontend,
+    );
     let mut rep = report(&objects, &node, &frontend);
     let owner = rep.explanations.first().filter(|_| rep.owner.is_some());
     rep.datapath = datapath_state(&args.bpffs, &frontend, owner);
@@ -403,11 +469,18 @@ fn print_explanation(out: &mut impl Write, ex: &Explanation) -> std::io::Result<
         if !ep.node_hints.is_empty() {
             hints.push_str(&format!(" forNodes={}", ep.node_hints.join(",")));
         }
-        let verdict = match &ep.reason {
+        let mut verdict = match &ep.reason {
             None if ep.used => "USED".to_owned(),
             None => "not used".to_owned(),
             Some(r) => format!("not used: {r}"),
         };
+        if let Some(outside) = ep.external_used {
+            verdict.push_str(&match (&ep.external_reason, outside) {
+                (_, true) => "; from outside: USED".to_owned(),
+                (Some(r), false) => format!("; from outside: not used: {r}"),
+                (None, false) => "; from outside: not used".to_owned(),
+            });
+        }
         writeln!(
             out,
             "  {addr} slice={} node={} zone={} ready={} serving={} terminating={}{hints}: {verdict}",
@@ -420,8 +493,26 @@ fn print_explanation(out: &mut impl Write, ex: &Explanation) -> std::io::Result<
         )?;
     }
     if ex.status == FrontendStatus::Active {
-        let backends: Vec<String> = ex.backends.iter().map(SocketAddr::to_string).collect();
-        writeln!(out, "  backends: [{}]", backends.join(", "))?;
+        let list = |b: &[SocketAddr]| {
+            b.iter()
+                .map(SocketAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &ex.external_backends {
+            None => writeln!(out, "  backends: [{}]", list(&ex.backends))?,
+            Some(outside) => {
+                writeln!(
+                    out,
+                    "  backends from this node (pods, host): [{}]",
+                    list(&ex.backends)
+                )?;
+                if let Some(rule) = &ex.external_rule {
+                    writeln!(out, "  from outside: {rule}")?;
+                }
+                writeln!(out, "  backends from outside the node: [{}]", list(outside))?;
+            }
+        }
     }
     Ok(())
 }
@@ -607,6 +698,75 @@ endpoints:
             DatapathState::NotPinned {
                 bpffs: dir.display().to_string()
             }
+        );
+    }
+
+    #[test]
+    fn report_of_a_node_port_tells_outside_and_inside_clients_apart() {
+        let o = objects(
+            r#"
+kind: Service
+apiVersion: v1
+metadata: {name: np, namespace: demo}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  clusterIP: 10.96.0.20
+  ports: [{name: http, port: 80, nodePort: 30080}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: np-1, namespace: demo, labels: {kubernetes.io/service-name: np}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.0.0.1], nodeName: node-a}
+- {addresses: [10.0.0.2], nodeName: node-b}
+"#,
+        );
+        let frontend = fe("192.168.1.10", 30080, Protocol::Tcp);
+        let node = node_for(&o, NodeInfo::new("node-a", None), &frontend);
+        assert_eq!(node.node_port_addresses, vec![frontend.vip]);
+        let rep = report(&o, &node, &frontend);
+        assert_eq!(rep.owner.as_deref(), Some("demo/np"));
+        let ex = &rep.explanations[0];
+        assert_eq!(ex.kind, Some(model::FrontendKind::NodePort));
+        assert_eq!(
+            ex.external_backends,
+            Some(vec!["10.0.0.1:8080".parse().unwrap()])
+        );
+        let mut text = Vec::new();
+        print_text(&mut text, &rep).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("Service demo/np port \"http\" (node port): active"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backends from this node (pods, host): [10.0.0.1:8080, 10.0.0.2:8080]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backends from outside the node: [10.0.0.1:8080]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.0.0.2:8080 slice=np-1 node=node-b zone=- ready=yes serving=yes terminating=no: USED; from outside: not used: not on this node"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&rep).unwrap();
+        assert_eq!(json["explanations"][0]["kind"], "node_port");
+        assert_eq!(json["explanations"][0]["external_policy"], "Local");
+        assert_eq!(
+            json["explanations"][0]["external_backends"],
+            serde_json::json!(["10.0.0.1:8080"])
+        );
+        // A cluster IP is not taken for a node address.
+        let cip = fe("10.96.0.20", 80, Protocol::Tcp);
+        assert!(
+            node_for(&o, NodeInfo::new("node-a", None), &cip)
+                .node_port_addresses
+                .is_empty()
         );
     }
 }

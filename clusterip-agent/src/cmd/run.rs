@@ -2,6 +2,7 @@
 //! `probe`, `cleanup`, `mount-bpffs`.
 
 use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,9 +19,12 @@ use crate::datapath::migrate::possible_cpus;
 use crate::datapath::sizing::{Mib, Sizing, SizingInput};
 use crate::datapath::{self, sockdiag};
 use crate::datapath::{Datapath, DatapathConfig};
-use crate::health::{self, ProxyHealth};
+use crate::health::{self, BindAddresses, HealthCheckService, ProxyHealth, ServiceHealth};
 use crate::metrics::{self, Metrics};
-use crate::model::NodeInfo;
+use crate::model::table::{DesiredTable, FrontendKind};
+use crate::model::{
+    NodeAddresses, NodeInfo, NodePortAddresses, select_node_port_addresses, snat_addresses,
+};
 use crate::source::SourceEvent;
 use crate::source::kube as kube_source;
 use crate::source::manifests::ManifestSource;
@@ -33,7 +37,8 @@ use clusterip_common::DatapathConfigValue;
 /// How often the manifests are re-read: a change is in the maps well within a second.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// How often the interfaces are re-scanned for --tc-iface / --xdp-iface patterns.
+/// How often the interfaces are re-scanned for --tc-iface / --xdp-iface patterns, and the
+/// network namespace's addresses for the node-port addresses.
 pub const IFACE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs one CLI command to completion.
@@ -124,6 +129,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_addr = metrics::parse_addr(&args.metrics_addr)?;
     let healthz_addr = health::node::parse_addr(&args.healthz_bind_address)?;
+    let nodeport_flag = args.nodeport_addresses().context("--nodeport-addresses")?;
     let cgroup = match (args.socket_lb, args.cgroup.clone()) {
         (false, _) => None,
         (true, Some(c)) => Some(c),
@@ -207,12 +213,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let mut store = Store::new(NodeInfo::new(node_name, None));
+    let mut node_ports = NodePorts {
+        flag: nodeport_flag,
+        node: NodeAddresses::default(),
+        netns: Vec::new(),
+        selected: None,
+    };
+    // Before the first sync, so that the first table has the node ports.
+    node_ports.rescan();
+    node_ports.apply(&mut store, Instant::now());
     let mut state = SyncState {
         full_needed: true,
         cgroup,
         bpffs: args.bpffs.clone(),
         metrics: Arc::clone(&metrics),
         proxy_health: Arc::clone(&proxy_health),
+        service_health: ServiceHealth::new(node_ports.bind(), Arc::clone(&proxy_health)),
+        config: cfg.ct_config,
+        health_checks_dirty: true,
     };
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -228,24 +246,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 };
                 // Pending from when the first change of the batch was received.
                 proxy_health.queued_update(at);
-                take_event(&mut store, &metrics, &proxy_health, at, ev);
+                take_event(&mut store, &metrics, &proxy_health, &mut node_ports, at, ev);
                 // Everything already queued joins this batch.
                 for _ in 0..MAX_BATCH {
                     match rx.try_recv() {
-                        Ok((at, ev)) => take_event(&mut store, &metrics, &proxy_health, at, ev),
+                        Ok((at, ev)) => {
+                            take_event(&mut store, &metrics, &proxy_health, &mut node_ports, at, ev)
+                        }
                         Err(_) => break,
                     }
                 }
+                // The Node's addresses may have changed what `primary` selects.
+                node_ports.apply(&mut store, at);
                 if store.initialized() {
-                    state.sync(&mut store, &mut syncer, &mut datapath).await?;
+                    state.sync(&mut store, &mut syncer, &mut datapath, &node_ports).await?;
                 }
 
             }
             _ = retry.tick(), if state.full_needed && store.initialized() => {
-                state.sync(&mut store, &mut syncer, &mut datapath).await?;
+                state.sync(&mut store, &mut syncer, &mut datapath, &node_ports).await?;
             }
-            _ = iface_tick.tick(), if datapath.watches_interfaces() => {
-                datapath.sync_interfaces();
+            _ = iface_tick.tick() => {
+                if datapath.watches_interfaces() {
+                    datapath.sync_interfaces();
+                }
+                node_ports.rescan();
+                if node_ports.apply(&mut store, Instant::now()) && store.initialized() {
+                    state.sync(&mut store, &mut syncer, &mut datapath, &node_ports).await?;
+                }
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
@@ -267,12 +295,18 @@ fn take_event(
     store: &mut Store,
     metrics: &Metrics,
     proxy_health: &ProxyHealth,
+    node_ports: &mut NodePorts,
     at: Instant,
     ev: SourceEvent,
 ) {
     match &ev {
         SourceEvent::WatchRestarted(resource) => metrics.inc_watch_restarts(resource),
-        SourceEvent::NodeUpdated { deleting, .. } => {
+        SourceEvent::NodeUpdated {
+            deleting,
+            addresses,
+            ..
+        } => {
+            node_ports.node = addresses.clone();
             let eligible = !deleting;
             if eligible != proxy_health.node_eligible() {
                 if eligible {
@@ -292,6 +326,63 @@ fn take_event(
     store.handle(at, ev);
 }
 
+/// The node-port addresses: `--nodeport-addresses`, the Node's addresses (from
+/// [`SourceEvent::NodeUpdated`]) and the network namespace's (re-read every second), and what
+/// they select.
+struct NodePorts {
+    flag: NodePortAddresses,
+    node: NodeAddresses,
+    netns: Vec<IpAddr>,
+    /// What the store has; None before the first [`NodePorts::apply`].
+    selected: Option<Vec<IpAddr>>,
+}
+
+impl NodePorts {
+    /// Re-reads the network namespace's addresses (a failure keeps the last ones: logged).
+    fn rescan(&mut self) {
+        match datapath::addresses::list() {
+            Ok(addresses) => self.netns = addresses,
+            Err(e) => warn!(error = %e, "listing the network namespace's addresses"),
+        }
+    }
+
+    /// Selects the node-port addresses again and hands them to the store if they changed
+    /// (the store then rebuilds the services with node ports); true if they did.
+    fn apply(&mut self, store: &mut Store, at: Instant) -> bool {
+        let selected = select_node_port_addresses(&self.flag, &self.netns, &self.node);
+        if self.selected.as_ref() == Some(&selected) {
+            return false;
+        }
+        info!(
+            addresses = %selected.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            "node-port addresses"
+        );
+        store.set_node_port_addresses(at, &selected);
+        self.selected = Some(selected);
+        true
+    }
+
+    fn selected(&self) -> &[IpAddr] {
+        self.selected.as_deref().unwrap_or_default()
+    }
+
+    /// Where the health check node ports listen: every address when the flag selects every
+    /// address of both families (kube-proxy listens on the wildcard then), else the
+    /// node-port addresses.
+    fn bind(&self) -> BindAddresses {
+        if self.flag.matches_all(&self.node) {
+            BindAddresses::All
+        } else {
+            BindAddresses::Only(self.selected().to_vec())
+        }
+    }
+
+    /// The source NAT addresses for traffic from outside to a backend on another node.
+    fn snat(&self) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        snat_addresses(&self.node, self.selected())
+    }
+}
+
 struct SyncState {
     /// The next sync applies the whole table (first sync; after a failure).
     full_needed: bool,
@@ -300,6 +391,13 @@ struct SyncState {
     metrics: Arc<Metrics>,
     /// Told each time the maps are current.
     proxy_health: Arc<ProxyHealth>,
+    /// The health check node ports of `externalTrafficPolicy: Local` LoadBalancer services.
+    service_health: ServiceHealth,
+    /// `CIP_CONFIG` as last written (the source NAT addresses change with the node's).
+    config: DatapathConfigValue,
+    /// The store's health checks changed since `service_health` was last fed (true at
+    /// first: it has never been). Kept across failed syncs, which do not feed it.
+    health_checks_dirty: bool,
 }
 
 impl SyncState {
@@ -310,13 +408,17 @@ impl SyncState {
         store: &mut Store,
         syncer: &mut Syncer,
         datapath: &mut Datapath,
+        node_ports: &NodePorts,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let changes = store.compute();
+        self.health_checks_dirty |= changes.health_checks;
+        self.write_snat(node_ports);
         if !self.full_needed && changes.touched.is_empty() {
             // Nothing to write: the maps hold the current state (kube-proxy too counts a
             // sync that changed nothing as an update).
             self.proxy_health.updated(Instant::now());
+            self.feed_health_checks(store, node_ports).await;
             return Ok(());
         }
         let full = self.full_needed;
@@ -350,6 +452,7 @@ impl SyncState {
                 }
                 self.report(store, syncer);
                 self.metrics.set_ready(true);
+                self.feed_health_checks(store, node_ports).await;
                 if let (Some(cg), Some(before)) = (&self.cgroup, udp_before) {
                     let after = if full {
                         sockdiag::udp_members(syncer.installed())
@@ -369,6 +472,50 @@ impl SyncState {
         Ok(())
     }
 
+    /// Hands the services' health checks to their servers (kube-proxy does it after each
+    /// sync, `SyncServices` then `SyncEndpoints`), on the node-port addresses. Only when they
+    /// changed, or where they listen did; the servers answer from what they were last told.
+    async fn feed_health_checks(&mut self, store: &Store, node_ports: &NodePorts) {
+        let bind = node_ports.bind();
+        if self.service_health.bind() != bind {
+            self.service_health.rebind(bind).await;
+        }
+        if !self.health_checks_dirty {
+            return;
+        }
+        self.health_checks_dirty = false;
+        let services = store
+            .health_checks()
+            .iter()
+            .map(|(key, hc)| HealthCheckService {
+                namespace: key.namespace().to_owned(),
+                name: key.name().to_owned(),
+                port: hc.port,
+                local_endpoints: hc.local_endpoints,
+            })
+            .collect();
+        self.service_health.sync(services).await;
+    }
+
+    /// Writes the source NAT addresses to `CIP_CONFIG` when they changed. A failure is
+    /// logged and retried at the next sync.
+    fn write_snat(&mut self, node_ports: &NodePorts) {
+        let (v4, v6) = node_ports.snat();
+        let mut config = self.config;
+        config.snat4 = v4.map_or(0, clusterip_common::ip4_to_net);
+        config.snat6 = v6.map_or([0; 4], clusterip_common::ip6_to_net);
+        if config == self.config {
+            return;
+        }
+        match datapath::maps::write_config(&self.bpffs, &config) {
+            Ok(_) => {
+                info!(snat4 = ?v4, snat6 = ?v6, "source NAT addresses for external traffic to other nodes");
+                self.config = config;
+            }
+            Err(e) => warn!(error = %e, "writing the source NAT addresses to CIP_CONFIG"),
+        }
+    }
+
     /// Gauges: what is programmed and how full the maps are.
     fn report(&self, store: &Store, syncer: &Syncer) {
         let table = store.table();
@@ -378,10 +525,32 @@ impl SyncState {
             table.services.len() as u64,
             endpoints as u64,
         );
+        for (kind, count) in frontends_by_kind(table) {
+            self.metrics.set_programmed_frontends_of_kind(kind, count);
+        }
         for (map, used, capacity) in syncer.map_usage() {
             self.metrics.set_map_usage(map, used, capacity);
         }
     }
+}
+
+/// How many frontends of each kind the table has, by the names the metrics label them with.
+fn frontends_by_kind(table: &DesiredTable) -> [(&'static str, u64); 4] {
+    let mut counts = [0u64; 4];
+    for e in table.services.values() {
+        counts[match e.kind {
+            FrontendKind::ClusterIp => 0,
+            FrontendKind::ExternalIp => 1,
+            FrontendKind::NodePort => 2,
+            FrontendKind::LoadBalancer => 3,
+        }] += 1;
+    }
+    [
+        ("cluster_ip", counts[0]),
+        ("external_ip", counts[1]),
+        ("node_port", counts[2]),
+        ("load_balancer", counts[3]),
+    ]
 }
 
 /// Follows the manifest files on a thread of its own (a large file takes a while to parse):

@@ -1,8 +1,9 @@
 //! The kernel side as the agent sees it: loading and attaching the programs ([`loader`]),
 //! the pinned maps ([`maps`], [`batch`]), what the kernel offers ([`probe`]), the interfaces
-//! the per-packet programs go on ([`interfaces`]) and destroying sockets of removed backends
+//! the per-packet programs go on ([`interfaces`]), the namespace's addresses ([`addresses`]) and destroying sockets of removed backends
 //! ([`sockdiag`]).
 
+pub mod addresses;
 pub mod batch;
 pub mod interfaces;
 mod links;

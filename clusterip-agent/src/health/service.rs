@@ -109,14 +109,15 @@ pub struct ServiceHealth {
 impl fmt::Debug for ServiceHealth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceHealth")
-            .field("bind", &self.shared.bind)
+            .field("bind", &*lock(&self.shared.bind))
             .field("services", &self.status())
             .finish()
     }
 }
 
 struct Shared {
-    bind: BindAddresses,
+    /// Changed by [`ServiceHealth::rebind`].
+    bind: Mutex<BindAddresses>,
     proxy: Arc<ProxyHealth>,
     /// How often failed binds are retried (for the log).
     retry: Duration,
@@ -150,7 +151,7 @@ impl ServiceHealth {
         retry: Duration,
     ) -> Self {
         let shared = Arc::new(Shared {
-            bind,
+            bind: Mutex::new(bind),
             proxy,
             retry,
             services: Mutex::new(BTreeMap::new()),
@@ -243,6 +244,39 @@ impl ServiceHealth {
         }
     }
 
+    /// Moves every server to `bind` (the node-port addresses changed): closes them all, then
+    /// opens them again there. Nothing happens when `bind` is already in force.
+    pub async fn rebind(&mut self, bind: BindAddresses) {
+        {
+            let mut current = lock(&self.shared.bind);
+            if *current == bind {
+                return;
+            }
+            info!(from = ?*current, to = ?bind, "moving the service health checks");
+            *current = bind;
+        }
+        let closing: Vec<JoinHandle<()>> = lock(&self.shared.services)
+            .values_mut()
+            .flat_map(|instance| {
+                match std::mem::replace(&mut instance.serving, Serving::Failed(String::new())) {
+                    Serving::Listening(servers) => servers,
+                    Serving::Failed(_) => Vec::new(),
+                }
+            })
+            .map(|(_, server)| server)
+            .collect();
+        for server in closing {
+            server.abort();
+            let _cancelled = server.await;
+        }
+        self.shared.retry_failed();
+    }
+
+    /// Where the servers listen.
+    pub fn bind(&self) -> BindAddresses {
+        lock(&self.shared.bind).clone()
+    }
+
     /// Tries again to bind the ports that could not be bound (also done every retry interval
     /// and at each [`ServiceHealth::sync`]).
     pub fn retry_failed(&self) {
@@ -298,7 +332,7 @@ impl Shared {
     /// Binds every address of `instance`'s port and starts serving, or records (and logs, when
     /// it is new) why not.
     fn open(&self, name: &ServiceName, instance: &mut Instance) {
-        let ips = match &self.bind {
+        let ips = match &*lock(&self.bind) {
             BindAddresses::All => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
             BindAddresses::Only(ips) => ips.clone(),
         };
@@ -722,5 +756,27 @@ mod tests {
         drop(blocker);
         hs.retry_failed();
         assert_eq!(get(at(port), "/").await.0, 200);
+    }
+
+    /// The node-port addresses change: every server moves to the new ones, with its count.
+    #[tokio::test]
+    async fn rebind_moves_every_server() {
+        let (_clock, proxy) = proxy();
+        // 127.0.0.2 is on lo in every network namespace (127.0.0.0/8 is local).
+        let mut hs = ServiceHealth::new(
+            BindAddresses::Only(vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]),
+            proxy,
+        );
+        let p = free_ports(1)[0];
+        hs.sync(vec![svc("ns", "a", p, 2)]).await;
+        assert!(closed(p).await, "not on 127.0.0.1 yet");
+        hs.rebind(loopback()).await;
+        assert_eq!(hs.bind(), loopback());
+        expect(p, "ns", "a", 200, 2, true).await;
+        let status = hs.status();
+        assert_eq!(status[0].listening, vec![at(p)]);
+        // The same again changes nothing.
+        hs.rebind(loopback()).await;
+        expect(p, "ns", "a", 200, 2, true).await;
     }
 }

@@ -84,6 +84,16 @@ pub struct MapLabels {
     pub map: String,
 }
 
+/// The `kind` label: where a frontend's address comes from (`cluster_ip`, `external_ip`,
+/// `node_port`, `load_balancer`: [`crate::model::FrontendKind`] as JSON names it).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// Every frontend kind: their gauges exist from the start, at 0.
+pub const FRONTEND_KINDS: &[&str] = &["cluster_ip", "external_ip", "node_port", "load_balancer"];
+
 /// The `resource` label: a watched Kubernetes resource (`services`, ...).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResourceLabels {
@@ -105,6 +115,7 @@ pub struct Metrics {
     last_sync: Gauge<f64, AtomicU64>,
     services: Count,
     frontends: Count,
+    frontends_by_kind: Family<KindLabels, Count>,
     endpoints: Count,
     map_entries: Family<MapLabels, Count>,
     map_capacity: Family<MapLabels, Count>,
@@ -126,6 +137,7 @@ impl Default for Metrics {
             last_sync: Gauge::default(),
             services: Count::default(),
             frontends: Count::default(),
+            frontends_by_kind: Family::default(),
             endpoints: Count::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
@@ -134,6 +146,11 @@ impl Default for Metrics {
         };
         // The restart counters exist at 0 from the start, so a rate over them is defined
         // before the first restart.
+        for kind in FRONTEND_KINDS {
+            let _created = m.frontends_by_kind.get_or_create(&KindLabels {
+                kind: (*kind).to_string(),
+            });
+        }
         for resource in WATCHED_RESOURCES {
             let _created = m.watch_restarts.get_or_create(&ResourceLabels {
                 resource: (*resource).to_string(),
@@ -198,6 +215,11 @@ impl Metrics {
             self.frontends.clone(),
         );
         r.register(
+            "programmed_frontends_by_kind",
+            "Frontends programmed in the datapath, by where their address comes from",
+            self.frontends_by_kind.clone(),
+        );
+        r.register(
             "programmed_endpoints",
             "Backends programmed in the datapath",
             self.endpoints.clone(),
@@ -241,6 +263,15 @@ impl Metrics {
         self.services.set(services);
         self.frontends.set(frontends);
         self.endpoints.set(endpoints);
+    }
+
+    /// How many frontends of `kind` (one of [`FRONTEND_KINDS`]) the maps hold.
+    pub fn set_programmed_frontends_of_kind(&self, kind: &str, frontends: u64) {
+        self.frontends_by_kind
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .set(frontends);
     }
 
     /// Entries in use and capacity of one BPF map (by its pinned name).
@@ -532,6 +563,7 @@ mod tests {
     fn gauges_counters_and_labels() {
         let m = Metrics::default();
         m.set_programmed(3, 5, 7);
+        m.set_programmed_frontends_of_kind("node_port", 4);
         m.set_map_usage("CIP_SVC4", 12, 65536);
         m.set_map_usage("odd\"name\\\n", 1, 2);
         m.inc_sync_errors();
@@ -545,6 +577,14 @@ mod tests {
         assert_eq!(s["clusterip_programmed_services"], 3.0);
         assert_eq!(s["clusterip_programmed_frontends"], 5.0);
         assert_eq!(s["clusterip_programmed_endpoints"], 7.0);
+        assert_eq!(
+            s["clusterip_programmed_frontends_by_kind{kind=\"node_port\"}"],
+            4.0
+        );
+        assert_eq!(
+            s["clusterip_programmed_frontends_by_kind{kind=\"load_balancer\"}"],
+            0.0
+        );
         assert_eq!(s["clusterip_map_entries{map=\"CIP_SVC4\"}"], 12.0);
         assert_eq!(s["clusterip_map_capacity{map=\"CIP_SVC4\"}"], 65536.0);
         assert_eq!(s["clusterip_map_entries{map=\"odd\\\"name\\\\\\n\"}"], 1.0);
@@ -624,6 +664,11 @@ mod tests {
                 "clusterip_programmed_frontends",
                 "gauge",
                 "Frontends (VIP, port, protocol) programmed in the datapath.",
+            ),
+            (
+                "clusterip_programmed_frontends_by_kind",
+                "gauge",
+                "Frontends programmed in the datapath, by where their address comes from.",
             ),
             (
                 "clusterip_programmed_endpoints",

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 use super::object::Key;
-use super::table::{Backend, NoEndpoints, ServiceEntry, ServiceRef};
+use super::table::{Backend, FrontendKind, NoEndpoints, ServiceEntry, ServiceRef};
 use super::validate::*;
 use super::*;
 
@@ -38,7 +38,8 @@ pub enum NotUsed {
     NotReady,
     /// Terminating: not serving, or serving but not needed because ready endpoints exist.
     Terminating,
-    /// internalTrafficPolicy Local and the endpoint is on another node (or on none).
+    /// Traffic policy Local (internal, or external for traffic from outside the node) and the
+    /// endpoint is on another node (or on none).
     OtherNode,
     /// Topology: its hints do not name this node / zone while others' do.
     HintMismatch,
@@ -57,7 +58,7 @@ impl fmt::Display for NotUsed {
             NotUsed::Terminating => {
                 f.write_str("terminating (not serving, or ready endpoints exist)")
             }
-            NotUsed::OtherNode => f.write_str("not on this node (internalTrafficPolicy Local)"),
+            NotUsed::OtherNode => f.write_str("not on this node (traffic policy Local)"),
             NotUsed::HintMismatch => f.write_str("topology hints are for another zone/node"),
             NotUsed::PortNameNotFound => f.write_str("its slice has no port for this service port"),
             NotUsed::WrongFamily => f.write_str("other address family than the VIP"),
@@ -73,21 +74,37 @@ pub(super) struct Record<'s, 'a> {
     pub(super) ep: &'s ValidEndpoint<'a>,
     /// The backend port; None when the slice has none for this service port.
     pub(super) port: Option<u16>,
+    /// A backend of traffic from this node.
     pub(super) used: bool,
     pub(super) reason: Option<NotUsed>,
+    /// A backend of traffic from outside the node (external kinds only; see
+    /// [`Analysis::external_policy`]).
+    pub(super) external_used: bool,
+    pub(super) external_reason: Option<NotUsed>,
 }
 
 /// Every endpoint of a frontend, which ones are used and why.
 #[derive(Debug)]
 pub(super) struct Analysis<'s, 'a> {
+    pub(super) kind: FrontendKind,
+    pub(super) vip: IpAddr,
     pub(super) records: Vec<Record<'s, 'a>>,
+    /// The endpoints traffic from this node gets: Local only for a cluster IP of an
+    /// `internalTrafficPolicy: Local` service.
     pub(super) policy: TrafficPolicy,
     pub(super) topology: Topology,
     pub(super) topology_reason: String,
     /// The backends are serving-and-terminating endpoints (no ready one was usable).
     pub(super) fallback: bool,
-    pub(super) backends: Vec<SocketAddr>,
+    pub(super) backends: Vec<Backend>,
     pub(super) no_endpoints: NoEndpoints,
+    /// External kinds: the endpoints traffic from outside the node gets (Local:
+    /// `externalTrafficPolicy: Local`). None for cluster IPs.
+    pub(super) external_policy: Option<TrafficPolicy>,
+    /// With `external_policy` Local: the local endpoints are serving-and-terminating ones.
+    pub(super) external_fallback: bool,
+    /// With `external_policy` Local: the local endpoints, sorted.
+    pub(super) external_local: Option<Vec<Backend>>,
 }
 
 impl Analysis<'_, '_> {
@@ -98,18 +115,35 @@ impl Analysis<'_, '_> {
         svc: &ValidService<'_>,
         port: &ValidPort<'_>,
     ) -> ServiceEntry {
+        // kube-proxy firewalls only load-balancer IPs (node ports are "not subject to
+        // loadBalancerSourceRanges, and we can't change that"), each with the ranges of its
+        // own family.
+        let source_ranges = if self.kind == FrontendKind::LoadBalancer {
+            svc.source_ranges
+                .iter()
+                .filter(|n| n.addr().is_ipv4() == self.vip.is_ipv4())
+                .copied()
+                .collect()
+        } else {
+            Box::new([]) as Box<[ipnet::IpNet]>
+        };
         ServiceEntry {
             service: ServiceRef {
                 key: key.clone(),
                 port_name: port.name.into(),
             },
-            backends: self.backends.iter().map(|&b| Backend::from(b)).collect(),
+            backends: self.backends.clone().into(),
             affinity_timeout_s: svc.affinity_timeout_s,
             no_endpoints: self.no_endpoints,
-            kind: FrontendKind::ClusterIp,
-            external_local: None,
-            source_ranges: Box::new([]),
+            kind: self.kind,
+            external_local: self.external_local.clone().map(Into::into),
+            source_ranges,
         }
+    }
+
+    /// The backends as socket addresses (for `explain`).
+    pub(super) fn backend_addrs(&self) -> Vec<SocketAddr> {
+        self.backends.iter().map(|b| b.socket_addr()).collect()
     }
 }
 
@@ -217,7 +251,9 @@ pub(super) fn analyze<'s, 'a>(
         ep,
         port: None,
         used: false,
+        external_reason: Some(reason.clone()),
         reason: Some(reason),
+        external_used: false,
     };
     for slice in group {
         if slice.ipv6 != vip.is_ipv6() {
@@ -264,9 +300,11 @@ pub(super) fn analyze<'s, 'a>(
                     winner.insert(addr, index);
                 }
                 Some(prev) if ep.is_local(node) => {
-                    records[prev].reason = Some(NotUsed::DuplicateOf {
+                    let dup = NotUsed::DuplicateOf {
                         slice: slice.name.to_owned(),
-                    });
+                    };
+                    records[prev].external_reason = Some(dup.clone());
+                    records[prev].reason = Some(dup);
                     winner.insert(addr, index);
                 }
                 Some(prev) => {
@@ -280,7 +318,9 @@ pub(super) fn analyze<'s, 'a>(
                 ep,
                 port: Some(backend_port),
                 used: false,
+                external_reason: reason.clone(),
                 reason,
+                external_used: false,
             });
         }
     }
@@ -292,89 +332,120 @@ pub(super) fn analyze<'s, 'a>(
     let has_any = candidates
         .iter()
         .any(|&i| records[i].ep.ready || records[i].ep.serving_terminating());
+
+    // kube-proxy's CategorizeEndpoints computes both sets; which one a frontend uses is the
+    // traffic policy's business.
+    // Cluster: the ready endpoints (topology applied), else every serving-and-terminating one
+    // (topology ignored: it would have been off had there been ready ones).
+    let (mode, why) = topology_mode(candidates.iter().map(|&i| records[i].ep), node);
+    let mut in_cluster = vec![false; records.len()];
+    for &i in &candidates {
+        let ep = records[i].ep;
+        in_cluster[i] = ep.ready && available_for_topology(ep, mode, node);
+    }
+    let cluster_fallback = !in_cluster.iter().any(|&u| u);
+    if cluster_fallback {
+        for &i in &candidates {
+            in_cluster[i] = records[i].ep.serving_terminating();
+        }
+    }
+    let cluster_fallback = cluster_fallback && in_cluster.iter().any(|&u| u);
+    let cluster_reason = |ep: &ValidEndpoint<'_>| {
+        if ep.ready {
+            NotUsed::HintMismatch
+        } else if ep.terminating {
+            NotUsed::Terminating
+        } else {
+            NotUsed::NotReady
+        }
+    };
+    // Local: this node's ready endpoints, else its serving-and-terminating ones; no topology.
+    let local_ready = candidates
+        .iter()
+        .any(|&i| records[i].ep.is_local(node) && records[i].ep.ready);
+    let mut in_local = vec![false; records.len()];
+    for &i in &candidates {
+        let ep = records[i].ep;
+        in_local[i] = ep.is_local(node)
+            && if local_ready {
+                ep.ready
+            } else {
+                ep.serving_terminating()
+            };
+    }
+    let local_fallback = !local_ready && in_local.iter().any(|&u| u);
+    let local_reason = |ep: &ValidEndpoint<'_>| {
+        if !ep.is_local(node) {
+            NotUsed::OtherNode
+        } else if ep.terminating {
+            NotUsed::Terminating
+        } else {
+            NotUsed::NotReady
+        }
+    };
+
+    // Traffic from this node: a cluster IP follows internalTrafficPolicy; an external
+    // frontend the Cluster endpoints whatever the policies (kube-proxy's short-circuit of
+    // pod and host traffic: "subject to neither form of traffic policy").
     let policy = if kind == FrontendKind::ClusterIp && svc.local {
         TrafficPolicy::Local
     } else {
         TrafficPolicy::Cluster
     };
-
-    let (topology, topology_reason, fallback);
-    match policy {
-        TrafficPolicy::Cluster => {
-            let (mode, why) = topology_mode(candidates.iter().map(|&i| records[i].ep), node);
-            topology = mode;
-            topology_reason = why;
-            let mut any = false;
-            for &i in &candidates {
-                let ep = records[i].ep;
-                if ep.ready && available_for_topology(ep, mode, node) {
-                    records[i].used = true;
-                    any = true;
-                }
-            }
-            // No ready endpoint anywhere (topology would have been off otherwise): the
-            // serving-and-terminating ones, topology ignored.
-            let mut used_fallback = false;
-            if !any {
-                for &i in &candidates {
-                    if records[i].ep.serving_terminating() {
-                        records[i].used = true;
-                        used_fallback = true;
-                    }
-                }
-            }
-            fallback = used_fallback;
-            for &i in &candidates {
-                let r = &mut records[i];
-                if !r.used {
-                    r.reason = Some(if r.ep.ready {
-                        NotUsed::HintMismatch
-                    } else if r.ep.terminating {
-                        NotUsed::Terminating
-                    } else {
-                        NotUsed::NotReady
-                    });
-                }
-            }
-        }
-        TrafficPolicy::Local => {
-            topology = Topology::Off;
-            topology_reason = "not used with internalTrafficPolicy Local".to_owned();
-            let local_ready = candidates
-                .iter()
-                .any(|&i| records[i].ep.is_local(node) && records[i].ep.ready);
-            let mut used_fallback = false;
-            for &i in &candidates {
-                let r = &mut records[i];
-                if !r.ep.is_local(node) {
-                    r.reason = Some(NotUsed::OtherNode);
-                } else if local_ready && r.ep.ready {
-                    r.used = true;
-                } else if !local_ready && r.ep.serving_terminating() {
-                    r.used = true;
-                    used_fallback = true;
-                } else if r.ep.terminating {
-                    r.reason = Some(NotUsed::Terminating);
-                } else {
-                    r.reason = Some(NotUsed::NotReady);
-                }
-            }
-            fallback = used_fallback;
-        }
+    // Traffic from outside the node: externalTrafficPolicy.
+    let external_policy = kind.external().then_some(if svc.external_local {
+        TrafficPolicy::Local
+    } else {
+        TrafficPolicy::Cluster
+    });
+    let pick = |p: TrafficPolicy, r: &Record<'_, '_>, i: usize| match p {
+        TrafficPolicy::Cluster if in_cluster[i] => (true, None),
+        TrafficPolicy::Cluster => (false, Some(cluster_reason(r.ep))),
+        TrafficPolicy::Local if in_local[i] => (true, None),
+        TrafficPolicy::Local => (false, Some(local_reason(r.ep))),
+    };
+    for &i in &candidates {
+        let (used, reason) = pick(policy, &records[i], i);
+        let (external_used, external_reason) =
+            pick(external_policy.unwrap_or(policy), &records[i], i);
+        let r = &mut records[i];
+        (r.used, r.reason) = (used, reason);
+        (r.external_used, r.external_reason) = (external_used, external_reason);
     }
-
-    let mut backends: Vec<SocketAddr> = records
-        .iter()
-        .filter(|r| r.used)
-        .filter_map(|r| r.port.map(|p| SocketAddr::new(r.ep.ip, p)))
-        .collect();
-    backends.sort();
+    let (topology, topology_reason, fallback) = match policy {
+        TrafficPolicy::Cluster => (mode, why, cluster_fallback),
+        TrafficPolicy::Local => (
+            Topology::Off,
+            "not used with internalTrafficPolicy Local".to_owned(),
+            local_fallback,
+        ),
+    };
+    let set = |chosen: &dyn Fn(&Record<'_, '_>) -> bool| -> Vec<Backend> {
+        let mut out: Vec<Backend> = records
+            .iter()
+            .filter(|r| chosen(r))
+            .filter_map(|r| {
+                r.port.map(|p| Backend {
+                    ip: r.ep.ip,
+                    port: p,
+                    local: r.ep.is_local(node),
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let backends = set(&|r| r.used);
+    let external_local =
+        (external_policy == Some(TrafficPolicy::Local)).then(|| set(&|r| r.external_used));
     let no_endpoints = if policy == TrafficPolicy::Local && backends.is_empty() && has_any {
         NoEndpoints::Drop
     } else {
         NoEndpoints::Reject
     };
     Analysis {
+        kind,
+        vip,
         records,
         policy,
         topology,
@@ -382,5 +453,8 @@ pub(super) fn analyze<'s, 'a>(
         fallback,
         backends,
         no_endpoints,
+        external_policy,
+        external_fallback: external_policy == Some(TrafficPolicy::Local) && local_fallback,
+        external_local,
     }
 }

@@ -40,9 +40,14 @@ pub struct ExplainedEndpoint {
     pub terminating: bool,
     pub zone_hints: Vec<String>,
     pub node_hints: Vec<String>,
+    /// A backend of traffic from this node.
     pub used: bool,
     /// Why not, when not used.
     pub reason: Option<NotUsed>,
+    /// External kinds: a backend of traffic from outside the node.
+    pub external_used: Option<bool>,
+    /// Why not, when not used from outside.
+    pub external_reason: Option<NotUsed>,
 }
 
 /// Why a frontend has the backends it has (`clusterip-agent explain`).
@@ -70,8 +75,19 @@ pub struct Explanation {
     /// annotation (same remark).
     pub topology_annotation: Option<String>,
     pub endpoints: Vec<ExplainedEndpoint>,
+    /// What traffic from this node (pods, host processes) gets.
     pub backends: Vec<SocketAddr>,
     pub no_endpoints: Option<NoEndpoints>,
+    /// External kinds (node port, load-balancer IP, external IP): the policy traffic from
+    /// outside the node follows (`externalTrafficPolicy`).
+    pub external_policy: Option<TrafficPolicy>,
+    /// External kinds: what traffic from outside the node gets (empty with the Local policy
+    /// and no endpoint here: dropped).
+    pub external_backends: Option<Vec<SocketAddr>>,
+    /// External kinds: the rule for traffic from outside the node, in words.
+    pub external_rule: Option<String>,
+    /// Load-balancer IPs: the sources allowed from outside the node (empty: all).
+    pub source_ranges: Vec<ipnet::IpNet>,
     pub affinity_timeout_s: Option<u32>,
     /// Problems of the service and of its slices.
     pub problems: Vec<String>,
@@ -110,6 +126,10 @@ pub fn explain(
         endpoints: Vec::new(),
         backends: Vec::new(),
         no_endpoints: None,
+        external_policy: None,
+        external_backends: None,
+        external_rule: None,
+        source_ranges: Vec::new(),
         affinity_timeout_s: None,
         problems: Vec::new(),
     };
@@ -139,7 +159,11 @@ pub fn explain(
         ex.rule = "the service has an error and contributes nothing".into();
         return ex;
     }
-    let Some((_, port, kind)) = valid.frontends().find(|(fe, _, _)| fe == frontend) else {
+    let Some((_, port, kind)) = valid
+        .frontends(&node.node_port_addresses)
+        .into_iter()
+        .find(|(fe, _, _)| fe == frontend)
+    else {
         ex.rule = "the service has no such frontend".into();
         return ex;
     };
@@ -155,8 +179,19 @@ pub fn explain(
     ex.terminating_fallback = a.fallback;
     ex.affinity_timeout_s = valid.affinity_timeout_s;
     ex.no_endpoints = Some(a.no_endpoints);
-    ex.backends = a.backends.clone();
+    ex.backends = a.backend_addrs();
     ex.rule = rule_text(&a, kind, node);
+    let entry = a.entry(&Key::new(ns, name), &valid, port);
+    ex.source_ranges = entry.source_ranges.to_vec();
+    if let Some(policy) = a.external_policy {
+        ex.external_policy = Some(policy);
+        let outside = match &entry.external_local {
+            Some(local) => local.iter().map(|b| b.socket_addr()).collect(),
+            None => ex.backends.clone(),
+        };
+        ex.external_rule = Some(external_rule_text(&a, policy, &outside, &ex.source_ranges));
+        ex.external_backends = Some(outside);
+    }
     ex.endpoints = a
         .records
         .iter()
@@ -173,6 +208,8 @@ pub fn explain(
             node_hints: r.ep.node_hints.iter().map(|s| (*s).to_owned()).collect(),
             used: r.used,
             reason: r.reason.clone(),
+            external_used: a.external_policy.map(|_| r.external_used),
+            external_reason: a.external_policy.and_then(|_| r.external_reason.clone()),
         })
         .collect();
     ex
@@ -180,9 +217,12 @@ pub fn explain(
 
 pub(super) fn rule_text(a: &Analysis<'_, '_>, kind: FrontendKind, node: &NodeInfo) -> String {
     let mut rule = match (kind, a.policy) {
-        (FrontendKind::ExternalIp, _) => "external IP: traffic from this node uses the Cluster \
-                                          endpoints whatever the traffic policies"
-            .to_owned(),
+        (FrontendKind::ExternalIp | FrontendKind::NodePort | FrontendKind::LoadBalancer, _) => {
+            format!(
+                "{kind}: traffic from this node (pods and host) uses the Cluster endpoints \
+                 whatever the traffic policies"
+            )
+        }
         (_, TrafficPolicy::Cluster) => "internalTrafficPolicy Cluster".to_owned(),
         (_, TrafficPolicy::Local) => format!("internalTrafficPolicy Local (node {:?})", node.name),
     };
@@ -208,6 +248,48 @@ pub(super) fn rule_text(a: &Analysis<'_, '_>, kind: FrontendKind, node: &NodeInf
             }
             NoEndpoints::Reject => "; no usable endpoint: connections are refused",
         });
+    }
+    rule
+}
+
+/// The rule for traffic from outside the node to an external frontend.
+fn external_rule_text(
+    a: &Analysis<'_, '_>,
+    policy: TrafficPolicy,
+    outside: &[SocketAddr],
+    source_ranges: &[ipnet::IpNet],
+) -> String {
+    let mut rule = match policy {
+        TrafficPolicy::Cluster => "externalTrafficPolicy Cluster: clients outside the node get \
+                                   the same endpoints; their source is translated to the \
+                                   node's address when the endpoint is on another node"
+            .to_owned(),
+        TrafficPolicy::Local => {
+            let which = if a.external_fallback {
+                "no ready endpoint here: this node's serving and terminating ones"
+            } else {
+                "this node's ready endpoints"
+            };
+            format!(
+                "externalTrafficPolicy Local: clients outside the node get {which}, and keep \
+                 their source address"
+            )
+        }
+    };
+    if outside.is_empty() {
+        rule.push_str(match (policy, a.backends.is_empty()) {
+            (TrafficPolicy::Local, false) => {
+                "; none on this node while other nodes have some: traffic from outside is dropped"
+            }
+            _ => "; no usable endpoint: connections are refused",
+        });
+    }
+    if !source_ranges.is_empty() {
+        let ranges: Vec<String> = source_ranges.iter().map(ToString::to_string).collect();
+        rule.push_str(&format!(
+            "; loadBalancerSourceRanges: only from {} (others dropped)",
+            ranges.join(", ")
+        ));
     }
     rule
 }

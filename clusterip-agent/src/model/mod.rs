@@ -5,12 +5,21 @@
 //! `servicechangetracker.go`/`serviceport.go`, `endpointslicecache.go`, `topology.go` and the
 //! iptables proxier's REJECT/DROP choice), as of Kubernetes 1.37:
 //!
-//! * **Frontends**: one per (cluster IP, ServicePort) and one per (external IP, ServicePort).
-//!   The cluster IPs are `spec.clusterIPs` (both families; falls back to `spec.clusterIP`); the
-//!   external IPs are `spec.externalIPs` (any number, either family; an invalid one is a
-//!   warning and is skipped, the rest of the service is unaffected). Types ClusterIP, NodePort
-//!   and LoadBalancer all get these frontends (node ports and load balancer IPs are not
-//!   handled here). Protocols TCP and UDP (absent = TCP); SCTP ports are skipped with a
+//! * **Frontends** ([`FrontendKind`]): one per (cluster IP, ServicePort), per (external IP,
+//!   ServicePort), per (load-balancer IP, ServicePort) and per (node-port address, ServicePort
+//!   with a `nodePort`). The cluster IPs are `spec.clusterIPs` (both families; falls back to
+//!   `spec.clusterIP`). The other addresses count only in the families the service has a
+//!   cluster IP of (kube-proxy's proxier of a family skips a service without a cluster IP of
+//!   its family): the external IPs are `spec.externalIPs` (an invalid one is a warning and is
+//!   skipped); the load-balancer IPs `status.loadBalancer.ingress[].ip` of VIP-mode ingresses
+//!   (no `ipMode`, or `VIP`; `Proxy` is left to the load balancer, KEP-1860; hostname-only
+//!   ingresses are ignored); the node-port addresses are [`NodeInfo::node_port_addresses`]
+//!   (`--nodeport-addresses`, [`select_node_port_addresses`]). Like kube-proxy, node ports and
+//!   load-balancer IPs follow the fields, not `spec.type` (the API server clears node ports
+//!   when a service becomes ClusterIP, and allocates none with
+//!   `allocateLoadBalancerNodePorts: false` unless they are set explicitly). A frontend that a
+//!   service would get twice (an external IP that is a node address, port = node port) is
+//!   kept the first time. Protocols TCP and UDP (absent = TCP); SCTP ports are skipped with a
 //!   warning.
 //! * **Ignored silently**: type ExternalName, headless services (`clusterIP: None`), services
 //!   without a cluster IP, and services labelled `service.kubernetes.io/service-proxy-name`
@@ -42,21 +51,37 @@
 //!   the Local endpoints. No local endpoint while the service has usable endpoints elsewhere →
 //!   no backends and [`NoEndpoints::Drop`]; no usable endpoint anywhere →
 //!   [`NoEndpoints::Reject`] (the iptables proxier's "has no endpoints" REJECT wins over its
-//!   "has no local endpoints" DROP). External IP frontends always use the Cluster endpoints:
-//!   the agent only sees traffic that originates on this node, and kube-proxy sends locally
-//!   originated traffic to an external IP to the Cluster endpoints whatever the traffic
-//!   policies ("subject to neither form of traffic policy").
+//!   "has no local endpoints" DROP). External frontends (external, load-balancer and node-port
+//!   addresses) use the Cluster endpoints for traffic from this node, its pods and its host
+//!   (`ServiceEntry::backends`): kube-proxy sends locally originated traffic to them to the
+//!   Cluster endpoints whatever the traffic policies ("subject to neither form of traffic
+//!   policy", the short-circuit). Traffic from outside the node follows
+//!   `externalTrafficPolicy` where kube-proxy's `ExternalPolicyLocal` applies it (type NodePort
+//!   or LoadBalancer, or ClusterIP with external IPs): Local puts the Local endpoints in
+//!   `ServiceEntry::external_local` (none: such traffic is dropped while the service has
+//!   endpoints elsewhere); Cluster leaves it None (the same backends, source NAT for remote
+//!   ones in the datapath).
+//! * **Source ranges**: `spec.loadBalancerSourceRanges` (trimmed, masked to their prefix) on
+//!   load-balancer frontends only, each with the ranges of its family (kube-proxy: "nodeports
+//!   are not subject to loadBalancerSourceRanges"). An invalid range rejects the service
+//!   (kube-proxy would skip it, which can leave no range, i.e. every source allowed).
+//! * **Health checks** ([`HealthCheck`]): a LoadBalancer service with
+//!   `externalTrafficPolicy: Local` and a `spec.healthCheckNodePort` reports the distinct
+//!   addresses of its ready endpoints on this node (`LocalReadyEndpoints`).
 //! * **Session affinity** ClientIP: `sessionAffinityConfig.clientIP.timeoutSeconds`, default
 //!   10800 s (valid: 1..=86400).
 //! * **Validation**: an invalid object yields a [`Problem`] and contributes nothing; everything
-//!   else is unaffected. Two services claiming the same frontend: the one that comes first in
+//!   else is unaffected. Problems of the new fields name them (`spec.ports[1].nodePort`,
+//!   `spec.loadBalancerSourceRanges[0]`, `status.loadBalancer.ingress[2].ip`,
+//!   `spec.healthCheckNodePort`). Two services claiming the same frontend, or the same node
+//!   port (port and protocol, whatever the node's addresses): the one that comes first in
 //!   the input keeps it, the later one is rejected as a whole.
 //! * Everything is a pure function of the current objects: a changed Service (affinity, type,
 //!   labels, ports, IP families) is simply rebuilt ([`build_service`]).
-//! * Not implemented (no effect): node ports, load balancer IPs, externalTrafficPolicy (no
-//!   effect on locally originated traffic, see above), SCTP.
+//! * Not implemented (no effect): SCTP.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -65,6 +90,9 @@ use serde::Serialize;
 
 mod endpoints;
 mod explain;
+#[cfg(test)]
+mod external_tests;
+mod nodeport;
 mod object;
 mod problem;
 pub mod table;
@@ -74,12 +102,16 @@ mod validate;
 
 pub use endpoints::{NotUsed, Topology, TrafficPolicy};
 pub use explain::{ExplainedEndpoint, Explanation, FrontendStatus, explain};
+pub use nodeport::{
+    NodeAddresses, NodePortAddresses, NodePortAddressesError, select_node_port_addresses,
+    snat_addresses,
+};
 pub use object::{Key, ServiceObject, SliceObject};
 pub use problem::{ObjectKind, ObjectRef, Problem, ProblemKind, Severity};
 pub use table::FrontendKind;
 
 use endpoints::analyze;
-use table::{DesiredTable, Frontend, ServiceEntry};
+use table::{DesiredTable, Frontend, Protocol, ServiceEntry};
 use validate::{ValidService, ValidSlice, validate_slice};
 
 /// Label joining an EndpointSlice to its Service.
@@ -109,6 +141,9 @@ pub struct NodeInfo {
     pub name: String,
     /// The node's `topology.kubernetes.io/zone` label; selects `forZones` hints.
     pub zone: Option<String>,
+    /// The addresses node ports are served on, both families, sorted, without duplicates:
+    /// selected by the agent ([`select_node_port_addresses`]).
+    pub node_port_addresses: Vec<IpAddr>,
 }
 
 impl NodeInfo {
@@ -116,15 +151,40 @@ impl NodeInfo {
         NodeInfo {
             name: name.into(),
             zone: zone.filter(|z| !z.is_empty()),
+            node_port_addresses: Vec::new(),
         }
+    }
+
+    /// With these node-port addresses (sorted and deduplicated here).
+    pub fn with_node_port_addresses(mut self, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut addresses: Vec<IpAddr> = addresses.into_iter().collect();
+        addresses.sort();
+        addresses.dedup();
+        self.node_port_addresses = addresses;
+        self
     }
 }
 
-/// The model's result: the table, and what was wrong with the input.
+/// What a service's health check node port reports on this node (kube-proxy's
+/// `HealthCheckNodePorts` and `LocalReadyEndpoints`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct HealthCheck {
+    /// `spec.healthCheckNodePort`.
+    pub port: u16,
+    /// The distinct addresses of the service's ready endpoints on this node, whatever their
+    /// ports; serving-but-terminating ones do not count (a node left with only those fails
+    /// the check and is drained). Counted in the service's primary family (its first cluster
+    /// IP's): kube-proxy counts per family, and a dual-stack pod is one endpoint.
+    pub local_endpoints: usize,
+}
+
+/// The model's result: the table, the health checks, and what was wrong with the input.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelOutput {
     pub table: DesiredTable,
     pub problems: Vec<Problem>,
+    /// The health check of each accepted service that has one ([`ServiceBuild::health_check`]).
+    pub health_checks: BTreeMap<Key, HealthCheck>,
 }
 
 /// What one Service contributes, on its own (see [`build_service`]).
@@ -140,6 +200,9 @@ pub struct ServiceBuild {
     /// `service.kubernetes.io/headless` label), no cluster IP, or another proxy's
     /// (`service.kubernetes.io/service-proxy-name`).
     pub ignored: bool,
+    /// A LoadBalancer service with `externalTrafficPolicy: Local` and a
+    /// `spec.healthCheckNodePort`: what its health check server answers on this node.
+    pub health_check: Option<HealthCheck>,
 }
 
 impl ServiceBuild {
@@ -197,23 +260,46 @@ pub fn build(svc: &ServiceObject, slices: &[&SliceObject], node: &NodeInfo) -> S
             entries: Vec::new(),
             problems,
             ignored: svc.ignored(),
+            health_check: None,
         };
     };
     let group = service_slices(&valid, slices.iter().filter_map(|s| s.valid()));
     let entries = valid
-        .frontends()
+        .frontends(&node.node_port_addresses)
+        .into_iter()
         .map(|(frontend, port, kind)| {
             let analysis = analyze(&valid, port, kind, frontend.vip, &group, node);
-            let mut entry = analysis.entry(svc.key(), &valid, port);
-            entry.kind = kind;
-            (frontend, entry)
+            (frontend, analysis.entry(svc.key(), &valid, port))
         })
         .collect();
+    let health_check = valid.health_check_node_port.map(|port| HealthCheck {
+        port,
+        local_endpoints: local_ready_endpoints(&valid, &group, node),
+    });
     ServiceBuild {
         entries,
         problems,
         ignored: false,
+        health_check,
     }
+}
+
+/// kube-proxy's `LocalReadyEndpoints` for one service: the distinct addresses of the ready
+/// endpoints on this node in the service's slices of its primary family.
+fn local_ready_endpoints(
+    svc: &ValidService<'_>,
+    group: &[ValidSlice<'_>],
+    node: &NodeInfo,
+) -> usize {
+    let ipv6 = svc.vips.first().is_some_and(IpAddr::is_ipv6);
+    group
+        .iter()
+        .filter(|s| s.ipv6 == ipv6)
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|ep| ep.ready && ep.is_local(node))
+        .map(|ep| ep.ip)
+        .collect::<HashSet<IpAddr>>()
+        .len()
 }
 
 /// The valid slices of `svc` among `slices`, sorted by name (a deterministic merge order
@@ -312,9 +398,11 @@ pub fn build_table_of<'a>(
         by_service.entry(owner).or_default().push(slice);
     }
 
-    // Services: build each, then claim frontends in input order.
+    // Services: build each, then claim frontends and node ports in input order.
     let mut claimed: HashMap<Frontend, &Key> = HashMap::new();
+    let mut claimed_node_ports: HashMap<(u16, Protocol), &Key> = HashMap::new();
     let mut table = DesiredTable::default();
+    let mut health_checks = BTreeMap::new();
     for svc in services {
         let object = svc.object_ref();
         let group = by_service.get(svc.key()).map(Vec::as_slice).unwrap_or(&[]);
@@ -327,16 +415,12 @@ pub fn build_table_of<'a>(
         if !accepted {
             continue;
         }
-        let conflicts: Vec<ProblemKind> = built
-            .entries
-            .iter()
-            .filter_map(|(fe, _)| {
-                claimed.get(fe).map(|owner| ProblemKind::DuplicateFrontend {
-                    frontend: *fe,
-                    owner: owner.to_string(),
-                })
-            })
-            .collect();
+        let conflicts = claim_conflicts(
+            svc,
+            &built.entries,
+            |np| claimed_node_ports.get(&np).map(|k| k.to_string()),
+            |fe| claimed.get(fe).map(|k| k.to_string()),
+        );
         if !conflicts.is_empty() {
             problems.extend(conflicts.into_iter().map(|kind| Problem {
                 object: object.clone(),
@@ -344,14 +428,60 @@ pub fn build_table_of<'a>(
             }));
             continue;
         }
+        for (_, node_port, protocol) in svc.node_ports() {
+            claimed_node_ports.insert((node_port, protocol), svc.key());
+        }
         for (fe, entry) in built.entries {
             claimed.insert(fe, svc.key());
             table.services.insert(fe, entry);
         }
+        if let Some(hc) = built.health_check {
+            health_checks.insert(svc.key().clone(), hc);
+        }
     }
     problems.extend(slice_problem_list);
 
-    ModelOutput { table, problems }
+    ModelOutput {
+        table,
+        problems,
+        health_checks,
+    }
+}
+
+/// What of `svc` (built as `entries`) another service holds: its node ports (`node_port_owner`
+/// names the holder of one, if any) and its frontends (`frontend_owner`), as problems naming
+/// the field. A node port already reported is not reported again for each node address.
+pub fn claim_conflicts(
+    svc: &ServiceObject,
+    entries: &[(Frontend, ServiceEntry)],
+    node_port_owner: impl Fn((u16, Protocol)) -> Option<String>,
+    frontend_owner: impl Fn(&Frontend) -> Option<String>,
+) -> Vec<ProblemKind> {
+    let mut taken: HashSet<(u16, Protocol)> = HashSet::new();
+    let mut out = Vec::new();
+    for (index, node_port, protocol) in svc.node_ports() {
+        if let Some(owner) = node_port_owner((node_port, protocol)) {
+            taken.insert((node_port, protocol));
+            out.push(ProblemKind::DuplicateNodePort {
+                field: format!("spec.ports[{index}].nodePort"),
+                node_port,
+                protocol,
+                owner: format!("Service {owner}"),
+            });
+        }
+    }
+    for (fe, entry) in entries {
+        if entry.kind == FrontendKind::NodePort && taken.contains(&(fe.port, fe.protocol)) {
+            continue;
+        }
+        if let Some(owner) = frontend_owner(fe) {
+            out.push(ProblemKind::DuplicateFrontend {
+                frontend: *fe,
+                owner,
+            });
+        }
+    }
+    out
 }
 
 /// The metadata namespace (default "default") and name (default "").

@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -143,17 +144,23 @@ enum ServiceState {
 struct ServiceSpec {
     vips: Box<[IpAddr]>,
     external_ips: Box<[IpAddr]>,
+    lb_ips: Box<[IpAddr]>,
     ports: Box<[PortSpec]>,
     affinity_timeout_s: Option<u32>,
     local: bool,
+    external_local: bool,
+    source_ranges: Box<[IpNet]>,
+    health_check_node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PortSpec {
+    index: u32,
     name: Box<str>,
     port: u16,
     protocol: Protocol,
     target: Target,
+    node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,10 +181,12 @@ impl ServiceObject {
             Some(v) => ServiceState::Accepted(Box::new(ServiceSpec {
                 vips: v.vips.into(),
                 external_ips: v.external_ips.into(),
+                lb_ips: v.lb_ips.into(),
                 ports: v
                     .ports
                     .iter()
                     .map(|p| PortSpec {
+                        index: p.index,
                         name: p.name.into(),
                         port: p.port,
                         protocol: p.protocol,
@@ -185,10 +194,14 @@ impl ServiceObject {
                             TargetPort::Number(n) => Target::Number(n),
                             TargetPort::Name(n) => Target::Name(n.into()),
                         },
+                        node_port: p.node_port,
                     })
                     .collect(),
                 affinity_timeout_s: v.affinity_timeout_s,
                 local: v.local,
+                external_local: v.external_local,
+                source_ranges: v.source_ranges.into(),
+                health_check_node_port: v.health_check_node_port,
             })),
         };
         ServiceObject {
@@ -227,10 +240,12 @@ impl ServiceObject {
             name: self.key.name(),
             vips: spec.vips.to_vec(),
             external_ips: spec.external_ips.to_vec(),
+            lb_ips: spec.lb_ips.to_vec(),
             ports: spec
                 .ports
                 .iter()
                 .map(|p| ValidPort {
+                    index: p.index,
                     name: &p.name,
                     port: p.port,
                     protocol: p.protocol,
@@ -238,10 +253,14 @@ impl ServiceObject {
                         Target::Number(n) => TargetPort::Number(*n),
                         Target::Name(n) => TargetPort::Name(n),
                     },
+                    node_port: p.node_port,
                 })
                 .collect(),
             affinity_timeout_s: spec.affinity_timeout_s,
             local: spec.local,
+            external_local: spec.external_local,
+            source_ranges: spec.source_ranges.to_vec(),
+            health_check_node_port: spec.health_check_node_port,
         })
     }
 
@@ -253,24 +272,45 @@ impl ServiceObject {
         }
     }
 
-    /// The frontends an accepted service claims (none otherwise), in the order
-    /// [`super::build`] gives them: they do not depend on slices nor on the node.
-    pub fn frontends(&self) -> impl Iterator<Item = Frontend> + '_ {
-        let spec = match &self.state {
-            ServiceState::Accepted(spec) => Some(&**spec),
+    fn spec(&self) -> Option<&ServiceSpec> {
+        match &self.state {
+            ServiceState::Accepted(spec) => Some(spec),
             _ => None,
-        };
-        spec.into_iter().flat_map(|spec| {
-            spec.vips
-                .iter()
-                .chain(spec.external_ips.iter())
-                .flat_map(|&vip| {
-                    spec.ports.iter().map(move |p| Frontend {
-                        vip,
-                        port: p.port,
-                        protocol: p.protocol,
+        }
+    }
+
+    /// The frontends of an accepted service's cluster, external and load-balancer IPs (none
+    /// otherwise), in the order [`super::build`] gives them: they do not depend on slices nor
+    /// on the node. Its node ports are [`ServiceObject::node_ports`].
+    pub fn frontends(&self) -> impl Iterator<Item = Frontend> + '_ {
+        let mut seen = std::collections::HashSet::new();
+        self.spec()
+            .into_iter()
+            .flat_map(|spec| {
+                spec.vips
+                    .iter()
+                    .chain(spec.external_ips.iter())
+                    .chain(spec.lb_ips.iter())
+                    .flat_map(|&vip| {
+                        spec.ports.iter().map(move |p| Frontend {
+                            vip,
+                            port: p.port,
+                            protocol: p.protocol,
+                        })
                     })
-                })
+            })
+            .filter(move |fe| seen.insert(*fe))
+    }
+
+    /// The node ports an accepted service claims on every node address (none otherwise):
+    /// `(index in spec.ports, node port, protocol)`. Which addresses they are on is the
+    /// node's business ([`super::NodeInfo::node_port_addresses`]); two services claiming
+    /// one conflict whatever the addresses.
+    pub fn node_ports(&self) -> impl Iterator<Item = (u32, u16, Protocol)> + '_ {
+        self.spec().into_iter().flat_map(|spec| {
+            spec.ports
+                .iter()
+                .filter_map(|p| Some((p.index, p.node_port?, p.protocol)))
         })
     }
 }
@@ -621,6 +661,17 @@ mod tests {
                 if let Some(proto) = rng.maybe(protocols) {
                     p.insert("protocol".into(), proto);
                 }
+                let node_ports = if sane {
+                    &[30080, 30053, 0][..]
+                } else {
+                    &[30080, 30053, 0, 70000, -1][..]
+                };
+                if rng.below(2) == 0 {
+                    p.insert(
+                        "nodePort".into(),
+                        json!(node_ports[rng.below(node_ports.len())]),
+                    );
+                }
                 match rng.below(5) {
                     0 => {}
                     1 => {
@@ -653,24 +704,57 @@ mod tests {
         spec.insert("ports".into(), json!(ports));
         let fields = if sane {
             [
-                ("type", &["ClusterIP", "NodePort"][..]),
+                ("type", &["ClusterIP", "NodePort", "LoadBalancer"][..]),
                 ("sessionAffinity", &["None", "ClientIP"][..]),
                 ("internalTrafficPolicy", &["Cluster", "Local"][..]),
+                ("externalTrafficPolicy", &["Cluster", "Local"][..]),
             ]
         } else {
             [
                 (
                     "type",
-                    &["ClusterIP", "NodePort", "ExternalName", "Other"][..],
+                    &[
+                        "ClusterIP",
+                        "NodePort",
+                        "LoadBalancer",
+                        "ExternalName",
+                        "Other",
+                    ][..],
                 ),
                 ("sessionAffinity", &["None", "ClientIP", "Sticky"][..]),
                 ("internalTrafficPolicy", &["Cluster", "Local", "Other"][..]),
+                ("externalTrafficPolicy", &["Cluster", "Local", "Other"][..]),
             ]
         };
         for (field, values) in fields {
             if let Some(v) = rng.maybe(values) {
                 spec.insert(field.into(), v);
             }
+        }
+        let ranges: &[&str] = if sane {
+            &[
+                "203.0.113.0/24",
+                "198.51.100.7/16",
+                "2001:db8::/32",
+                " 0.0.0.0/0 ",
+            ]
+        } else {
+            &["203.0.113.0/24", "2001:db8::/32", "10.0.0.300/8", "x", ""]
+        };
+        spec.insert(
+            "loadBalancerSourceRanges".into(),
+            json!(rng.some_of(ranges, 2)),
+        );
+        if rng.below(2) == 0 {
+            let ports = if sane {
+                &[32000, 0][..]
+            } else {
+                &[32000, 0, 70000][..]
+            };
+            spec.insert(
+                "healthCheckNodePort".into(),
+                json!(ports[rng.below(ports.len())]),
+            );
         }
         if rng.below(3) == 0 && !sane {
             let timeout = [0, 60, 86400, 90000][rng.below(4)];
@@ -683,7 +767,32 @@ mod tests {
         if sane || rng.below(15) != 0 {
             meta["name"] = json!(name);
         }
-        serde_json::from_value(json!({"metadata": meta, "spec": spec})).unwrap()
+        let ingress: Vec<Value> = (0..rng.below(3))
+            .map(|_| {
+                let mut ing = serde_json::Map::new();
+                let ips: &[&str] = if sane {
+                    &["192.0.2.1", "192.0.2.2", "2001:db8::1", ""]
+                } else {
+                    &["192.0.2.1", "2001:db8::1", "not-an-ip", ""]
+                };
+                if let Some(ip) = rng.maybe(ips) {
+                    ing.insert("ip".into(), ip);
+                }
+                if let Some(mode) = rng.maybe(&["VIP", "Proxy"]) {
+                    ing.insert("ipMode".into(), mode);
+                }
+                if rng.below(3) == 0 {
+                    ing.insert("hostname".into(), json!("lb.example.com"));
+                }
+                Value::Object(ing)
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": meta,
+            "spec": spec,
+            "status": {"loadBalancer": {"ingress": ingress}},
+        }))
+        .unwrap()
     }
 
     fn random_slice(rng: &mut Rng, name: &str, sane: bool) -> EndpointSlice {
@@ -787,6 +896,36 @@ mod tests {
                 .map(|(fe, _)| fe)
                 .collect();
             assert_eq!(object.frontends().collect::<Vec<_>>(), built, "{svc:?}");
+            // With node-port addresses: the same, then the node ports on each address of the
+            // service's families (less those already there).
+            let node = NodeInfo::new("node-a", None).with_node_port_addresses(
+                ["192.168.1.10", "fd00:1::10"].map(|a| a.parse::<IpAddr>().unwrap()),
+            );
+            let built: Vec<Frontend> = super::super::build_service(&svc, &[], &node)
+                .entries
+                .into_iter()
+                .map(|(fe, _)| fe)
+                .collect();
+            let mut want: Vec<Frontend> = object.frontends().collect();
+            for a in &node.node_port_addresses {
+                if object
+                    .cluster_ips()
+                    .iter()
+                    .any(|v| v.is_ipv4() == a.is_ipv4())
+                {
+                    for (_, port, protocol) in object.node_ports() {
+                        let f = Frontend {
+                            vip: *a,
+                            port,
+                            protocol,
+                        };
+                        if !want.contains(&f) {
+                            want.push(f);
+                        }
+                    }
+                }
+            }
+            assert_eq!(want, built, "{svc:?}");
             assert_eq!(object.ignored(), valid.is_none(), "{svc:?}");
             assert_eq!(object.valid(), valid.filter(|_| !rejected), "{svc:?}");
 
@@ -825,7 +964,7 @@ mod tests {
     #[test]
     fn the_table_agrees_with_explain() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let (mut frontends, mut with_backends) = (0, 0);
+        let (mut frontends, mut with_backends, mut external, mut local_policy) = (0, 0, 0, 0);
         for _round in 0..1000 {
             let services: Vec<Service> = (0..3)
                 .map(|i| random_service(&mut rng, NAMES[i], true))
@@ -836,6 +975,9 @@ mod tests {
             let node = NodeInfo::new(
                 rng.pick(NODES),
                 rng.maybe(ZONES).and_then(|z| z.as_str().map(str::to_owned)),
+            )
+            .with_node_port_addresses(
+                ["192.168.1.10", "fd00:1::10"].map(|a| a.parse::<IpAddr>().unwrap()),
             );
             let table = build_table(&services, &slices, &node).table;
             let refs: Vec<&EndpointSlice> = slices.iter().collect();
@@ -852,13 +994,31 @@ mod tests {
                     entry.backends.iter().map(|b| b.socket_addr()).collect();
                 assert_eq!(ex.backends, backends, "{fe}: {services:?} {slices:?}");
                 assert_eq!(ex.no_endpoints, Some(entry.no_endpoints), "{fe}");
+                assert_eq!(ex.kind, Some(entry.kind), "{fe}");
+                // From outside: the local set with externalTrafficPolicy Local, else the same.
+                let outside: Vec<std::net::SocketAddr> = entry
+                    .external_local
+                    .as_deref()
+                    .unwrap_or(&entry.backends)
+                    .iter()
+                    .map(|b| b.socket_addr())
+                    .collect();
+                if entry.external() {
+                    assert_eq!(ex.external_backends.as_ref(), Some(&outside), "{fe}");
+                    external += 1;
+                    local_policy += usize::from(entry.external_local.is_some());
+                } else {
+                    assert_eq!(ex.external_backends, None, "{fe}");
+                }
+                assert_eq!(ex.source_ranges, entry.source_ranges.to_vec(), "{fe}");
                 frontends += 1;
                 with_backends += usize::from(!entry.backends.is_empty());
             }
         }
         assert!(
-            frontends > 1000 && with_backends > 300,
-            "only {frontends} frontends, {with_backends} with backends: widen the generator"
+            frontends > 1000 && with_backends > 300 && external > 300 && local_policy > 100,
+            "only {frontends} frontends, {with_backends} with backends, {external} external, \
+             {local_policy} with externalTrafficPolicy Local: widen the generator"
         );
     }
 }

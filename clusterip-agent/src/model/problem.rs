@@ -112,6 +112,27 @@ pub enum ProblemKind {
         /// `namespace/name` of the service that keeps the frontend.
         owner: String,
     },
+    #[error("{field} {node_port} is outside 1..=65535")]
+    InvalidNodePort { field: String, node_port: i32 },
+    /// A node port (with its protocol) claimed twice: by two ports of one service, or by two
+    /// services (the one holding it keeps it).
+    #[error("{field} {node_port}/{protocol} is already used by {owner}")]
+    DuplicateNodePort {
+        /// `spec.ports[i].nodePort` of the claimant.
+        field: String,
+        node_port: u16,
+        protocol: Protocol,
+        /// `Service namespace/name`, or the other port of the same service.
+        owner: String,
+    },
+    #[error("{field} {value:?} is not an IP range (CIDR)")]
+    InvalidSourceRange { field: String, value: String },
+    #[error("{field} {value:?} is not an IP address")]
+    InvalidLoadBalancerIp { field: String, value: String },
+    #[error("spec.healthCheckNodePort {0} is outside 1..=65535")]
+    InvalidHealthCheckNodePort(i32),
+    #[error("invalid externalTrafficPolicy {0:?} (expected Cluster or Local)")]
+    InvalidExternalTrafficPolicy(String),
     #[error("label {LABEL_SERVICE_NAME} is missing")]
     MissingServiceNameLabel,
     #[error("invalid addressType {0:?} (expected IPv4, IPv6 or FQDN)")]

@@ -300,14 +300,23 @@ pub(crate) mod test_support {
         }
     }
 
-    /// An entry without affinity that rejects when it has no backends.
+    /// A backend from `IP:PORT`, on this node when followed by `*`.
+    pub fn backend(b: &str) -> Backend {
+        match b.strip_suffix('*') {
+            Some(addr) => {
+                let a: SocketAddr = addr.parse().unwrap();
+                Backend::local(a.ip(), a.port())
+            }
+            None => b.parse::<SocketAddr>().unwrap().into(),
+        }
+    }
+
+    /// An entry without affinity that rejects when it has no backends; backends as
+    /// [`backend`] reads them.
     pub fn entry(ns: &str, name: &str, port_name: &str, backends: &[&str]) -> ServiceEntry {
         ServiceEntry {
             service: ServiceRef::new(ns, name, port_name),
-            backends: backends
-                .iter()
-                .map(|b| b.parse::<SocketAddr>().unwrap().into())
-                .collect(),
+            backends: backends.iter().map(|b| backend(b)).collect(),
             affinity_timeout_s: None,
             no_endpoints: NoEndpoints::Reject,
             kind: FrontendKind::ClusterIp,

@@ -628,7 +628,7 @@ fn internal_traffic_policy_local_uses_local_endpoints() {
         out.table,
         table(vec![(
             fe("10.96.0.90", 80, Protocol::Tcp),
-            entry("default", "c", "", &["10.0.0.1:80"])
+            entry("default", "c", "", &["10.0.0.1:80*"])
         )])
     );
     let out = build_node(&yaml, "node-b");
@@ -1053,7 +1053,7 @@ endpoints:
         out.table,
         table(vec![(
             fe("10.96.0.90", 80, Protocol::Tcp),
-            entry("default", "c", "", &["10.0.0.1:80", "10.0.0.2:80"])
+            entry("default", "c", "", &["10.0.0.1:80*", "10.0.0.2:80*"])
         )])
     );
 }
@@ -1276,6 +1276,8 @@ fn external(mut e: ServiceEntry) -> ServiceEntry {
     e
 }
 
+/// kube-proxy's proxier of a family skips a service without a cluster IP of that family: an
+/// external IP of the other family gets no frontend.
 #[test]
 fn external_ips_get_frontends_per_family() {
     let out = build(
@@ -1325,11 +1327,28 @@ endpoints: [{addresses: ["fd00::1"]}]
                 fe("192.0.2.10", 80, Protocol::Tcp),
                 external(entry("n", "e", "http", &["10.0.0.1:8080"]))
             ),
-            (
-                fe("2001:db8::10", 80, Protocol::Tcp),
-                external(entry("n", "e", "http", &["[fd00::1]:8080"]))
-            ),
         ])
+    );
+    // Dual-stack: each family's external IPs.
+    let out = build(&with(&[r#"
+kind: Service
+apiVersion: v1
+metadata: {name: e, namespace: n}
+spec:
+  clusterIPs: [10.96.7.1, "fd00::7:1"]
+  externalIPs: [192.0.2.10, "2001:db8::10"]
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#]));
+    assert_eq!(out.problems, vec![]);
+    let frontends: Vec<String> = out.table.services.keys().map(|f| f.to_string()).collect();
+    assert_eq!(
+        frontends,
+        vec![
+            "10.96.7.1:80/TCP",
+            "192.0.2.10:80/TCP",
+            "[2001:db8::10]:80/TCP",
+            "[fd00::7:1]:80/TCP"
+        ]
     );
 }
 
@@ -1571,6 +1590,7 @@ endpoints: [{addresses: [10.9.9.9]}]
             )],
             problems: vec![],
             ignored: false,
+            health_check: None,
         }
     );
 

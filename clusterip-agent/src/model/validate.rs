@@ -1,7 +1,9 @@
 //! Validation: a Service or EndpointSlice in, the parts the model uses (or its problems) out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -18,10 +20,14 @@ pub(super) enum TargetPort<'a> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct ValidPort<'a> {
+    /// Its index in `spec.ports` (problems name the field by it).
+    pub(super) index: u32,
     pub(super) name: &'a str,
     pub(super) port: u16,
     pub(super) protocol: Protocol,
     pub(super) target: TargetPort<'a>,
+    /// `nodePort`; None when absent or 0 (kube-proxy: no node port).
+    pub(super) node_port: Option<u16>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -29,27 +35,38 @@ pub(super) struct ValidService<'a> {
     pub(super) namespace: &'a str,
     pub(super) name: &'a str,
     pub(super) vips: Vec<IpAddr>,
-    /// Valid, deduplicated, none equal to a cluster IP.
+    /// Valid, deduplicated, none equal to a cluster IP, each of a family the service has a
+    /// cluster IP of (kube-proxy's proxier of a family skips a service without a cluster IP
+    /// of that family, external IPs and all).
     pub(super) external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` of the VIP-mode ingresses (no `ipMode`, or `VIP`),
+    /// same rules as `external_ips`.
+    pub(super) lb_ips: Vec<IpAddr>,
     pub(super) ports: Vec<ValidPort<'a>>,
     pub(super) affinity_timeout_s: Option<u32>,
+    /// `internalTrafficPolicy: Local`.
     pub(super) local: bool,
+    /// `externalTrafficPolicy: Local` on an externally accessible service (kube-proxy's
+    /// `ExternalPolicyLocal`: type NodePort or LoadBalancer, or ClusterIP with external IPs).
+    pub(super) external_local: bool,
+    /// `spec.loadBalancerSourceRanges`, trimmed, masked to their prefix, sorted, without
+    /// duplicates, both families.
+    pub(super) source_ranges: Vec<IpNet>,
+    /// `spec.healthCheckNodePort` of a LoadBalancer service with `externalTrafficPolicy:
+    /// Local` (kube-proxy's `NeedsHealthCheck`); None otherwise, or when 0.
+    pub(super) health_check_node_port: Option<u16>,
 }
 
 impl<'a> ValidService<'a> {
+    /// The frontends, in this order: cluster IPs, external IPs, load-balancer IPs (each × the
+    /// ports), then each of `node_addresses` of a family the service has a cluster IP of × the
+    /// ports with a node port. A frontend that comes again (an external IP that is also a
+    /// node address, with a node port equal to the port) is kept only the first time.
     pub(super) fn frontends(
         &self,
-    ) -> impl Iterator<Item = (Frontend, &ValidPort<'a>, FrontendKind)> + '_ {
-        let vips = self
-            .vips
-            .iter()
-            .map(|&v| (v, FrontendKind::ClusterIp))
-            .chain(
-                self.external_ips
-                    .iter()
-                    .map(|&v| (v, FrontendKind::ExternalIp)),
-            );
-        vips.flat_map(move |(vip, kind)| {
+        node_addresses: &[IpAddr],
+    ) -> Vec<(Frontend, &ValidPort<'a>, FrontendKind)> {
+        let on_address = |vip: IpAddr, kind: FrontendKind| {
             self.ports.iter().map(move |p| {
                 (
                     Frontend {
@@ -61,7 +78,46 @@ impl<'a> ValidService<'a> {
                     kind,
                 )
             })
-        })
+        };
+        let node_ports = node_addresses
+            .iter()
+            .filter(|a| self.has_family(**a))
+            .flat_map(|&address| {
+                self.ports.iter().filter_map(move |p| {
+                    let node_port = p.node_port?;
+                    Some((
+                        Frontend {
+                            vip: address,
+                            port: node_port,
+                            protocol: p.protocol,
+                        },
+                        p,
+                        FrontendKind::NodePort,
+                    ))
+                })
+            });
+        let mut seen = HashSet::new();
+        self.vips
+            .iter()
+            .flat_map(|&v| on_address(v, FrontendKind::ClusterIp))
+            .chain(
+                self.external_ips
+                    .iter()
+                    .flat_map(|&v| on_address(v, FrontendKind::ExternalIp)),
+            )
+            .chain(
+                self.lb_ips
+                    .iter()
+                    .flat_map(|&v| on_address(v, FrontendKind::LoadBalancer)),
+            )
+            .chain(node_ports)
+            .filter(|(fe, _, _)| seen.insert(*fe))
+            .collect()
+    }
+
+    /// Whether the service has a cluster IP of `addr`'s family.
+    pub(super) fn has_family(&self, addr: IpAddr) -> bool {
+        self.vips.iter().any(|v| v.is_ipv4() == addr.is_ipv4())
     }
 }
 
@@ -125,11 +181,12 @@ pub(super) fn validate_service(svc: &Service) -> (Option<ValidService<'_>>, Vec<
         ));
     }
 
+    let has_family = |addr: &IpAddr| vips.iter().any(|v| v.is_ipv4() == addr.is_ipv4());
     let mut external_ips: Vec<IpAddr> = Vec::new();
     for ip in spec.external_ips.iter().flatten() {
         match ip.parse::<IpAddr>() {
             Ok(addr) => {
-                if !vips.contains(&addr) && !external_ips.contains(&addr) {
+                if has_family(&addr) && !vips.contains(&addr) && !external_ips.contains(&addr) {
                     external_ips.push(addr);
                 }
             }
@@ -137,8 +194,68 @@ pub(super) fn validate_service(svc: &Service) -> (Option<ValidService<'_>>, Vec<
         }
     }
 
+    // kube-proxy's newBaseServiceInfo: an ingress without an IP (hostname only) or whose
+    // ipMode is not VIP (Proxy: the load balancer proxies, KEP-1860) is not programmed,
+    // whatever the service's type.
+    let mut lb_ips: Vec<IpAddr> = Vec::new();
+    let ingresses = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, ing) in ingresses.into_iter().flatten().enumerate() {
+        let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
+        if ing.ip_mode.as_deref().is_some_and(|m| m != "VIP") {
+            continue;
+        }
+        match ip.parse::<IpAddr>() {
+            Ok(addr) => {
+                if has_family(&addr)
+                    && !vips.contains(&addr)
+                    && !external_ips.contains(&addr)
+                    && !lb_ips.contains(&addr)
+                {
+                    lb_ips.push(addr);
+                }
+            }
+            Err(_) => problems.push(ProblemKind::InvalidLoadBalancerIp {
+                field: format!("status.loadBalancer.ingress[{i}].ip"),
+                value: ip.to_owned(),
+            }),
+        }
+    }
+
+    // Trimmed, as kube-proxy does ("validation mistakenly allows whitespace padding"); empty
+    // entries are ignored as kube-proxy ignores them. An invalid one rejects the service:
+    // kube-proxy would skip it, and a list left with no valid range would open the load
+    // balancer to every source.
+    let mut source_ranges: Vec<IpNet> = Vec::new();
+    for (i, range) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        let trimmed = range.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        match trimmed.parse::<IpNet>() {
+            Ok(net) => source_ranges.push(net.trunc()),
+            Err(_) => problems.push(ProblemKind::InvalidSourceRange {
+                field: format!("spec.loadBalancerSourceRanges[{i}]"),
+                value: range.clone(),
+            }),
+        }
+    }
+    source_ranges.sort();
+    source_ranges.dedup();
+
     let mut ports: Vec<ValidPort<'_>> = Vec::new();
-    for sp in spec.ports.iter().flatten() {
+    for (index, sp) in spec.ports.iter().flatten().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
         let port_name = sp.name.as_deref().unwrap_or("");
         let Some(port) = port_number(sp.port) else {
             problems.push(ProblemKind::InvalidPort {
@@ -178,6 +295,21 @@ pub(super) fn validate_service(svc: &Service) -> (Option<ValidService<'_>>, Vec<
                 _ => TargetPort::Name(s.as_str()),
             },
         };
+        // kube-proxy programs a node port whatever the type (the API server clears the node
+        // ports of a service that becomes ClusterIP); 0 is none.
+        let node_port = match sp.node_port {
+            None | Some(0) => None,
+            Some(n) => match port_number(n) {
+                Some(p) => Some(p),
+                None => {
+                    problems.push(ProblemKind::InvalidNodePort {
+                        field: format!("spec.ports[{index}].nodePort"),
+                        node_port: n,
+                    });
+                    continue;
+                }
+            },
+        };
         if ports
             .iter()
             .any(|p| p.port == port && p.protocol == protocol)
@@ -185,11 +317,26 @@ pub(super) fn validate_service(svc: &Service) -> (Option<ValidService<'_>>, Vec<
             problems.push(ProblemKind::DuplicatePort { port, protocol });
             continue;
         }
+        if let Some(np) = node_port
+            && let Some(other) = ports
+                .iter()
+                .find(|p| p.node_port == Some(np) && p.protocol == protocol)
+        {
+            problems.push(ProblemKind::DuplicateNodePort {
+                field: format!("spec.ports[{index}].nodePort"),
+                node_port: np,
+                protocol,
+                owner: format!("spec.ports[{}] of the same Service", other.index),
+            });
+            continue;
+        }
         ports.push(ValidPort {
+            index,
             name: port_name,
             port,
             protocol,
             target,
+            node_port,
         });
     }
 
@@ -227,15 +374,50 @@ pub(super) fn validate_service(svc: &Service) -> (Option<ValidService<'_>>, Vec<
         }
     };
 
+    // kube-proxy's ExternallyAccessible / ExternalPolicyLocal / NeedsHealthCheck
+    // (pkg/api/v1/service/util.go): the type as written (absent is ClusterIP), the external
+    // IPs as listed.
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let externally_accessible = matches!(type_, "NodePort" | "LoadBalancer")
+        || (type_ == "ClusterIP" && spec.external_ips.as_ref().is_some_and(|e| !e.is_empty()));
+    let external_policy_local = match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            problems.push(ProblemKind::InvalidExternalTrafficPolicy(other.to_owned()));
+            false
+        }
+    };
+    let external_local = externally_accessible && external_policy_local;
+    let health_check_node_port = if type_ == "LoadBalancer" && external_local {
+        match spec.health_check_node_port {
+            // kube-proxy logs "Service has no healthcheck nodeport" and serves none.
+            None | Some(0) => None,
+            Some(n) => match port_number(n) {
+                Some(p) => Some(p),
+                None => {
+                    problems.push(ProblemKind::InvalidHealthCheckNodePort(n));
+                    None
+                }
+            },
+        }
+    } else {
+        None
+    };
+
     (
         Some(ValidService {
             namespace,
             name,
             vips,
             external_ips,
+            lb_ips,
             ports,
             affinity_timeout_s,
             local,
+            external_local,
+            source_ranges,
+            health_check_node_port,
         }),
         problems,
     )

@@ -10,8 +10,8 @@
 //!   filter slices by service-proxy-name: a slice whose Service is not watched is inert, and
 //!   keeping it avoids a window without endpoints when that label is removed from a Service
 //!   (the controller relabels its slices only afterwards);
-//! - Node: field selector `metadata.name=<node>`, for its `topology.kubernetes.io/zone` label
-//!   and whether it is being deleted (a `deletionTimestamp`, the cluster autoscaler's
+//! - Node: field selector `metadata.name=<node>`, for its `topology.kubernetes.io/zone` label,
+//!   its addresses (`--nodeport-addresses primary`, source NAT) and whether it is being deleted (a `deletionTimestamp`, the cluster autoscaler's
 //!   `ToBeDeletedByClusterAutoscaler` taint, or the object gone: the health checks then tell
 //!   load balancers to stop sending this node traffic).
 //!
@@ -47,7 +47,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::Sender;
 use tracing::{debug, info, warn};
 
-use crate::model::{Key, ObjectKind, ServiceObject, SliceObject};
+use crate::model::{Key, NodeAddresses, ObjectKind, ServiceObject, SliceObject};
 use crate::source::{SourceEvent, node_deleting};
 
 /// kube-proxy's label selector for Services.
@@ -151,6 +151,7 @@ pub async fn list_once(
         services,
         slices,
         node_zone: nodes.first().and_then(node_zone),
+        node_addresses: nodes.first().map(NodeAddresses::of).unwrap_or_default(),
     })
 }
 
@@ -260,6 +261,7 @@ impl Watched for Node {
             None => SourceEvent::NodeUpdated {
                 zone: None,
                 deleting: true,
+                addresses: NodeAddresses::default(),
             },
         }
     }
@@ -267,6 +269,7 @@ impl Watched for Node {
         SourceEvent::NodeUpdated {
             zone: node_zone(&self),
             deleting: node_deleting(&self),
+            addresses: NodeAddresses::of(&self),
         }
     }
     /// The Node object is gone: this node is going away (newer kube-proxies exit then, and
@@ -275,6 +278,7 @@ impl Watched for Node {
         SourceEvent::NodeUpdated {
             zone: None,
             deleting: true,
+            addresses: NodeAddresses::default(),
         }
     }
 }

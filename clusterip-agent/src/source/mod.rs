@@ -9,7 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::model::{Key, ObjectKind, ServiceObject, SliceObject};
+use crate::model::{Key, NodeAddresses, ObjectKind, ServiceObject, SliceObject};
 
 /// What a source reports. Each is stamped with the `Instant` it was received.
 ///
@@ -31,12 +31,15 @@ pub enum SourceEvent {
     /// go through an empty or partial state.
     Listed(ObjectKind),
     /// This node's Node object, as far as the agent uses it: its `topology.kubernetes.io/zone`
-    /// label (topology hints), and whether it is being deleted ([`node_deleting`]; load
-    /// balancers are told to stop sending it traffic). Sent when it is listed, changes or is
-    /// deleted. The manifest source never reports deletion.
+    /// label (topology hints), whether it is being deleted ([`node_deleting`]; load
+    /// balancers are told to stop sending it traffic), and its InternalIP and ExternalIP
+    /// addresses (`--nodeport-addresses primary`, the source NAT address). Sent when it is
+    /// listed, changes or is deleted (then without addresses). The manifest source never
+    /// reports deletion.
     NodeUpdated {
         zone: Option<String>,
         deleting: bool,
+        addresses: NodeAddresses,
     },
     /// A watch was (re)started after an error or its end: "services", "endpointslices", "nodes".
     WatchRestarted(&'static str),
@@ -50,6 +53,8 @@ pub struct Objects {
     pub slices: Vec<EndpointSlice>,
     /// The `topology.kubernetes.io/zone` label of this node, if known.
     pub node_zone: Option<String>,
+    /// This node's addresses, if its Node is known.
+    pub node_addresses: NodeAddresses,
 }
 
 /// The taint the cluster autoscaler puts on a node it is about to delete (kube-proxy's

@@ -11,9 +11,10 @@
 //! `Service`, a `discovery.k8s.io/v1` `EndpointSlice`, a `v1` `Node`, or a `List` whose
 //! `items` are such objects (what `kubectl get svc,endpointslices -A -o yaml` prints). Other
 //! kinds are skipped (debug log), empty documents too. A missing namespace is "default" (Nodes
-//! are cluster-scoped). Nodes only matter for this node's zone: the
+//! are cluster-scoped). Nodes only matter for this node's zone and addresses: the
 //! `topology.kubernetes.io/zone` label of the Node named like the agent's node (topology
-//! hints, see [`crate::model`]).
+//! hints, see [`crate::model`]) and its InternalIP/ExternalIP addresses
+//! (`--nodeport-addresses primary`, the source NAT address).
 //!
 //! Two ways to consume it: [`ManifestSource::poll`] (the table) or
 //! [`ManifestSource::poll_objects`] (the last good objects themselves, for the object store);
@@ -62,10 +63,10 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{debug, error, warn};
 
-use crate::model::table::{DesiredTable, Frontend};
+use crate::model::table::{DesiredTable, Frontend, Protocol};
 use crate::model::{
-    self, DEFAULT_NAMESPACE, Key, LABEL_TOPOLOGY_ZONE, NodeInfo, ObjectKind, ObjectRef, Problem,
-    ProblemKind, ServiceObject, Severity, SliceObject,
+    self, DEFAULT_NAMESPACE, Key, LABEL_TOPOLOGY_ZONE, NodeAddresses, NodeInfo, ObjectKind,
+    ObjectRef, Problem, ProblemKind, ServiceObject, Severity, SliceObject,
 };
 use crate::source::{Objects, SourceEvent};
 
@@ -138,9 +139,10 @@ pub fn read_objects(path: &Path, node_name: &str) -> Result<Objects, ManifestErr
             match typed.object {
                 Typed::Service(svc) => out.services.push(*svc),
                 Typed::Slice(slice) => out.slices.push(*slice),
-                Typed::Node(zone) => {
+                Typed::Node(zone, addresses) => {
                     if !node_name.is_empty() && typed.key.name == node_name {
                         out.node_zone = zone;
+                        out.node_addresses = addresses;
                     }
                 }
             }
@@ -157,18 +159,21 @@ pub struct GoodObjects {
     pub slices: Vec<Arc<SliceObject>>,
     /// The `topology.kubernetes.io/zone` label of this node, if known.
     pub node_zone: Option<String>,
+    /// This node's addresses, if its Node is there.
+    pub node_addresses: NodeAddresses,
 }
 
-/// Splits versions by kind; the zone is the one of the Node called `node_name`.
+/// Splits versions by kind; the zone and addresses are those of the Node called `node_name`.
 fn objects_of<'a>(versions: impl IntoIterator<Item = &'a Parsed>, node_name: &str) -> GoodObjects {
     let mut out = GoodObjects::default();
     for version in versions {
         match &version.object {
             Object::Service(svc) => out.services.push(Arc::clone(svc)),
             Object::Slice(slice) => out.slices.push(Arc::clone(slice)),
-            Object::Node { zone } => {
+            Object::Node { zone, addresses } => {
                 if !node_name.is_empty() && version.key.name == node_name {
                     out.node_zone = zone.as_deref().map(str::to_owned);
+                    out.node_addresses = addresses.clone();
                 }
             }
         }
@@ -202,8 +207,11 @@ pub struct ManifestSource {
     last_table: Option<DesiredTable>,
     /// The generation [`Self::poll_events`] reported last, with its good set and zone.
     events_generation: Option<u64>,
-    reported: Option<(Vec<Version>, Option<String>)>,
+    reported: Option<(Vec<Version>, NodeState)>,
 }
+
+/// This node's zone and addresses, as last reported.
+type NodeState = (Option<String>, NodeAddresses);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Fingerprint {
@@ -260,9 +268,10 @@ struct Parsed {
 enum Object {
     Service(Arc<ServiceObject>),
     Slice(Arc<SliceObject>),
-    /// Only its zone label matters.
+    /// Only its zone label and addresses matter.
     Node {
         zone: Option<Box<str>>,
+        addresses: NodeAddresses,
     },
 }
 
@@ -289,6 +298,14 @@ impl Parsed {
         match &self.object {
             Object::Service(svc) => svc.frontends().collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// Service: the node ports it claims, on whatever addresses the node has.
+    fn service_object(&self) -> Option<&ServiceObject> {
+        match &self.object {
+            Object::Service(svc) => Some(svc),
+            _ => None,
         }
     }
 
@@ -442,24 +459,24 @@ impl ManifestSource {
             return None;
         }
         self.events_generation = Some(self.generation);
-        let zone = objects_of(
+        let node = objects_of(
             self.accepted
                 .iter()
                 .filter(|v| v.key.kind == ObjectKind::Node)
                 .map(|v| v.as_ref()),
             &self.node_name,
-        )
-        .node_zone;
+        );
+        let zone = (node.node_zone, node.node_addresses);
+        let node_event =
+            |(zone, addresses): &(Option<String>, NodeAddresses)| SourceEvent::NodeUpdated {
+                zone: zone.clone(),
+                deleting: false,
+                addresses: addresses.clone(),
+            };
         let events = match self.reported.take() {
             None => {
                 // The whole set, as one list of each kind.
-                let mut events = vec![
-                    SourceEvent::NodeUpdated {
-                        zone: zone.clone(),
-                        deleting: false,
-                    },
-                    SourceEvent::Listing(ObjectKind::Service),
-                ];
+                let mut events = vec![node_event(&zone), SourceEvent::Listing(ObjectKind::Service)];
                 let of = |kind: ObjectKind| {
                     self.accepted
                         .iter()
@@ -476,10 +493,7 @@ impl ManifestSource {
             Some((base, base_zone)) => {
                 let mut events = Vec::new();
                 if zone != base_zone {
-                    events.push(SourceEvent::NodeUpdated {
-                        zone: zone.clone(),
-                        deleting: false,
-                    });
+                    events.push(node_event(&zone));
                 }
                 let before: HashMap<&ObjectRef, &Version> =
                     base.iter().map(|v| (&v.key, v)).collect();
@@ -706,21 +720,29 @@ impl ManifestSource {
         // Frontends: the first claim wins; a later claimant falls back to its last good
         // version (which claims again) or is dropped.
         let mut claimed: HashMap<Frontend, &ObjectRef> = HashMap::new();
+        let mut claimed_node_ports: HashMap<(u16, Protocol), &ObjectRef> = HashMap::new();
+        let name = |o: &ObjectRef| format!("{}/{}", o.namespace, o.name);
         let mut chosen: Vec<Candidate<'_>> = Vec::with_capacity(ranked.len());
         'candidates: for (_, mut c) in ranked {
             if c.key.kind == ObjectKind::Service {
                 loop {
-                    let conflicts: Vec<ProblemKind> = c
-                        .version
-                        .frontends()
-                        .iter()
-                        .filter_map(|fe| {
-                            claimed.get(fe).map(|owner| ProblemKind::DuplicateFrontend {
-                                frontend: *fe,
-                                owner: format!("{}/{}", owner.namespace, owner.name),
-                            })
+                    let conflicts: Vec<ProblemKind> = match c.version.service_object() {
+                        Some(svc) => model::claim_conflicts(
+                            svc,
+                            &[],
+                            |np| claimed_node_ports.get(&np).map(|o| name(o)),
+                            |_| None,
+                        ),
+                        None => Vec::new(),
+                    }
+                    .into_iter()
+                    .chain(c.version.frontends().iter().filter_map(|fe| {
+                        claimed.get(fe).map(|owner| ProblemKind::DuplicateFrontend {
+                            frontend: *fe,
+                            owner: name(owner),
                         })
-                        .collect();
+                    }))
+                    .collect();
                     if conflicts.is_empty() {
                         break;
                     }
@@ -744,6 +766,14 @@ impl ManifestSource {
                 }
                 for fe in c.version.frontends() {
                     claimed.insert(fe, c.key);
+                }
+                for (_, node_port, protocol) in c
+                    .version
+                    .service_object()
+                    .into_iter()
+                    .flat_map(|s| s.node_ports())
+                {
+                    claimed_node_ports.insert((node_port, protocol), c.key);
                 }
             }
             chosen.push(c);
@@ -1074,6 +1104,7 @@ impl FromDocument for Version {
                 let node: Node = serde_json::from_value(value).map_err(|e| e.to_string())?;
                 Object::Node {
                     zone: node_zone(&node).map(Into::into),
+                    addresses: NodeAddresses::of(&node),
                 }
             }
         };
@@ -1095,8 +1126,8 @@ struct TypedDoc {
 enum Typed {
     Service(Box<Service>),
     Slice(Box<EndpointSlice>),
-    /// Its zone label.
-    Node(Option<String>),
+    /// Its zone label and addresses.
+    Node(Option<String>, NodeAddresses),
 }
 
 impl FromDocument for TypedDoc {
@@ -1115,7 +1146,10 @@ impl FromDocument for TypedDoc {
             }
             ObjectKind::Node => {
                 let node: Node = serde_json::from_value(value).map_err(|e| e.to_string())?;
-                Typed::Node(node_zone(&node).map(str::to_owned))
+                Typed::Node(
+                    node_zone(&node).map(str::to_owned),
+                    NodeAddresses::of(&node),
+                )
             }
         };
         Ok(TypedDoc {

@@ -123,7 +123,7 @@ metadata: {resourceVersion: ""}
         src.poll(),
         Some(table(vec![(
             fe("10.96.5.2", 80, Protocol::Tcp),
-            entry("shop", "web", "http", &["10.0.0.7:8080"])
+            entry("shop", "web", "http", &["10.0.0.7:8080*"])
         )]))
     );
     assert_eq!(src.problems(), &[]);
@@ -792,4 +792,40 @@ fn locations_count_empty_documents_and_list_items() {
         Severity::Error,
         &["b.yaml: ", "line 5", "keep their last good state"]
     ));
+}
+
+#[test]
+fn established_node_port_owner_wins_and_the_claimant_keeps_its_last_good_version() {
+    let np = |name: &str, ip: &str, node_port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\nspec: \
+             {{type: NodePort, clusterIP: {ip}, ports: [{{port: 80, nodePort: {node_port}}}]}}\n"
+        )
+    };
+    let dir = TempDir::new();
+    dir.write("a.yaml", &np("a", "10.96.14.1", 30001));
+    dir.write("b.yaml", &np("b", "10.96.14.2", 30002));
+    let mut src = source(&dir.0);
+    assert_eq!(src.poll().unwrap().services.len(), 2);
+    // a takes b's node port (the node has no node-port address here: the claim is on the
+    // port, whatever the addresses).
+    dir.write("a.yaml", &np("a", "10.96.14.9", 30002));
+    assert_eq!(src.poll(), None, "a keeps its last good version");
+    assert!(has_problem(
+        &src,
+        Severity::Error,
+        &[
+            "a.yaml",
+            "Service t/a",
+            "spec.ports[0].nodePort 30002/TCP is already used by Service t/b",
+            "last good"
+        ]
+    ));
+    // b lets it go: a's version applies.
+    dir.write("b.yaml", &np("b", "10.96.14.2", 30003));
+    let t = src.poll().unwrap();
+    assert!(
+        t.services
+            .contains_key(&fe("10.96.14.9", 80, Protocol::Tcp))
+    );
 }

@@ -18,9 +18,15 @@
 //! endpoints each take about 11 MB with the store's indexes (`tests::scale::memory_at_10k`),
 //! where the compact JSON it kept before took 17 MB.
 //!
-//! Two services claiming the same frontend (which the API server's allocator prevents): the
-//! one that holds it keeps it; the other is rejected as a whole, reported, and retried when
-//! a frontend is released.
+//! Two services claiming the same frontend, or the same node port (which the API server's
+//! allocators prevent): the one that holds it keeps it; the other is rejected as a whole,
+//! reported, and retried when a frontend or node port is released. Node ports are claimed
+//! as (port, protocol), whatever the node's addresses, so that the holder does not depend on
+//! which addresses the node has at the moment.
+//!
+//! The store also keeps each service's health check ([`model::HealthCheck`]), for the
+//! health check servers, and the node's node-port addresses
+//! ([`Store::set_node_port_addresses`]): a change rebuilds the services with node ports.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -28,9 +34,12 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
-use crate::model::table::{DesiredTable, Frontend};
+use std::net::IpAddr;
+
+use crate::model::table::{DesiredTable, Frontend, Protocol};
 use crate::model::{
-    self, Key, NodeInfo, ObjectKind, ObjectRef, ProblemKind, ServiceObject, Severity, SliceObject,
+    self, HealthCheck, Key, NodeInfo, ObjectKind, ObjectRef, ProblemKind, ServiceObject, Severity,
+    SliceObject,
 };
 use crate::source::SourceEvent;
 
@@ -43,6 +52,8 @@ pub struct Changes {
     pub services_rebuilt: usize,
     /// When the oldest event behind these changes was received (None: nothing dirty).
     pub since: Option<Instant>,
+    /// A service's health check appeared, went, or changed port or count.
+    pub health_checks: bool,
 }
 
 #[derive(Default)]
@@ -59,7 +70,12 @@ pub struct Store {
     /// Frontends each service holds in `table`.
     held: HashMap<Key, Box<[Frontend]>>,
     owner: HashMap<Frontend, Key>,
-    /// Services rejected because another holds one of their frontends.
+    /// Node ports each service holds, and who holds each.
+    held_node_ports: HashMap<Key, Box<[(u16, Protocol)]>>,
+    node_port_owner: HashMap<(u16, Protocol), Key>,
+    /// The health check of each service that has one (and is in the table).
+    health_checks: BTreeMap<Key, HealthCheck>,
+    /// Services rejected because another holds one of their frontends or node ports.
     conflicted: BTreeSet<Key>,
     /// Last problems logged per object, so a problem is logged when it appears or changes.
     logged: HashMap<ObjectRef, Vec<String>>,
@@ -91,6 +107,35 @@ impl Store {
     /// agent must not remove what an earlier one programmed before it knows the state).
     pub fn initialized(&self) -> bool {
         self.services_seen && self.slices_seen
+    }
+
+    /// The health check of each service in the table that has one.
+    pub fn health_checks(&self) -> &BTreeMap<Key, HealthCheck> {
+        &self.health_checks
+    }
+
+    /// Sets the addresses node ports are served on ([`NodeInfo::node_port_addresses`]); a
+    /// change rebuilds every service with a node port. Returns whether they changed.
+    pub fn set_node_port_addresses(&mut self, at: Instant, addresses: &[IpAddr]) -> bool {
+        let node = self
+            .node
+            .clone()
+            .with_node_port_addresses(addresses.iter().copied());
+        if node == self.node {
+            return false;
+        }
+        debug!(addresses = ?node.node_port_addresses, "node-port addresses changed; rebuilding the services with node ports");
+        self.node = node;
+        let with_node_ports: Vec<Key> = self
+            .services
+            .iter()
+            .filter(|(_, svc)| svc.node_ports().next().is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in with_node_ports {
+            self.mark(key, at);
+        }
+        true
     }
 
     /// Number of distinct services that have at least one frontend in the table.
@@ -143,7 +188,8 @@ impl Store {
             }
             // Nodes are reported through their zone.
             SourceEvent::Listing(ObjectKind::Node) | SourceEvent::Listed(ObjectKind::Node) => {}
-            // Whether the node is being deleted is the health checks' business (the run loop's).
+            // Whether the node is being deleted is the health checks' business, and its
+            // addresses select the node-port addresses (the run loop's, which sets them).
             SourceEvent::NodeUpdated { zone, .. } => {
                 if zone != self.node.zone {
                     debug!(zone = ?zone, "node zone changed; rebuilding every service");
@@ -264,10 +310,16 @@ impl Store {
         changes
     }
 
-    /// Rebuilds one service; returns whether it released a frontend.
+    /// Rebuilds one service; returns whether it released a frontend or node port.
     fn rebuild(&mut self, key: &Key, changes: &mut Changes) -> bool {
         let old: Box<[Frontend]> = self.held.remove(key).unwrap_or_default();
+        let old_node_ports = self.held_node_ports.remove(key).unwrap_or_default();
+        for np in &old_node_ports {
+            self.node_port_owner.remove(np);
+        }
         self.conflicted.remove(key);
+        let mut new_node_ports: Vec<(u16, Protocol)> = Vec::new();
+        let mut health_check = None;
         let object = ObjectRef::new(ObjectKind::Service, key.namespace(), key.name());
         let mut new_entries = Vec::new();
         match self.services.get(key).cloned() {
@@ -284,19 +336,21 @@ impl Store {
                     .collect();
                 let built = model::build(&svc, &slices, &self.node);
                 let mut problems = built.problems;
-                let conflicts: Vec<ProblemKind> = built
-                    .entries
-                    .iter()
-                    .filter_map(|(fe, _)| match self.owner.get(fe) {
-                        Some(o) if o != key => Some(ProblemKind::DuplicateFrontend {
-                            frontend: *fe,
-                            owner: o.to_string(),
-                        }),
-                        _ => None,
-                    })
-                    .collect();
+                let conflicts = model::claim_conflicts(
+                    &svc,
+                    &built.entries,
+                    |np| self.node_port_owner.get(&np).map(ToString::to_string),
+                    |fe| {
+                        self.owner
+                            .get(fe)
+                            .filter(|o| *o != key)
+                            .map(ToString::to_string)
+                    },
+                );
                 if conflicts.is_empty() {
                     new_entries = built.entries;
+                    new_node_ports = svc.node_ports().map(|(_, np, p)| (np, p)).collect();
+                    health_check = built.health_check;
                 } else {
                     problems.extend(conflicts);
                     self.conflicted.insert(key.clone());
@@ -305,8 +359,21 @@ impl Store {
             }
         }
 
+        let mut released = old_node_ports.iter().any(|np| !new_node_ports.contains(np));
+        for np in &new_node_ports {
+            self.node_port_owner.insert(*np, key.clone());
+        }
+        if !new_node_ports.is_empty() {
+            self.held_node_ports
+                .insert(key.clone(), new_node_ports.into());
+        }
+        let old_health_check = match health_check {
+            Some(hc) => self.health_checks.insert(key.clone(), hc),
+            None => self.health_checks.remove(key),
+        };
+        changes.health_checks |= old_health_check != health_check;
+
         let new_fes: BTreeSet<Frontend> = new_entries.iter().map(|(fe, _)| *fe).collect();
-        let mut released = false;
         for fe in &old {
             if !new_fes.contains(fe) {
                 self.table.services.remove(fe);

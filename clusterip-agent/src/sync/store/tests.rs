@@ -18,10 +18,27 @@ fn svc(ns: &str, name: &str, ip: &str, port: u16) -> Service {
     .unwrap()
 }
 
+/// A LoadBalancer service with `externalTrafficPolicy: Local`, a node port and a health
+/// check node port.
+fn lb_svc(ns: &str, name: &str, ip: &str, node_port: u16, hc: u16) -> Service {
+    serde_saphyr::from_str(&format!(
+        "metadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: {hc}, \
+         clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: 8080, nodePort: {node_port}}}]}}"
+    ))
+    .unwrap()
+}
+
+/// Endpoints `ip` or `ip@node`.
 fn slice(ns: &str, name: &str, service: &str, ips: &[&str]) -> EndpointSlice {
     let eps: Vec<String> = ips
         .iter()
-        .map(|ip| format!("{{addresses: [{ip}], conditions: {{ready: true}}}}"))
+        .map(|ip| match ip.split_once('@') {
+            Some((ip, node)) => {
+                format!("{{addresses: [{ip}], nodeName: {node}, conditions: {{ready: true}}}}")
+            }
+            None => format!("{{addresses: [{ip}], conditions: {{ready: true}}}}"),
+        })
         .collect();
     serde_saphyr::from_str(&format!(
         "metadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {service}}}}}\n\
@@ -214,6 +231,139 @@ fn a_conflicting_service_gets_the_frontend_when_the_holder_goes() {
 }
 
 #[test]
+fn a_node_port_address_change_rebuilds_the_services_with_node_ports() {
+    let now = Instant::now();
+    let mut s = Store::new(node());
+    list_services(
+        &mut s,
+        now,
+        vec![
+            svc("ns", "a", "10.96.0.1", 80),
+            lb_svc("ns", "b", "10.96.0.2", 30080, 32000),
+        ],
+    );
+    list_slices(&mut s, now, vec![]);
+    s.compute();
+    assert_eq!(s.table().services.len(), 2);
+    let addrs: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap(), "fd00::10".parse().unwrap()];
+    assert!(s.set_node_port_addresses(now, &addrs));
+    let c = s.compute();
+    assert_eq!(c.services_rebuilt, 1);
+    assert_eq!(
+        c.touched
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["192.168.1.10:30080/TCP"]
+    );
+    assert_eq!(
+        s.table().services[&fe("192.168.1.10", 30080)].kind,
+        model::FrontendKind::NodePort
+    );
+    // The same again: nothing.
+    assert!(!s.set_node_port_addresses(now, &addrs));
+    assert_eq!(s.compute().services_rebuilt, 0);
+    // Gone: the frontend goes.
+    assert!(s.set_node_port_addresses(now, &[]));
+    let c = s.compute();
+    assert!(c.touched.contains(&fe("192.168.1.10", 30080)));
+    assert_eq!(s.table().services.len(), 2);
+}
+
+#[test]
+fn a_node_port_conflict_is_resolved_when_the_holder_lets_go() {
+    let now = Instant::now();
+    let mut s = Store::new(node());
+    list_services(
+        &mut s,
+        now,
+        vec![lb_svc("ns", "a", "10.96.0.1", 30080, 32000)],
+    );
+    list_slices(&mut s, now, vec![]);
+    s.compute();
+    s.handle(
+        now,
+        svc_applied(lb_svc("ns", "b", "10.96.0.2", 30080, 32001)),
+    );
+    s.compute();
+    assert!(!s.table().services.contains_key(&fe("10.96.0.2", 80)));
+    assert_eq!(
+        s.problems()["Service ns/b"],
+        vec!["spec.ports[0].nodePort 30080/TCP is already used by Service ns/a"]
+    );
+    // b has no health check while rejected.
+    assert_eq!(
+        s.health_checks()
+            .keys()
+            .map(Key::as_str)
+            .collect::<Vec<_>>(),
+        vec!["ns/a"]
+    );
+    // a moves to another node port: b gets in.
+    s.handle(
+        now,
+        svc_applied(lb_svc("ns", "a", "10.96.0.1", 30081, 32000)),
+    );
+    let c = s.compute();
+    assert!(c.touched.contains(&fe("10.96.0.2", 80)));
+    assert!(c.health_checks);
+    assert!(s.problems().is_empty(), "{:?}", s.problems());
+    assert_eq!(s.health_checks().len(), 2);
+}
+
+#[test]
+fn health_checks_follow_the_local_endpoints() {
+    let now = Instant::now();
+    let mut s = Store::new(node());
+    list_services(
+        &mut s,
+        now,
+        vec![lb_svc("ns", "a", "10.96.0.1", 30080, 32000)],
+    );
+    list_slices(
+        &mut s,
+        now,
+        vec![slice("ns", "a-1", "a", &["10.1.0.2@node-b"])],
+    );
+    let c = s.compute();
+    assert!(c.health_checks);
+    let hc = |s: &Store| s.health_checks().get("ns/a").copied();
+    assert_eq!(
+        hc(&s),
+        Some(model::HealthCheck {
+            port: 32000,
+            local_endpoints: 0
+        })
+    );
+    s.handle(
+        now,
+        slice_applied(slice(
+            "ns",
+            "a-1",
+            "a",
+            &["10.1.0.1@node-a", "10.1.0.2@node-b"],
+        )),
+    );
+    assert!(s.compute().health_checks);
+    assert_eq!(hc(&s).map(|h| h.local_endpoints), Some(1));
+    // A change that leaves the count alone does not report one.
+    s.handle(
+        now,
+        slice_applied(slice(
+            "ns",
+            "a-1",
+            "a",
+            &["10.1.0.1@node-a", "10.1.0.3@node-b"],
+        )),
+    );
+    assert!(!s.compute().health_checks);
+    // The service goes: its health check too.
+    s.handle(now, SourceEvent::ServiceDeleted(Key::new("ns", "a")));
+    assert!(s.compute().health_checks);
+    assert!(s.health_checks().is_empty());
+}
+
+#[test]
 fn a_zone_change_rebuilds_every_service() {
     let now = Instant::now();
     let mut s = Store::new(node());
@@ -225,6 +375,7 @@ fn a_zone_change_rebuilds_every_service() {
         SourceEvent::NodeUpdated {
             zone: Some("z1".into()),
             deleting: false,
+            addresses: Default::default(),
         },
     );
     assert_eq!(s.node().zone.as_deref(), Some("z1"));
@@ -234,6 +385,7 @@ fn a_zone_change_rebuilds_every_service() {
         SourceEvent::NodeUpdated {
             zone: Some("z1".into()),
             deleting: false,
+            addresses: Default::default(),
         },
     );
     assert_eq!(s.compute().services_rebuilt, 0);
@@ -289,10 +441,15 @@ fn incremental_table_equals_the_full_build() {
         for _ in 0..200 {
             let i = next(12);
             let name = format!("s{i}");
-            match next(7) {
+            match next(8) {
                 0 | 1 => {
-                    // Distinct VIPs (duplicates would make the winner order-dependent).
-                    let v = svc("ns", &name, &format!("10.96.0.{i}"), 80 + next(2) as u16);
+                    // Distinct VIPs and node ports (duplicates would make the winner
+                    // order-dependent).
+                    let vip = format!("10.96.0.{i}");
+                    let v = match next(3) {
+                        0 => lb_svc("ns", &name, &vip, 30000 + i as u16, 32000 + i as u16),
+                        _ => svc("ns", &name, &vip, 80 + next(2) as u16),
+                    };
                     services.insert(name, v.clone());
                     s.handle(now, svc_applied(v));
                 }
@@ -304,11 +461,22 @@ fn incremental_table_equals_the_full_build() {
                 3 => {
                     let sname = format!("x{}", next(16));
                     let owner = format!("s{}", next(12));
-                    let ips: Vec<String> = (0..next(4)).map(|k| format!("10.1.{i}.{k}")).collect();
+                    let ips: Vec<String> = (0..next(4))
+                        .map(|k| format!("10.1.{i}.{k}@node-{}", ["a", "b"][next(2) as usize]))
+                        .collect();
                     let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
                     let v = slice("ns", &sname, &owner, &refs);
                     slices.insert(sname, v.clone());
                     s.handle(now, slice_applied(v));
+                }
+                7 => {
+                    let all = ["192.168.1.10", "10.0.9.1", "fd00::10"];
+                    let pick: Vec<IpAddr> = all
+                        .iter()
+                        .filter(|_| next(2) == 0)
+                        .map(|a| a.parse().unwrap())
+                        .collect();
+                    s.set_node_port_addresses(now, &pick);
                 }
                 5 => {
                     // A relist after 410 Gone, lacking one service (deleted meanwhile), after
@@ -345,8 +513,9 @@ fn incremental_table_equals_the_full_build() {
         s.compute();
         let all_services: Vec<Service> = services.values().cloned().collect();
         let all_slices: Vec<EndpointSlice> = slices.values().cloned().collect();
-        let full = model::build_table(&all_services, &all_slices, &node());
+        let full = model::build_table(&all_services, &all_slices, s.node());
         assert_eq!(s.table(), &full.table);
+        assert_eq!(s.health_checks(), &full.health_checks);
     }
 }
 
