@@ -32,7 +32,6 @@ use crate::{
 /// Untouched packets go on to the next program (TCX_NEXT / TC_ACT_UNSPEC).
 const TC_ACT_UNSPEC: i32 = -1;
 
-
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
     action(&ctx, Verdict::decode(tc_main(&ctx)))

@@ -284,7 +284,9 @@ fn main() -> Result<()> {
     );
     // The targets (issue 10, stated in the README) hold at 10,000 services x 10 endpoints,
     // socket hooks only.
-    println!("| agent RSS after the first sync (target at 10,000 x 10: <= 48 MiB) | {mem_after_sync} |");
+    println!(
+        "| agent RSS after the first sync (target at 10,000 x 10: <= 48 MiB) | {mem_after_sync} |"
+    );
     println!("| agent RSS at the end | {mem_end} |");
     println!(
         "| kernel memory of the maps, bytes_memlock (target at 10,000 x 10: <= 48 MiB; 1 service: <= 16 MiB) | {:.1} MiB |",

@@ -105,11 +105,7 @@ fn rewrite(lab: &Lab, w: &Web) {
                 .iter()
                 .find(|e| e.vip == vip && e.port == NODE_PORT && e.protocol == "TCP");
             let ranges_in = |e: &DumpEntry| e.source_ranges == ranges;
-            let lb_done = !w.lb
-                || dump
-                    .iter()
-                    .filter(|e| e.vip == LB4)
-                    .all(ranges_in);
+            let lb_done = !w.lb || dump.iter().filter(|e| e.vip == LB4).all(ranges_in);
             if entry.is_some_and(|e| e.backends == want) && lb_done {
                 break;
             }
@@ -128,7 +124,12 @@ fn lab_with(env: Env, w: &Web, extra: &[&str]) -> Lab {
     let mut lab = Lab::new(env, 2, 2).unwrap();
     lab.standard_backends().unwrap();
     write_web(&lab, w);
-    let mut args = vec!["--nodeport-iface", EXT_IFACE, "--healthz-bind-address", "0.0.0.0:10256"];
+    let mut args = vec![
+        "--nodeport-iface",
+        EXT_IFACE,
+        "--healthz-bind-address",
+        "0.0.0.0:10256",
+    ];
     args.extend_from_slice(extra);
     lab.start_agents(&args).unwrap();
     lab
@@ -167,7 +168,11 @@ fn assert_served(replies: &[Reply], peer: SocketAddr, via: usize, backends: &[St
         assert_eq!(r.peer, Some(peer.to_string()), "{r:?}");
         let b = r.backend().unwrap_or_default();
         let want = if node_of(b) == via { &client } else { &node };
-        assert_eq!(r.seen_client(), Some(want.as_str()), "{peer} via node-{via}: {r:?}");
+        assert_eq!(
+            r.seen_client(),
+            Some(want.as_str()),
+            "{peer} via node-{via}: {r:?}"
+        );
     }
 }
 
@@ -248,7 +253,11 @@ fn lab_node_port_local_policy_and_health_checks() {
             let np = at(node_ip(serving, v6), NODE_PORT);
             let replies = lab.external_client().tcp(np, 20).unwrap();
             let counts = tally(&replies);
-            assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), mine, "{counts:?}");
+            assert_eq!(
+                counts.keys().cloned().collect::<Vec<_>>(),
+                mine,
+                "{counts:?}"
+            );
             let me = external_ip(v6).to_string();
             assert!(
                 replies.iter().all(|r| r.seen_client() == Some(me.as_str())),
@@ -313,7 +322,10 @@ fn lab_load_balancer_ips_and_source_ranges() {
         assert_dropped(&lab, at(lb_ip(v6), 80));
         let np = at(node_ip(1, v6), NODE_PORT);
         let r = lab.external_client().tcp(np, 3).unwrap();
-        assert!(r.iter().all(Reply::is_ok), "the node port is not ranged: {r:?}");
+        assert!(
+            r.iter().all(Reply::is_ok),
+            "the node port is not ranged: {r:?}"
+        );
     }
     w.source_ranges = vec!["10.100.0.0/24".into(), "fd00:100::/64".into()];
     rewrite(&lab, &w);
@@ -368,7 +380,14 @@ fn lab_node_port_churn_without_failures() {
     let replies = std::thread::scope(|s| {
         let client = lab.external_client();
         let load = s.spawn(move || client.run_mode("tcp", np, 400, 2000));
-        for nodes in [vec![1], vec![1, 2], vec![2], vec![1, 2], vec![2], vec![1, 2]] {
+        for nodes in [
+            vec![1],
+            vec![1, 2],
+            vec![2],
+            vec![1, 2],
+            vec![2],
+            vec![1, 2],
+        ] {
             std::thread::sleep(Duration::from_millis(150));
             w.nodes = nodes;
             rewrite(&lab, &w);

@@ -487,7 +487,11 @@ fn xdp_forwards_remote_flows_and_leaves_the_rest_to_tc() {
         assert_eq!(p.src, f.node, "source NATed to the node's address");
         assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&p.sport));
         assert_eq!(p.dst_mac, PEER_MAC, "next hop: the other node");
-        assert_eq!(p.src_mac, [0x02, 0, 0, 0, 0x01, 0x01], "from ext0's own MAC");
+        assert_eq!(
+            p.src_mac,
+            [0x02, 0, 0, 0, 0x01, 0x01],
+            "from ext0's own MAC"
+        );
         let nport = p.sport;
 
         let again = tcp(f.client, 48000, f.node, NODE_PORT, Tcp::ack(), b"more");
@@ -512,7 +516,11 @@ fn xdp_forwards_remote_flows_and_leaves_the_rest_to_tc() {
         dp.add_service(&local);
         let syn = tcp(f.client, 48002, f.node, NODE_PORT + 1, Tcp::syn(), b"");
         let out = inside(&ns, || dp.run_on("xdp_nodeport", &syn, ext));
-        assert_eq!((out.ret, &out.out), (XDP_PASS, &syn), "v6={v6}: local backend");
+        assert_eq!(
+            (out.ret, &out.out),
+            (XDP_PASS, &syn),
+            "v6={v6}: local backend"
+        );
         let out = inside(&ns, || dp.run_on("tc_nodeport", &syn, ext));
         assert_eq!(out.ret, TC_ACT_OK);
         let p = parse(&out.out);
@@ -520,7 +528,11 @@ fn xdp_forwards_remote_flows_and_leaves_the_rest_to_tc() {
 
         // A backend behind a next hop without a neighbour entry.
         let (net, via, far_pod): (&str, &str, IpAddr) = if v6 {
-            ("fd00:201:3::/64", "fd00:100::3", "fd00:201:3::5".parse().unwrap())
+            (
+                "fd00:201:3::/64",
+                "fd00:100::3",
+                "fd00:201:3::5".parse().unwrap(),
+            )
         } else {
             ("10.201.3.0/24", "10.100.0.3", "10.201.3.5".parse().unwrap())
         };
@@ -531,9 +543,16 @@ fn xdp_forwards_remote_flows_and_leaves_the_rest_to_tc() {
         dp.add_service(&far);
         let syn = tcp(f.client, 48003, f.node, NODE_PORT + 2, Tcp::syn(), b"");
         let out = inside(&ns, || dp.run_on("xdp_nodeport", &syn, ext));
-        assert_eq!((out.ret, &out.out), (XDP_PASS, &syn), "v6={v6}: no neighbour");
+        assert_eq!(
+            (out.ret, &out.out),
+            (XDP_PASS, &syn),
+            "v6={v6}: no neighbour"
+        );
         let out = inside(&ns, || dp.run_on("tc_nodeport", &syn, ext));
-        assert_eq!(out.ret, TC_ACT_REDIRECT, "v6={v6}: TC resolves the neighbour");
+        assert_eq!(
+            out.ret, TC_ACT_REDIRECT,
+            "v6={v6}: TC resolves the neighbour"
+        );
         let p = parse(&out.out);
         assert_eq!((p.src, p.dst), (f.node, far_pod));
         drop(ns);

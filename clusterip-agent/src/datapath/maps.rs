@@ -445,45 +445,60 @@ impl PinnedMaps {
         let mut out = Installed::default();
         // (frontend, scope, slot) -> backend id, for slots >= 1.
         let mut slots: BTreeMap<(Frontend, u8, u16), u32> = BTreeMap::new();
-        let mut visit = |vip: IpAddr, port: u16, proto: u8, slot: u16, scope: u8, v: ServiceValue| {
-            if slot == 0 && scope == SCOPE_DEFAULT && v.flags & SVC_FLAG_WILDCARD != 0 {
-                out.wildcards.insert(vip, v.flags);
-                return;
-            }
-            let Some(protocol) = Protocol::from_number(proto) else {
-                return;
+        let mut visit =
+            |vip: IpAddr, port: u16, proto: u8, slot: u16, scope: u8, v: ServiceValue| {
+                if slot == 0 && scope == SCOPE_DEFAULT && v.flags & SVC_FLAG_WILDCARD != 0 {
+                    out.wildcards.insert(vip, v.flags);
+                    return;
+                }
+                let Some(protocol) = Protocol::from_number(proto) else {
+                    return;
+                };
+                let fe = Frontend {
+                    vip,
+                    port: port_from_net(port),
+                    protocol,
+                };
+                let frontends = match scope {
+                    SCOPE_DEFAULT => &mut out.frontends,
+                    SCOPE_EXTERNAL => &mut out.external_local,
+                    _ => return,
+                };
+                if slot == 0 {
+                    frontends.insert(
+                        fe,
+                        InstalledFrontend {
+                            svc_id: v.svc_id,
+                            flags: v.flags,
+                            affinity_timeout_s: v.affinity_timeout_s,
+                            slots: vec![0; usize::from(v.count)],
+                        },
+                    );
+                } else {
+                    slots.insert((fe, scope, slot), v.backend_id);
+                }
             };
-            let fe = Frontend {
-                vip,
-                port: port_from_net(port),
-                protocol,
-            };
-            let frontends = match scope {
-                SCOPE_DEFAULT => &mut out.frontends,
-                SCOPE_EXTERNAL => &mut out.external_local,
-                _ => return,
-            };
-            if slot == 0 {
-                frontends.insert(
-                    fe,
-                    InstalledFrontend {
-                        svc_id: v.svc_id,
-                        flags: v.flags,
-                        affinity_timeout_s: v.affinity_timeout_s,
-                        slots: vec![0; usize::from(v.count)],
-                    },
-                );
-            } else {
-                slots.insert((fe, scope, slot), v.backend_id);
-            }
-        };
         for item in self.svc4.iter() {
             let (k, v) = item.map_err(op_err(map_names::SERVICES_V4, "iterate"))?;
-            visit(IpAddr::V4(ip4_from_net(k.addr)), k.port, k.proto, k.slot, k.scope, v);
+            visit(
+                IpAddr::V4(ip4_from_net(k.addr)),
+                k.port,
+                k.proto,
+                k.slot,
+                k.scope,
+                v,
+            );
         }
         for item in self.svc6.iter() {
             let (k, v) = item.map_err(op_err(map_names::SERVICES_V6, "iterate"))?;
-            visit(IpAddr::V6(ip6_from_net(k.addr)), k.port, k.proto, k.slot, k.scope, v);
+            visit(
+                IpAddr::V6(ip6_from_net(k.addr)),
+                k.port,
+                k.proto,
+                k.slot,
+                k.scope,
+                v,
+            );
         }
         for ((fe, scope, slot), id) in slots {
             let frontends = if scope == SCOPE_DEFAULT {

@@ -28,10 +28,10 @@ use std::path::Path;
 use aya::maps::{HashMap, MapData};
 use clusterip_common::{
     AffinityKey, AffinityValue, BE_FLAG_LOCAL, Backend4, Backend6, CT_DIR_FORWARD,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_SVC_ID, MaglevValue, PROTO_UDP,
-    SCOPE_DEFAULT, SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_EXT_LOCAL,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR, SVC_FLAG_SOURCE_RANGE, Service4Key, Service6Key,
-    ServiceValue, SockFlowValue, map_names,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_SVC_ID, MaglevValue, PROTO_UDP, SCOPE_DEFAULT,
+    SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_NODE_ADDR, SVC_FLAG_SOURCE_RANGE, Service4Key, Service6Key, ServiceValue,
+    SockFlowValue, map_names,
 };
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
@@ -624,7 +624,11 @@ impl Syncer {
         if self.maps.packet.is_none() {
             return false;
         }
-        let installed = self.installed.source_ranges.remove(&svc_id).unwrap_or_default();
+        let installed = self
+            .installed
+            .source_ranges
+            .remove(&svc_id)
+            .unwrap_or_default();
         for r in wanted.difference(&installed) {
             self.pending.ranges_add.push((svc_id, *r));
             st.writes += 1;
@@ -714,7 +718,8 @@ impl Syncer {
                     svc_id,
                     ..Default::default()
                 };
-                if let Some(phase) = self.queue_svc(SvcPhase::Slot, SvcAt::of(fe, sc.scope, slot_u16(i + 1)), v)
+                if let Some(phase) =
+                    self.queue_svc(SvcPhase::Slot, SvcAt::of(fe, sc.scope, slot_u16(i + 1)), v)
                 {
                     self.flush_through(phase)?;
                 }
@@ -750,7 +755,9 @@ impl Syncer {
 
         // 4. Trim slots beyond the new count.
         for slot in new_fe.slots.len() + 1..=old_slots.len() {
-            self.pending.trims.push(SvcAt::of(fe, sc.scope, slot_u16(slot)));
+            self.pending
+                .trims
+                .push(SvcAt::of(fe, sc.scope, slot_u16(slot)));
             st.deletes += 1;
         }
         for id in old_slots {
@@ -852,7 +859,10 @@ impl Syncer {
                     SvcPhase::Slot => &mut p.slots4,
                     SvcPhase::Head => &mut p.heads4,
                 };
-                q.push((Service4Key::scoped(a, at.port, at.proto, at.slot, at.scope), v));
+                q.push((
+                    Service4Key::scoped(a, at.port, at.proto, at.slot, at.scope),
+                    v,
+                ));
                 q.len()
             }
             IpAddr::V6(a) => {
@@ -861,7 +871,10 @@ impl Syncer {
                     SvcPhase::Slot => &mut p.slots6,
                     SvcPhase::Head => &mut p.heads6,
                 };
-                q.push((Service6Key::scoped(a, at.port, at.proto, at.slot, at.scope), v));
+                q.push((
+                    Service6Key::scoped(a, at.port, at.proto, at.slot, at.scope),
+                    v,
+                ));
                 q.len()
             }
         };
@@ -985,15 +998,15 @@ impl Syncer {
     fn delete_svc(&mut self, at: SvcAt) -> Result<(), SyncError> {
         match at.vip {
             IpAddr::V4(a) => ignore_missing(
-                self.maps
-                    .svc4
-                    .remove(&Service4Key::scoped(a, at.port, at.proto, at.slot, at.scope)),
+                self.maps.svc4.remove(&Service4Key::scoped(
+                    a, at.port, at.proto, at.slot, at.scope,
+                )),
                 map_names::SERVICES_V4,
             ),
             IpAddr::V6(a) => ignore_missing(
-                self.maps
-                    .svc6
-                    .remove(&Service6Key::scoped(a, at.port, at.proto, at.slot, at.scope)),
+                self.maps.svc6.remove(&Service6Key::scoped(
+                    a, at.port, at.proto, at.slot, at.scope,
+                )),
                 map_names::SERVICES_V6,
             ),
         }
