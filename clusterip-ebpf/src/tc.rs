@@ -128,6 +128,9 @@ fn route(ctx: &TcContext, v6: bool) -> i32 {
         return TC_ACT_SHOT;
     }
     fib.ifindex = p.ifindex();
+    // `tot_len` stays 0: the kernel then checks the skb against the egress MTU as the stack
+    // does (a GSO packet is segmented later). Given the IP total length instead it compares
+    // that, and every coalesced TCP segment from a TSO sender fails as FRAG_NEEDED.
     // SAFETY: the context is the program's skb; `fib` is a live, correctly sized struct.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -163,7 +166,6 @@ fn fill4(p: &TcPkt<'_>, fib: &mut FibParams) -> Option<()> {
     fib.l4_protocol = p.load::<u8>(ETH_LEN + 9)?;
     fib.sport = p.load::<u16>(ETH_LEN + 20)?;
     fib.dport = p.load::<u16>(ETH_LEN + 22)?;
-    fib.__bindgen_anon_1.tot_len = u16::from_be(p.load::<u16>(ETH_LEN + 2)?);
     fib.__bindgen_anon_2.tos = p.load::<u8>(ETH_LEN + 1)?;
     fib.__bindgen_anon_3.ipv4_src = p.load::<u32>(ETH_LEN + 12)?;
     fib.__bindgen_anon_4.ipv4_dst = p.load::<u32>(ETH_LEN + 16)?;
@@ -176,7 +178,6 @@ fn fill6(p: &TcPkt<'_>, fib: &mut FibParams) -> Option<()> {
     fib.l4_protocol = p.load::<u8>(ETH_LEN + 6)?;
     fib.sport = p.load::<u16>(ETH_LEN + 40)?;
     fib.dport = p.load::<u16>(ETH_LEN + 42)?;
-    fib.__bindgen_anon_1.tot_len = u16::from_be(p.load::<u16>(ETH_LEN + 4)?) + 40;
     fib.__bindgen_anon_3.ipv6_src = p.load::<[u32; 4]>(ETH_LEN + 8)?;
     fib.__bindgen_anon_4.ipv6_dst = p.load::<[u32; 4]>(ETH_LEN + 24)?;
     Some(())
