@@ -540,7 +540,7 @@ impl Lab {
     /// Starts the agent of every node (`--node-name node-<n>`, its cgroup, pins and netns,
     /// `--tc-iface pod*`, then `extra`) and waits until each has synced and put its TC
     /// program on each of its pod veths (and on each interface `extra` names with
-    /// `--tc-iface`). The agents start together: the lab costs one
+    /// `--tc-iface` or `--nodeport-iface`). The agents start together: the lab costs one
     /// agent start, not N.
     pub fn start_agents(&mut self, extra: &[&str]) -> Result<()> {
         for n in self.node_numbers() {
@@ -560,12 +560,13 @@ impl Lab {
         Ok(self.node_mut(n).agent())
     }
 
-    /// Interfaces named outright (not a glob) by `--tc-iface` in `extra`, which
-    /// [`Lab::start_agents`] waits for along with the pod veths.
+    /// Interfaces named outright (not a glob) by `--tc-iface` or `--nodeport-iface` in
+    /// `extra`, which [`Lab::start_agents`] waits for along with the pod veths.
     fn named_tc_ifaces(extra: &[&str]) -> Vec<String> {
         extra
             .windows(2)
-            .filter(|w| w[0] == "--tc-iface" && !w[1].contains(['*', '?', '[']))
+            .filter(|w| matches!(w[0], "--tc-iface" | "--nodeport-iface"))
+            .filter(|w| !w[1].contains(['*', '?', '[']))
             .map(|w| w[1].to_owned())
             .collect()
     }

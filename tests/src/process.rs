@@ -304,6 +304,24 @@ impl NsClient<'_> {
         self.run_mode("http", addr, count, 2000)
     }
 
+    /// One HTTP GET of `path` (2 s timeout).
+    pub fn http_get(&self, addr: SocketAddr, path: &str) -> Result<Reply> {
+        let replies = self.run(&[
+            "http",
+            &addr.to_string(),
+            "--path",
+            path,
+            "--timeout-ms",
+            "2000",
+        ])?;
+        match <[Reply; 1]>::try_from(replies) {
+            Ok([r]) => Ok(r),
+            Err(replies) => {
+                bail!("cip-client http {addr}{path}: expected one line, got {replies:?}")
+            }
+        }
+    }
+
     pub fn udp_connected(&self, addr: SocketAddr, count: u32) -> Result<Vec<Reply>> {
         self.run_mode("udp-connected", addr, count, 1000)
     }

@@ -20,6 +20,8 @@ const NODE_PORT: u16 = 30080;
 const UDP_NODE_PORT: u16 = 30053;
 const DATA_NODE_PORT: u16 = 30090;
 const HEALTH_PORT: u16 = 32100;
+/// `web6` takes the same ports plus this: node ports are unique across services.
+const V6_OFFSET: u16 = 100;
 const LB4: &str = "192.0.2.10";
 const LB6: &str = "2001:db8::10";
 /// Connections per spread check: 4 backends, each missing from 60 uniform picks with
@@ -32,6 +34,11 @@ fn cluster_ip(v6: bool) -> IpAddr {
 
 fn lb_ip(v6: bool) -> IpAddr {
     if v6 { LB6 } else { LB4 }.parse().unwrap()
+}
+
+/// The node port (or health-check node port) `port` of `web`, or its counterpart of `web6`.
+fn port_of(port: u16, v6: bool) -> u16 {
+    if v6 { port + V6_OFFSET } else { port }
 }
 
 fn at(ip: IpAddr, port: u16) -> SocketAddr {
@@ -56,15 +63,15 @@ fn write_web(lab: &Lab, w: &Web) {
     let mut objects = Vec::new();
     for (name, v6) in [("web", false), ("web6", true)] {
         let mut svc = Service::new(name, cluster_ip(v6))
-            .port(tcp("greet", 80, TCP_PORT).node_port(NODE_PORT))
-            .port(udp("dns", 53, UDP_PORT).node_port(UDP_NODE_PORT))
-            .port(tcp("data", 9000, DATA_PORT).node_port(DATA_NODE_PORT))
+            .port(tcp("greet", 80, TCP_PORT).node_port(port_of(NODE_PORT, v6)))
+            .port(udp("dns", 53, UDP_PORT).node_port(port_of(UDP_NODE_PORT, v6)))
+            .port(tcp("data", 9000, DATA_PORT).node_port(port_of(DATA_NODE_PORT, v6)))
             .node_port();
         if w.lb {
             svc = svc.load_balancer(&[&lb_ip(v6).to_string()]);
         }
         if w.local {
-            svc = svc.external_traffic_local(HEALTH_PORT);
+            svc = svc.external_traffic_local(port_of(HEALTH_PORT, v6));
         }
         let ranges: Vec<&str> = w.source_ranges.iter().map(String::as_str).collect();
         svc = svc.source_ranges(&ranges);
@@ -213,11 +220,11 @@ fn lab_node_port_cluster_policy_reaches_both_nodes() {
     let client = lab.external_client();
     for via in lab.node_numbers() {
         for v6 in [false, true] {
-            let np = at(node_ip(via, v6), NODE_PORT);
+            let np = at(node_ip(via, v6), port_of(NODE_PORT, v6));
             let replies = client.tcp(np, SPREAD).unwrap();
             assert_served(&replies, np, via, &all, v6);
 
-            let dns = at(node_ip(via, v6), UDP_NODE_PORT);
+            let dns = at(node_ip(via, v6), port_of(UDP_NODE_PORT, v6));
             let replies = client.udp_unconnected(dns, 8).unwrap();
             assert!(replies.iter().all(Reply::is_ok), "{replies:?}");
             assert!(
@@ -237,8 +244,10 @@ fn lab_node_port_cluster_policy_reaches_both_nodes() {
 #[test]
 fn lab_node_port_local_policy_and_health_checks() {
     let env = require_env!();
+    // The health-check node port is a LoadBalancer's (Kubernetes allocates none otherwise).
     let mut w = Web {
         local: true,
+        lb: true,
         nodes: vec![1],
         ..Web::default()
     };
@@ -250,7 +259,7 @@ fn lab_node_port_local_policy_and_health_checks() {
         }
         let mine = backends_of(&lab, &[serving]);
         for v6 in [false, true] {
-            let np = at(node_ip(serving, v6), NODE_PORT);
+            let np = at(node_ip(serving, v6), port_of(NODE_PORT, v6));
             let replies = lab.external_client().tcp(np, 20).unwrap();
             let counts = tally(&replies);
             assert_eq!(
@@ -263,7 +272,7 @@ fn lab_node_port_local_policy_and_health_checks() {
                 replies.iter().all(|r| r.seen_client() == Some(me.as_str())),
                 "the client's address is kept: {replies:?}"
             );
-            assert_dropped(&lab, at(node_ip(idle, v6), NODE_PORT));
+            assert_dropped(&lab, at(node_ip(idle, v6), port_of(NODE_PORT, v6)));
         }
         let (status, body) = health(&lab, at(node_ip(serving, false), HEALTH_PORT));
         assert_eq!(status, 200, "{body}");
@@ -286,11 +295,13 @@ fn lab_node_port_local_policy_and_health_checks() {
     }
     // The node-level health server answers for both nodes.
     for n in lab.node_numbers() {
-        let r = lab
-            .external_client()
-            .http(at(node_ip(n, false), 10256), 1)
-            .unwrap();
-        assert_eq!(r[0].status, Some(200), "node-{n} /healthz: {r:?}");
+        for path in ["/healthz", "/livez"] {
+            let r = lab
+                .external_client()
+                .http_get(at(node_ip(n, false), 10256), path)
+                .unwrap();
+            assert_eq!(r.status, Some(200), "node-{n} {path}: {r:?}");
+        }
     }
 }
 
@@ -320,7 +331,7 @@ fn lab_load_balancer_ips_and_source_ranges() {
     rewrite(&lab, &w);
     for v6 in [false, true] {
         assert_dropped(&lab, at(lb_ip(v6), 80));
-        let np = at(node_ip(1, v6), NODE_PORT);
+        let np = at(node_ip(1, v6), port_of(NODE_PORT, v6));
         let r = lab.external_client().tcp(np, 3).unwrap();
         assert!(
             r.iter().all(Reply::is_ok),
@@ -348,7 +359,7 @@ fn lab_node_port_big_transfers() {
         };
         let lab = lab_with(env.clone(), &w, &[]);
         for v6 in [false, true] {
-            let np = at(node_ip(1, v6), DATA_NODE_PORT);
+            let np = at(node_ip(1, v6), port_of(DATA_NODE_PORT, v6));
             let up = lab.external_client().transfer(true, np, BYTES, 7).unwrap();
             assert_eq!(up.peer, Some(np.to_string()), "{up:?}");
             let verdict = up.reply.as_deref().unwrap_or_default();

@@ -56,6 +56,8 @@ struct Args {
     seed: u64,
     sockets: usize,
     size: usize,
+    /// The path of `http` requests.
+    path: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -71,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
     let mut seed = 1;
     let mut sockets = 1;
     let mut size = 0;
+    let mut path = "/".to_owned();
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -78,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => seed = value.parse().map_err(|e| format!("bad --seed: {e}"))?,
             "--size" => size = value.parse().map_err(|e| format!("bad --size: {e}"))?,
             "--sockets" => sockets = value.parse().map_err(|e| format!("bad --sockets: {e}"))?,
+            "--path" => path = value,
             "--count" => count = value.parse().map_err(|e| format!("bad --count: {e}"))?,
             "--timeout-ms" => {
                 timeout = Duration::from_millis(
@@ -98,6 +102,7 @@ fn parse_args() -> Result<Args, String> {
         seed,
         sockets,
         size,
+        path,
     })
 }
 
@@ -443,8 +448,8 @@ fn http_once(args: &Args) -> Value {
         stream.set_write_timeout(Some(args.timeout))?;
         let peer = stream.peer_addr()?.to_string();
         let request = format!(
-            "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: cip-client\r\nAccept: */*\r\n\r\n",
-            args.addr
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cip-client\r\nAccept: */*\r\n\r\n",
+            args.path, args.addr
         );
         stream.write_all(request.as_bytes())?;
         let mut response = Vec::new();
@@ -467,7 +472,9 @@ fn http_once(args: &Args) -> Value {
         Ok((
             peer,
             status,
-            body.lines().next().unwrap_or_default().to_owned(),
+            // Whole, for multi-line bodies (a health check's JSON); the backends' one line
+            // without its newline.
+            body.trim_end().to_owned(),
         ))
     })();
     match result {
