@@ -29,6 +29,7 @@ pub mod fakeapi;
 pub mod fixture;
 pub mod kubeproxy;
 pub mod lab;
+pub mod loadgen;
 pub mod manifests;
 pub mod memcg;
 pub mod netns;
