@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,7 +50,7 @@ use clusterip_tests::kubeproxy::{
     NFT_TABLE, Proto, SvcPort, iptables_full, iptables_partial, nft_full, nft_update, proto_upper,
     stale_sep_chains,
 };
-use clusterip_tests::loadgen::{Nginx, conn_rate, fmt_num, med, xml};
+use clusterip_tests::loadgen::{Nginx, conn_rate, fmt_num, med, stdin_in, xml};
 use clusterip_tests::manifests::Manifests;
 use clusterip_tests::netns::{Netns, ip};
 use clusterip_tests::node::{output_in, sysctl};
@@ -810,27 +810,7 @@ fn clusterip_case(
 
 /// Runs `program args` in the node netns with `input` on stdin; its wall time in ms.
 fn timed_stdin(w: &World, program: &str, args: &[&str], input: &str) -> Result<f64> {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", w.node.path().display()))
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let t = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("running {program}"))?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    stdin.write_all(input.as_bytes())?;
-    drop(stdin);
-    let out = child.wait_with_output()?;
-    let ms = t.elapsed().as_secs_f64() * 1e3;
-    if !out.status.success() {
-        bail!(
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(ms)
+    Ok(stdin_in(&w.node, program, args, input)?.as_secs_f64() * 1e3)
 }
 
 /// Which iptables: the legacy (xtables) or the nf_tables backend.

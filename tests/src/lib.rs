@@ -34,6 +34,7 @@ pub mod manifests;
 pub mod memcg;
 pub mod netns;
 pub mod node;
+pub mod npbench;
 pub mod packet;
 pub mod process;
 

@@ -3,6 +3,7 @@
 //! one request per connection (checked against the client's TCP `ActiveOpens` counter), and
 //! the summary statistics of their reports.
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::bench::{ClientOp, run_client_raw, stats};
+use crate::bench::{ClientOp, parse_latency, run_client_raw, stats};
 use crate::cgroup::Cgroup;
 use crate::netns::Netns;
 use crate::node::output_in;
@@ -68,6 +69,80 @@ impl Nginx {
         }
         Ok(me)
     }
+}
+
+impl Nginx {
+    /// Restricts every nginx process (masters and workers) to CPU `cpu`, or with None lets
+    /// them run on every CPU again.
+    pub fn pin(&self, cpu: Option<usize>) -> Result<()> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for pid in self._cg.procs() {
+            set_affinity(pid, cpu.map_or_else(|| (0..cpus).collect(), |c| vec![c]))
+                .with_context(|| format!("pinning nginx {pid}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// sched_setaffinity(2) of `pid` to `cpus`.
+fn set_affinity(pid: i32, cpus: Vec<usize>) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET only writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for c in cpus {
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: a plain syscall with a set of the size given.
+    let rc = unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        // A process that exited meanwhile (an nginx worker restarting) holds nothing.
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// Kept-alive request/response latency to `addr` from `ns`, `requests` requests: `(mean, p50,
+/// p99)` in µs. With `pin`, the client and every nginx process run on that one CPU for the
+/// measurement: on a small VM a request whose server sits on the other CPU pays two cross-CPU
+/// wake-ups, and which nginx worker accepts the connection is chance, so unpinned runs
+/// scatter between two modes.
+pub fn keepalive_latency(
+    ns: &Netns,
+    addr: SocketAddr,
+    requests: u64,
+    pin: Option<(usize, &Nginx)>,
+) -> Result<(f64, f64, f64)> {
+    let exe = std::env::current_exe()?;
+    let op = [
+        "--client".to_string(),
+        ClientOp::HttpKeepalive.name().into(),
+        addr.to_string(),
+        requests.to_string(),
+    ];
+    let mut cmd = match pin {
+        Some((cpu, nginx)) => {
+            nginx.pin(Some(cpu))?;
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    cmd.args(op).stderr(Stdio::inherit());
+    enter(&mut cmd, Some(ns), None)?;
+    let out = cmd.output().context("running the latency client");
+    if let Some((_, nginx)) = pin {
+        nginx.pin(None)?;
+    }
+    let out = out?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("latency client to {addr} failed: {text}");
+    }
+    let (mean, p50, p99) = parse_latency(&text)?;
+    Ok((mean / 1e3, p50 / 1e3, p99 / 1e3))
 }
 
 impl Drop for Nginx {
@@ -202,6 +277,33 @@ pub fn tcp_counter(ns: &Netns, name: &str) -> Result<u64> {
         }
     }
     bail!("no TCP counter {name} in {}", ns.name())
+}
+
+/// Runs `program args` inside `ns` (nsenter --net) with `input` on stdin, as kube-proxy
+/// feeds `iptables-restore` and `nft -f`; its wall time. Fails with its stderr.
+pub fn stdin_in(ns: &Netns, program: &str, args: &[&str], input: &str) -> Result<Duration> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.path().display()))
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let t = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("running {program}"))?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    stdin.write_all(input.as_bytes())?;
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?} in {}: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(took)
 }
 
 /// `(median, min, max)` of the numbers in `v` (NaN = a missing sample, skipped; all NaN if
