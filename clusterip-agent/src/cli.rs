@@ -86,6 +86,20 @@ pub struct RunArgs {
     /// as for --tc-iface.
     #[arg(long = "nodeport-iface", value_name = "NAME", action = ArgAction::Append)]
     pub nodeport_ifaces: Vec<String>,
+    /// Also attach `xdp_nodeport` to the --nodeport-iface interfaces (native mode, else
+    /// generic): traffic from outside to a backend on another node is translated and sent on
+    /// at XDP, before the stack; everything else still goes through `tc_nodeport`. An
+    /// interface cannot also be an --xdp-iface.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = ArgAction::Set,
+        requires = "nodeport_ifaces"
+    )]
+    pub nodeport_xdp: bool,
     /// Socket-level load balancing (cgroup hooks). `--socket-lb=false` leaves the socket hooks
     /// out (and detaches those of a previous agent), so the per-packet path carries everything.
     #[arg(

@@ -19,6 +19,7 @@
 
 mod ct;
 mod ctx;
+mod fib;
 mod lb;
 mod maps;
 mod nat;

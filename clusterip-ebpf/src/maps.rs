@@ -111,6 +111,11 @@ pub struct Scratch {
     pub fe: ServiceValue,
     pub b: Chosen,
     pub tcp_flags: u8,
+    /// Where the XDP path sends a source-NATed packet: the FIB's egress interface and the
+    /// next hop's MAC, and the MAC of that interface.
+    pub fib_dmac: [u8; 6],
+    pub fib_smac: [u8; 6],
+    pub fib_ifindex: u32,
 }
 
 /// `loadBalancerSourceRanges`: (service id, IPv4 prefix) -> 1. LPM tries are never

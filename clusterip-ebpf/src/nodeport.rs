@@ -29,7 +29,10 @@ use clusterip_common::{
     SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR, SVC_FLAG_SOURCE_RANGE,
 };
 
+use aya_ebpf::helpers::bpf_fib_lookup;
+
 use crate::ct::{self, Ct, Tuple};
+use crate::fib;
 use crate::maps::{CIP_SCRATCH, Scratch};
 use crate::nat::{self, Verdict};
 use crate::pkt::{
@@ -53,27 +56,41 @@ fn scratch() -> Option<&'static mut Scratch> {
     Some(unsafe { &mut *s })
 }
 
-/// Ingress of an external interface.
+/// Ingress of an external interface (TC: everything).
 #[inline(always)]
 pub fn ingress<P: Packet>(p: &P) -> Verdict {
+    by_family::<P, false>(p)
+}
+
+/// Ingress of an external interface at XDP: only the forward path of source-NATed flows
+/// whose next hop the FIB knows, translated here and sent on by the entry point
+/// ([`Verdict::Route`], with the next hop in the scratch space). Everything else passes,
+/// untranslated, to `tc_nodeport` (which finds the flow this path may have recorded).
+#[inline(always)]
+pub fn xdp_forward<P: Packet>(p: &P) -> Verdict {
+    by_family::<P, true>(p)
+}
+
+#[inline(always)]
+fn by_family<P: Packet, const XDP: bool>(p: &P) -> Verdict {
     let Some(ethertype) = p.load::<u16>(12) else {
         return Verdict::PASS;
     };
     let code = match u16::from_be(ethertype) {
-        ETH_P_IP => family::<P, false>(p),
-        ETH_P_IPV6 => family::<P, true>(p),
+        ETH_P_IP => family::<P, false, XDP>(p),
+        ETH_P_IPV6 => family::<P, true, XDP>(p),
         _ => return Verdict::PASS,
     };
     Verdict::decode(code)
 }
 
 #[inline(never)]
-fn family<P: Packet, const V6: bool>(p: &P) -> u32 {
+fn family<P: Packet, const V6: bool, const XDP: bool>(p: &P) -> u32 {
     let Some((_, _, proto)) = nat::parse_l3::<P, V6>(p, ETH_LEN) else {
         return 0;
     };
     if proto == if V6 { PROTO_ICMPV6 } else { PROTO_ICMP } {
-        return icmp::<P, V6>(p);
+        return if XDP { 0 } else { icmp::<P, V6>(p) };
     }
     let Some((t, flags)) = nat::parse_l4::<P, V6>(p) else {
         return 0;
@@ -83,9 +100,11 @@ fn family<P: Packet, const V6: bool>(p: &P) -> u32 {
     };
     s.t = t;
     s.tcp_flags = flags;
-    let code = reply::<P, V6>(p);
-    if code != NO_REPLY {
-        return code;
+    if !XDP {
+        let code = reply::<P, V6>(p);
+        if code != NO_REPLY {
+            return code;
+        }
     }
     match pick::<P, V6>(p) {
         NEW_FLOW => {
@@ -94,9 +113,51 @@ fn family<P: Packet, const V6: bool>(p: &P) -> u32 {
             }
         }
         KEPT_FLOW => {}
+        // XDP leaves drops, rejects and the rest to TC, which decides the same again.
+        _ if XDP => return 0,
         verdict => return verdict,
     }
+    if XDP && next_hop::<P, V6>(p) == 0 {
+        return 0;
+    }
     apply::<P, V6>(p)
+}
+
+/// XDP, before rewriting: whether the flow in `s.e` is source-NATed and the FIB knows the
+/// next hop towards its backend (neighbour resolved); if so the egress interface and MACs
+/// are in the scratch space (1). Otherwise (0) the packet passes to TC untranslated: a local
+/// backend is reached through the stack, and `bpf_redirect_neigh` (TC only) resolves a
+/// neighbour.
+#[inline(never)]
+fn next_hop<P: Packet, const V6: bool>(p: &P) -> u32 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    if s.e.flags & CT_FLAG_SNAT == 0 {
+        return 0;
+    }
+    let mut params = fib::zeroed();
+    fib::set_addrs(&mut params, V6, &s.e.nat_addr, &s.e.addr);
+    params.l4_protocol = s.t.proto;
+    params.sport = s.e.nat_port;
+    params.dport = s.e.port;
+    params.__bindgen_anon_1.tot_len = (p.len() - ETH_LEN as u32) as u16;
+    params.ifindex = p.ifindex();
+    // SAFETY: the context is the program's; `params` is a live, correctly sized struct.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            p.as_ptr(),
+            &mut params,
+            core::mem::size_of::<fib::FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != fib::FIB_SUCCESS {
+        return 0;
+    }
+    (s.fib_dmac, s.fib_smac) = fib::macs(&params);
+    s.fib_ifindex = params.ifindex;
+    1
 }
 
 /// A reply of a translated flow: translated back. [`NO_REPLY`] when it is none.

@@ -41,6 +41,8 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// A packet the translation code can read and rewrite.
 pub trait Packet: EbpfContext {
+    /// The interface the packet came in on.
+    fn ifindex(&self) -> u32;
     /// Whole packet length in bytes (from the Ethernet header).
     fn len(&self) -> u32;
     /// Reads a `T` (unaligned, as in memory) at `off`.
@@ -91,16 +93,12 @@ impl EbpfContext for TcPkt<'_> {
     }
 }
 
-impl TcPkt<'_> {
-    /// The interface the packet came in on.
+impl Packet for TcPkt<'_> {
     #[inline(always)]
-    pub fn ifindex(&self) -> u32 {
+    fn ifindex(&self) -> u32 {
         // SAFETY: the context is a valid __sk_buff for the whole run; ifindex is readable.
         unsafe { (*(self.0.as_ptr() as *const __sk_buff)).ifindex }
     }
-}
-
-impl Packet for TcPkt<'_> {
     #[inline(always)]
     fn len(&self) -> u32 {
         self.0.len()
@@ -148,6 +146,10 @@ impl XdpPkt<'_> {
 }
 
 impl Packet for XdpPkt<'_> {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.0.ingress_ifindex() as u32
+    }
     #[inline(always)]
     fn len(&self) -> u32 {
         (self.0.data_end() - self.0.data()) as u32

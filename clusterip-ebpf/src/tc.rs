@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
@@ -22,6 +22,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
+    fib::{self, FIB_NO_NEIGH, FIB_SUCCESS, FibParams},
     nat::{self, AT_TC, Kind, Verdict},
     nodeport,
     pkt::{ETH_LEN, Packet, TcPkt},
@@ -31,11 +32,6 @@ use crate::{
 /// Untouched packets go on to the next program (TCX_NEXT / TC_ACT_UNSPEC).
 const TC_ACT_UNSPEC: i32 = -1;
 
-/// `enum bpf_fib_lookup_ret`.
-const FIB_SUCCESS: i64 = 0;
-const FIB_NO_NEIGH: i64 = 7;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
@@ -123,8 +119,7 @@ pub fn tc_nodeport_egress(ctx: TcContext) -> i32 {
 #[inline(never)]
 fn route(ctx: &TcContext, v6: bool) -> i32 {
     let p = &TcPkt(ctx);
-    // SAFETY: a plain C struct of integers; all zeroes is its documented initial state.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let mut fib = fib::zeroed();
     let filled = if v6 {
         fill6(p, &mut fib)
     } else {
@@ -145,13 +140,7 @@ fn route(ctx: &TcContext, v6: bool) -> i32 {
     };
     match rc {
         FIB_SUCCESS => {
-            // SAFETY: union access; after a successful lookup the MACs are set.
-            let (dmac, smac) = unsafe {
-                (
-                    fib.__bindgen_anon_6.__bindgen_anon_2.dmac,
-                    fib.__bindgen_anon_6.__bindgen_anon_2.smac,
-                )
-            };
+            let (dmac, smac) = fib::macs(&fib);
             if p.store(0, &dmac).is_none() || p.store(6, &smac).is_none() {
                 return TC_ACT_SHOT;
             }
@@ -171,7 +160,7 @@ fn route(ctx: &TcContext, v6: bool) -> i32 {
 
 #[inline(always)]
 fn fill4(p: &TcPkt<'_>, fib: &mut FibParams) -> Option<()> {
-    fib.family = AF_INET;
+    fib.family = fib::AF_INET;
     fib.l4_protocol = p.load::<u8>(ETH_LEN + 9)?;
     fib.sport = p.load::<u16>(ETH_LEN + 20)?;
     fib.dport = p.load::<u16>(ETH_LEN + 22)?;
@@ -184,7 +173,7 @@ fn fill4(p: &TcPkt<'_>, fib: &mut FibParams) -> Option<()> {
 
 #[inline(always)]
 fn fill6(p: &TcPkt<'_>, fib: &mut FibParams) -> Option<()> {
-    fib.family = AF_INET6;
+    fib.family = fib::AF_INET6;
     fib.l4_protocol = p.load::<u8>(ETH_LEN + 6)?;
     fib.sport = p.load::<u16>(ETH_LEN + 40)?;
     fib.dport = p.load::<u16>(ETH_LEN + 42)?;

@@ -435,6 +435,12 @@ pub struct DumpEntry {
     pub protocol: String,
     pub backends: Vec<String>,
     pub affinity_timeout_s: Option<u32>,
+    /// `externalTrafficPolicy: Local`: the backends traffic from outside gets.
+    #[serde(default)]
+    pub external_local: Option<Vec<String>>,
+    /// `loadBalancerSourceRanges` in the datapath.
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
 }
 
 impl DumpEntry {
@@ -453,6 +459,8 @@ impl DumpEntry {
             protocol: protocol.into(),
             backends,
             affinity_timeout_s: affinity,
+            external_local: None,
+            source_ranges: Vec::new(),
         }
     }
 }

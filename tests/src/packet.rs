@@ -26,6 +26,8 @@ pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
 
 /// Whether BPF_PROG_TEST_RUN refuses `pkt` for an skb program by itself (EINVAL): it needs
 /// the whole fixed IPv4/IPv6 header of an IP ethertype (XDP runs take anything from 14 bytes).
@@ -125,15 +127,15 @@ impl Datapath {
                 panic!("{name} rejected: {e:?}");
             }
         }
-        {
+        for name in ["xdp_ingress", "xdp_nodeport"] {
             let p: &mut Xdp = dp
                 .ebpf
-                .program_mut("xdp_ingress")
-                .expect("xdp_ingress in the object")
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("{name} in the object"))
                 .try_into()
-                .expect("xdp_ingress is XDP");
+                .expect("an XDP program");
             if let Err(e) = p.load() {
-                panic!("xdp_ingress rejected: {e:?}");
+                panic!("{name} rejected: {e:?}");
             }
         }
         Some(dp)
@@ -160,20 +162,33 @@ impl Datapath {
 
     fn try_run_on(&self, prog: &str, pkt: &[u8], ifindex: Option<u32>) -> Result<Run, String> {
         let mut out = vec![0u8; 4096];
-        // struct __sk_buff: ifindex at offset 40, 192 bytes in all; every other field the
-        // kernel accepts from a test run is left 0.
+        let tc = prog.starts_with("tc_");
         let mut ctx = [0u8; 192];
-        if let Some(i) = ifindex {
-            ctx[40..44].copy_from_slice(&i.to_ne_bytes());
-        }
+        let ctx_len = if tc {
+            // struct __sk_buff: ifindex at offset 40, 192 bytes in all; every other field
+            // the kernel accepts from a test run is left 0.
+            if let Some(i) = ifindex {
+                ctx[40..44].copy_from_slice(&i.to_ne_bytes());
+            }
+            192
+        } else {
+            // struct xdp_md: data 0, data_end = the packet's length (the kernel insists),
+            // ingress_ifindex at offset 12; 24 bytes.
+            let len = u32::try_from(pkt.len()).unwrap_or(u32::MAX);
+            ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+            if let Some(i) = ifindex {
+                ctx[12..16].copy_from_slice(&i.to_ne_bytes());
+            }
+            24
+        };
         let opts = TestRunOptions {
             data_in: Some(pkt),
             data_out: Some(&mut out),
-            ctx_in: ifindex.map(|_| &ctx[..]),
+            ctx_in: ifindex.map(|_| &ctx[..ctx_len]),
             ..Default::default()
         };
         let program = self.ebpf.program(prog).expect("program");
-        let r = if prog.starts_with("tc_") {
+        let r = if tc {
             let p: &SchedClassifier = program.try_into().expect("classifier");
             p.test_run(opts)
         } else {

@@ -1,16 +1,30 @@
-//! Fuzz-style robustness of `tc_ingress` and `xdp_ingress`: 100,000+ random and mutated
-//! packets (seeded, reproducible) through both programs. Whatever a packet is, if its
-//! destination as read from the original bytes is not a VIP (or cannot be read at all), the
-//! programs must return it byte-identical with a pass verdict. Clean VIP packets mixed in must
-//! come out with valid checksums.
+//! Fuzz-style robustness of every per-packet program (`tc_ingress`, `xdp_ingress` and the
+//! external interfaces' `tc_nodeport`, `tc_nodeport_egress`, `xdp_nodeport`): 100,000+ random
+//! and mutated packets (seeded, reproducible) through each. The frontends include cluster
+//! IPs, node ports on a node address (remote and local backends, `externalTrafficPolicy:
+//! Local`) and a load-balancer IP with source ranges. Whatever a packet is, if its destination
+//! as read from the original bytes is not a frontend address (or cannot be read at all), the
+//! programs must return it byte-identical with a pass verdict. Clean packets to a frontend
+//! address mixed in must come out with valid checksums.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use clusterip_common::{
+    BE_FLAG_LOCAL, SCOPE_EXTERNAL, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR,
+    SVC_FLAG_OPEN, SVC_FLAG_SOURCE_RANGE, SVC_FLAG_WILDCARD, ServiceValue,
+};
 use clusterip_tests::packet::*;
 use clusterip_tests::require_datapath;
 
 const PACKETS: usize = 100_000;
+const PROGRAMS: [&str; 5] = [
+    "tc_ingress",
+    "xdp_ingress",
+    "tc_nodeport",
+    "tc_nodeport_egress",
+    "xdp_nodeport",
+];
 const SEED: u64 = 0x005e_edc1;
 
 /// The destination address as the original bytes say, if they are IPv4/IPv6 far enough.
@@ -44,7 +58,44 @@ fn random_and_mutated_packets_never_change_non_vip_traffic() {
     dp.add_service(&Svc::new(vip6, 80, PROTO_TCP, 3, &be6));
     dp.add_service(&Svc::new(vip6, 53, PROTO_UDP, 4, &be6));
     dp.add_service(&Svc::new(vip4, 81, PROTO_TCP, 5, &[]));
-    let vips: BTreeSet<IpAddr> = [vip4, vip6].into();
+    // The external frontends: node ports on the node's address, a load-balancer IP.
+    let node4: IpAddr = "10.100.0.1".parse().unwrap();
+    let node6: IpAddr = "fd00:100::1".parse().unwrap();
+    let lb4: IpAddr = "192.0.2.10".parse().unwrap();
+    let lb6: IpAddr = "2001:db8::10".parse().unwrap();
+    let mut svc_id = 6;
+    for (node, lb, be) in [(node4, lb4, &be4), (node6, lb6, &be6)] {
+        for (port, proto) in [(80, PROTO_TCP), (53, PROTO_UDP)] {
+            // Cluster policy, remote and local backends.
+            let mut np = Svc::new(node, port, proto, svc_id, be);
+            np.flags = SVC_FLAG_EXTERNAL | SVC_FLAG_NODE_ADDR;
+            np.backend_flags = vec![0, BE_FLAG_LOCAL, 0, BE_FLAG_LOCAL];
+            dp.add_service(&np);
+            // The load-balancer IP: Local policy, one local endpoint; a source range.
+            let mut l = Svc::new(lb, port, proto, svc_id + 1, be);
+            l.flags = SVC_FLAG_EXTERNAL | SVC_FLAG_EXT_LOCAL | SVC_FLAG_SOURCE_RANGE;
+            dp.add_service(&l);
+            let mut local = Svc::new(lb, port, proto, svc_id + 2, &be[1..2]);
+            local.flags = SVC_FLAG_EXTERNAL;
+            local.backend_flags = vec![BE_FLAG_LOCAL];
+            local.scope = SCOPE_EXTERNAL;
+            dp.add_service(&local);
+            let (net, len) = if node.is_ipv6() {
+                ("fd00:c::".parse().unwrap(), 80)
+            } else {
+                ("192.168.0.0".parse().unwrap(), 17)
+            };
+            dp.add_source_range(svc_id + 1, net, len);
+            svc_id += 3;
+        }
+        let open = ServiceValue {
+            flags: SVC_FLAG_WILDCARD | SVC_FLAG_OPEN,
+            ..Default::default()
+        };
+        dp.set_wildcard(node, &open);
+        dp.set_wildcard(lb, &open);
+    }
+    let vips: BTreeSet<IpAddr> = [vip4, vip6, node4, node6, lb4, lb6].into();
 
     let mut rng = Rng::new(SEED);
     let (mut runs, mut changed_vip, mut refused, mut clean_checked) =
@@ -68,9 +119,13 @@ fn random_and_mutated_packets_never_change_non_vip_traffic() {
         } else {
             IpAddr::V4(Ipv4Addr::new(192, 168, rng.byte(), rng.byte().max(1)))
         };
-        let dst: IpAddr = match rng.below(3) {
+        let dst: IpAddr = match rng.below(5) {
             0 if v6 => "fd00:96::31".parse().unwrap(),
             0 => "10.96.0.31".parse().unwrap(),
+            1 if v6 => node6,
+            1 => node4,
+            2 if v6 => lb6,
+            2 => lb4,
             _ if v6 => vip6,
             _ => vip4,
         };
@@ -136,12 +191,13 @@ fn random_and_mutated_packets_never_change_non_vip_traffic() {
             }
         }
         let is_vip = original_dst(&pkt).is_some_and(|d| vips.contains(&d));
-        for prog in ["tc_ingress", "xdp_ingress"] {
+        for prog in PROGRAMS {
+            let tc = prog.starts_with("tc_");
             let r = match dp.try_run(prog, &pkt) {
                 Ok(r) => r,
                 Err(e) => {
                     assert!(
-                        prog == "tc_ingress" && skb_test_run_refuses(&pkt),
+                        tc && skb_test_run_refuses(&pkt),
                         "packet {i}: {prog} test run failed: {e} ({} bytes)",
                         pkt.len()
                     );
@@ -151,11 +207,7 @@ fn random_and_mutated_packets_never_change_non_vip_traffic() {
             };
             runs += 1;
             if !is_vip {
-                let pass = if prog == "tc_ingress" {
-                    TC_ACT_UNSPEC
-                } else {
-                    XDP_PASS
-                };
+                let pass = if tc { TC_ACT_UNSPEC } else { XDP_PASS };
                 assert_eq!(
                     r.ret, pass,
                     "packet {i} (kind {kind}) {prog}: verdict for non-VIP {pkt:02x?}"
@@ -180,6 +232,6 @@ fn random_and_mutated_packets_never_change_non_vip_traffic() {
          re-checked), {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert!(runs >= 2 * PACKETS - refused);
+    assert!(runs >= PROGRAMS.len() * PACKETS - refused);
     assert!(changed_vip > PACKETS / 10, "VIP packets were translated");
 }

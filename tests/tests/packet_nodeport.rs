@@ -463,3 +463,79 @@ fn no_endpoints_rejects_from_outside() {
         drop(ns);
     });
 }
+
+/// `xdp_nodeport`: a new flow to a backend on the other node is translated at XDP as
+/// `tc_nodeport` would translate it and sent back out of `ext0` (XDP_TX) to the peer's MAC;
+/// its later packets keep the flow's port at XDP and at TC alike. What XDP leaves to TC
+/// passes byte-identical: the backend's reply, a flow to a local backend (which TC then
+/// translates as the flow XDP recorded), the node's own ports, and a flow whose next hop has
+/// no neighbour entry yet (TC resolves it with `bpf_redirect_neigh`).
+#[test]
+fn xdp_forwards_remote_flows_and_leaves_the_rest_to_tc() {
+    each_family(|v6| {
+        let mut dp = require_datapath!();
+        let f = fam(v6);
+        let (ns, ext) = node_netns();
+        dp.add_service(&node_port(&f, 17, &[(f.remote_pod, 0)]));
+        open_wildcard(&mut dp, f.node);
+
+        let syn = tcp(f.client, 48000, f.node, NODE_PORT, Tcp::syn(), b"");
+        let out = inside(&ns, || dp.run_on("xdp_nodeport", &syn, ext));
+        assert_eq!(out.ret, XDP_TX, "v6={v6}");
+        let p = parse(&out.out);
+        assert_eq!((p.dst, p.dport), (f.remote_pod, BE_PORT), "v6={v6}");
+        assert_eq!(p.src, f.node, "source NATed to the node's address");
+        assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&p.sport));
+        assert_eq!(p.dst_mac, PEER_MAC, "next hop: the other node");
+        assert_eq!(p.src_mac, [0x02, 0, 0, 0, 0x01, 0x01], "from ext0's own MAC");
+        let nport = p.sport;
+
+        let again = tcp(f.client, 48000, f.node, NODE_PORT, Tcp::ack(), b"more");
+        let x = inside(&ns, || dp.run_on("xdp_nodeport", &again, ext));
+        assert_eq!(x.ret, XDP_TX);
+        let t = inside(&ns, || dp.run_on("tc_nodeport", &again, ext));
+        assert_eq!(t.ret, TC_ACT_REDIRECT);
+        assert_eq!(x.out, t.out, "XDP and TC translate a kept flow the same");
+        assert_eq!(parse(&t.out).sport, nport);
+
+        let reply = tcp(f.remote_pod, BE_PORT, f.node, nport, Tcp::ack(), b"hi");
+        let out = inside(&ns, || dp.run_on("xdp_nodeport", &reply, ext));
+        assert_eq!((out.ret, &out.out), (XDP_PASS, &reply), "replies are TC's");
+
+        let own = tcp(f.client, 48001, f.node, 22, Tcp::syn(), b"");
+        let out = inside(&ns, || dp.run_on("xdp_nodeport", &own, ext));
+        assert_eq!((out.ret, &out.out), (XDP_PASS, &own), "the node's own port");
+
+        // A local backend: passed untranslated, then TC applies the flow XDP recorded.
+        let mut local = node_port(&f, 18, &[(f.local_pod, BE_FLAG_LOCAL)]);
+        local.port = NODE_PORT + 1;
+        dp.add_service(&local);
+        let syn = tcp(f.client, 48002, f.node, NODE_PORT + 1, Tcp::syn(), b"");
+        let out = inside(&ns, || dp.run_on("xdp_nodeport", &syn, ext));
+        assert_eq!((out.ret, &out.out), (XDP_PASS, &syn), "v6={v6}: local backend");
+        let out = inside(&ns, || dp.run_on("tc_nodeport", &syn, ext));
+        assert_eq!(out.ret, TC_ACT_OK);
+        let p = parse(&out.out);
+        assert_eq!((p.src, p.dst), (f.client, f.local_pod));
+
+        // A backend behind a next hop without a neighbour entry.
+        let (net, via, far_pod): (&str, &str, IpAddr) = if v6 {
+            ("fd00:201:3::/64", "fd00:100::3", "fd00:201:3::5".parse().unwrap())
+        } else {
+            ("10.201.3.0/24", "10.100.0.3", "10.201.3.5".parse().unwrap())
+        };
+        ns.ip(&["route", "add", net, "via", via, "dev", "ext0"])
+            .expect("route");
+        let mut far = node_port(&f, 19, &[(far_pod, 0)]);
+        far.port = NODE_PORT + 2;
+        dp.add_service(&far);
+        let syn = tcp(f.client, 48003, f.node, NODE_PORT + 2, Tcp::syn(), b"");
+        let out = inside(&ns, || dp.run_on("xdp_nodeport", &syn, ext));
+        assert_eq!((out.ret, &out.out), (XDP_PASS, &syn), "v6={v6}: no neighbour");
+        let out = inside(&ns, || dp.run_on("tc_nodeport", &syn, ext));
+        assert_eq!(out.ret, TC_ACT_REDIRECT, "v6={v6}: TC resolves the neighbour");
+        let p = parse(&out.out);
+        assert_eq!((p.src, p.dst), (f.node, far_pod));
+        drop(ns);
+    });
+}

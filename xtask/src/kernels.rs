@@ -58,6 +58,9 @@ const CHECKS: &[&str] = &[
     "xdp-testrun",
     "tc-tcp",
     "tc-udp",
+    "nodeport",
+    "nodeport-local",
+    "nodeport-snat",
 ];
 
 /// Image packages of the current package lists whose parts are not on the mirror (one per line).
@@ -550,73 +553,47 @@ fn short(detail: &str) -> String {
 }
 
 /// What `kernels/expected.toml` says about one kernel line.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
 struct LineExpectations {
     /// `probe-missing = [..]`: the features `clusterip-agent probe` reports missing.
+    #[serde(default, rename = "probe-missing")]
     probe_missing: BTreeSet<String>,
     /// `<check> = "why"`: the check is expected DEGRADED (the documented fallback).
+    #[serde(flatten)]
     degraded: BTreeMap<String, String>,
 }
 
-/// Parses the subset of TOML `kernels/expected.toml` uses: `[kernels."<line>"]` tables with
-/// `probe-missing = ["a", "b"]` and `<check> = "reason"` entries; `#` comments.
+/// The file: `[kernels."<line>"]` tables and nothing else.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectedFile {
+    #[serde(default)]
+    kernels: BTreeMap<String, LineExpectations>,
+}
+
+/// Parses `kernels/expected.toml` and checks that it names only known kernel lines and
+/// checks.
 fn parse_expected(text: &str) -> Result<BTreeMap<String, LineExpectations>> {
-    let mut out: BTreeMap<String, LineExpectations> = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for (n, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        let at = || format!("line {}: {raw:?}", n + 1);
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some(header) = line.strip_prefix('[') {
-            let name = header
-                .strip_suffix(']')
-                .and_then(|h| h.strip_prefix("kernels."))
-                .map(|h| h.trim_matches('"'))
-                .with_context(at)?;
-            if !LINES.iter().any(|l| l.name == name) {
-                bail!(
-                    "{}: no kernel line {name:?} (lines: {})",
-                    at(),
-                    LINES.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")
-                );
-            }
-            out.entry(name.to_string()).or_default();
-            current = Some(name.to_string());
-            continue;
-        }
-        let entry = current
-            .as_ref()
-            .and_then(|c| out.get_mut(c))
-            .with_context(|| format!("{}: outside a [kernels.\"<line>\"] table", at()))?;
-        let (key, value) = line.split_once('=').with_context(at)?;
-        let (key, value) = (key.trim().trim_matches('"'), value.trim());
-        if key == "probe-missing" {
-            let list = value
-                .strip_prefix('[')
-                .and_then(|v| v.strip_suffix(']'))
-                .with_context(at)?;
-            entry.probe_missing = list
-                .split(',')
-                .map(|s| s.trim().trim_matches('"').to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-        } else if CHECKS.contains(&key) && key != "probe" {
-            let reason = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .with_context(at)?;
-            entry.degraded.insert(key.to_string(), reason.to_string());
-        } else {
+    let file: ExpectedFile = toml::from_str(text)?;
+    for (name, line) in &file.kernels {
+        if !LINES.iter().any(|l| l.name == name) {
             bail!(
-                "{}: unknown key {key:?} (probe-missing, or a check: {})",
-                at(),
+                "no kernel line {name:?} (lines: {})",
+                LINES.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")
+            );
+        }
+        if let Some(key) = line
+            .degraded
+            .keys()
+            .find(|k| !CHECKS.contains(&k.as_str()) || *k == "probe")
+        {
+            bail!(
+                "[kernels.{name:?}]: unknown key {key:?} (probe-missing, or a check: {})",
                 CHECKS.join(", ")
             );
         }
     }
-    Ok(out)
+    Ok(file.kernels)
 }
 
 fn print_table(rows: &[Vec<String>]) {

@@ -165,6 +165,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .iter()
             .map(|p| Pattern::new(p))
             .collect(),
+        nodeport_xdp: args.nodeport_xdp,
         sizing: sizing(&args)?,
         ct_config: DatapathConfigValue {
             ct_tcp_timeout_s: args.ct_tcp_timeout,

@@ -86,12 +86,16 @@ pub const TC_EGRESS_PROGRAM: &str = "tc_egress";
 /// ports, load-balancer and external IPs from outside the node, and their replies.
 pub const NODEPORT_PROGRAM: &str = "tc_nodeport";
 pub const NODEPORT_EGRESS_PROGRAM: &str = "tc_nodeport_egress";
+/// With `--nodeport-xdp`, at XDP on the same interfaces: the forward path of flows to
+/// backends on other nodes.
+pub const NODEPORT_XDP_PROGRAM: &str = "xdp_nodeport";
 /// Pin name prefixes of their per-interface links.
 pub const TC_PIN_PREFIX: &str = "tc";
 pub const XDP_PIN_PREFIX: &str = "xdp";
 pub const TC_EGRESS_PIN_PREFIX: &str = "tce";
 pub const NODEPORT_PIN_PREFIX: &str = "np";
 pub const NODEPORT_EGRESS_PIN_PREFIX: &str = "npe";
+pub const NODEPORT_XDP_PIN_PREFIX: &str = "npx";
 
 /// Sub-directory of the pin directory holding the link pins.
 pub const LINKS_DIR: &str = "links";
@@ -125,6 +129,8 @@ pub struct DatapathConfig {
     /// The node's external interfaces (names or patterns): `tc_nodeport` at ingress,
     /// `tc_nodeport_egress` at egress.
     pub nodeport_ifaces: Vec<Pattern>,
+    /// Also `xdp_nodeport` on the `nodeport_ifaces` (native mode, else generic).
+    pub nodeport_xdp: bool,
     /// Every map's size ([`Sizing::compute`]).
     pub sizing: Sizing,
     /// Timeouts, written to `CIP_CONFIG[0]`.
@@ -138,6 +144,8 @@ impl DatapathConfig {
             HookKind::Tc | HookKind::TcEgress => &self.tc_ifaces,
             HookKind::Xdp => &self.xdp_ifaces,
             HookKind::NodePort | HookKind::NodePortEgress => &self.nodeport_ifaces,
+            HookKind::NodePortXdp if self.nodeport_xdp => &self.nodeport_ifaces,
+            HookKind::NodePortXdp => &[],
         }
     }
 }
@@ -256,7 +264,7 @@ pub struct Datapath {
     pin_dir: PathBuf,
     log_task: Option<JoinHandle<()>>,
     /// One per [`HookKind`], in [`HookKind::ALL`] order.
-    hooks: [IfaceHook; 5],
+    hooks: [IfaceHook; 6],
     /// The kernel has TCX links (else TC programs go straight to netlink clsact).
     tcx: bool,
     /// The cgroup the socket programs go on (None: socket-level load balancing off).
@@ -275,15 +283,17 @@ pub enum HookKind {
     Xdp,
     NodePort,
     NodePortEgress,
+    NodePortXdp,
 }
 
 impl HookKind {
-    pub const ALL: [HookKind; 5] = [
+    pub const ALL: [HookKind; 6] = [
         HookKind::Tc,
         HookKind::TcEgress,
         HookKind::Xdp,
         HookKind::NodePort,
         HookKind::NodePortEgress,
+        HookKind::NodePortXdp,
     ];
 
     pub fn program(self) -> &'static str {
@@ -293,6 +303,7 @@ impl HookKind {
             HookKind::Xdp => XDP_PROGRAM,
             HookKind::NodePort => NODEPORT_PROGRAM,
             HookKind::NodePortEgress => NODEPORT_EGRESS_PROGRAM,
+            HookKind::NodePortXdp => NODEPORT_XDP_PROGRAM,
         }
     }
     pub fn pin_prefix(self) -> &'static str {
@@ -302,6 +313,7 @@ impl HookKind {
             HookKind::Xdp => XDP_PIN_PREFIX,
             HookKind::NodePort => NODEPORT_PIN_PREFIX,
             HookKind::NodePortEgress => NODEPORT_EGRESS_PIN_PREFIX,
+            HookKind::NodePortXdp => NODEPORT_XDP_PIN_PREFIX,
         }
     }
     fn flag(self) -> &'static str {
@@ -309,6 +321,7 @@ impl HookKind {
             HookKind::Tc | HookKind::TcEgress => "tc-iface",
             HookKind::Xdp => "xdp-iface",
             HookKind::NodePort | HookKind::NodePortEgress => "nodeport-iface",
+            HookKind::NodePortXdp => "nodeport-xdp",
         }
     }
     /// TC programs attach at ingress or egress; XDP is neither.
@@ -316,7 +329,7 @@ impl HookKind {
         match self {
             HookKind::Tc | HookKind::NodePort => Some(TcAttachType::Ingress),
             HookKind::TcEgress | HookKind::NodePortEgress => Some(TcAttachType::Egress),
-            HookKind::Xdp => None,
+            HookKind::Xdp | HookKind::NodePortXdp => None,
         }
     }
     fn index(self) -> usize {
@@ -332,7 +345,7 @@ impl HookKind {
     /// BPF_LINK_TYPE_TCX / BPF_LINK_TYPE_XDP.
     fn link_type(self) -> u32 {
         match self {
-            HookKind::Xdp => 6,
+            HookKind::Xdp | HookKind::NodePortXdp => 6,
             _ => 11,
         }
     }

@@ -105,6 +105,59 @@ spec:
   clusterIPs: [10.96.0.30]
   ports:
   - {name: http, protocol: TCP, port: 80, targetPort: 8080}
+---
+# Node ports on every address of the node (10.0.1.1 towards the client): to a backend on this
+# node (nodeName n: DNAT only) and to the same pod said to be on another node (DNAT and SNAT
+# to the node's address).
+apiVersion: v1
+kind: Service
+metadata: {name: np-local, namespace: smoke}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.40
+  clusterIPs: [10.96.0.40]
+  externalTrafficPolicy: Cluster
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: np-local-1
+  namespace: smoke
+  labels: {kubernetes.io/service-name: np-local}
+addressType: IPv4
+ports:
+- {name: http, protocol: TCP, port: 8080}
+endpoints:
+- addresses: [10.0.2.2]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: n
+---
+apiVersion: v1
+kind: Service
+metadata: {name: np-remote, namespace: smoke}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.41
+  clusterIPs: [10.96.0.41]
+  externalTrafficPolicy: Cluster
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30081}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: np-remote-1
+  namespace: smoke
+  labels: {kubernetes.io/service-name: np-remote}
+addressType: IPv4
+ports:
+- {name: http, protocol: TCP, port: 8080}
+endpoints:
+- addresses: [10.0.2.2]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: elsewhere
 EOF
 
 # Checks cip-client's output: $1 file, $2 expected reply prefix, $3 expected address, $4 count,
@@ -308,5 +361,39 @@ else
         result $c FAIL "not run: the per-packet agent did not start"
     done
 fi
+
+# ---- NodePort: tc_nodeport / tc_nodeport_egress on the node's interfaces -------------------
+if [ $topo -ne 0 ]; then
+    for c in nodeport nodeport-local nodeport-snat; do result $c FAIL "could not build the netns topology"; done
+    finish
+fi
+run_packet_agent /tmp/agent3.log --nodeport-iface c0 --nodeport-iface b0
+grep ' WARN ' /tmp/agent3.log | sed 's/^/agent3-warn| /'
+if [ $rc -eq 0 ]; then
+    mode=$(attach_mode /tmp/agent3.log tc_nodeport c0)
+    case "$mode" in
+    tcx) result nodeport PASS "tc_nodeport and tc_nodeport_egress on c0 and b0: $mode" ;;
+    netlink*) result nodeport DEGRADED "tc_nodeport and tc_nodeport_egress on c0 and b0: $mode" ;;
+    *) result nodeport FAIL "$(attach_why /tmp/agent3.log tc_nodeport c0)" ;;
+    esac
+    $IP netns exec cl cip-client tcp 10.0.1.1:30080 --count 3 >/tmp/c3-local.out 2>&1
+    if client_ok /tmp/c3-local.out "be-1 10.0.1.2" "10.0.1.1:30080" 3 peer; then
+        result nodeport-local PASS "3/3 connects from netns cl to 10.0.1.1:30080 reached be-1 (local endpoint), client IP kept"
+    else
+        result nodeport-local FAIL "client: $(first /tmp/c3-local.out)"
+    fi
+    $IP netns exec cl cip-client tcp 10.0.1.1:30081 --count 3 >/tmp/c3-snat.out 2>&1
+    if client_ok /tmp/c3-snat.out "be-1 10.0.1.1" "10.0.1.1:30081" 3 peer; then
+        result nodeport-snat PASS "3/3 connects from netns cl to 10.0.1.1:30081 reached be-1 (endpoint elsewhere) from the node's address"
+    else
+        result nodeport-snat FAIL "client: $(first /tmp/c3-snat.out)"
+    fi
+else
+    reason="agent: $(why /tmp/agent3.log)"
+    dump_log /tmp/agent3.log agent3
+    for c in nodeport nodeport-local nodeport-snat; do result $c FAIL "$reason"; done
+fi
+kill $agent 2>/dev/null
+wait $agent 2>/dev/null
 
 finish
