@@ -6,7 +6,8 @@
 //!
 //! Cases: `direct` (the client to the backend pod IPs through a route via node A, no NAT),
 //! `tc` (the agent in node A with `--socket-lb=false --nodeport-iface` on node A's two
-//! veths), `xdp` (reported absent: the agent has no XDP NodePort path), `iptables` /
+//! veths), `xdp` (the same with `--nodeport-xdp`: flows to remote backends translated and
+//! sent at XDP, the rest left to TC), `iptables` /
 //! `iptables-nft` (kube-proxy's iptables mode, legacy or nf_tables backend), `nftables`
 //! (kube-proxy's nftables mode). N other NodePort services with fake endpoints come first in
 //! kube-proxy's chains, the measured ones last.
@@ -40,7 +41,8 @@ use clusterip_tests::kubeproxy::{
 };
 use clusterip_tests::loadgen::{conn_rate, fmt_range, keepalive_latency, med, stdin_in, wait_http};
 use clusterip_tests::manifests::Manifests;
-use clusterip_tests::node::{output_in, sysctl, wait_tc_ingress};
+use clusterip_tests::netns::Netns;
+use clusterip_tests::node::{net_progs, output_in, sysctl, wait_tc_ingress};
 use clusterip_tests::npbench::{
     EXT_IFACE, HTTP_PORT, INT_IFACE, LOCAL_NODE_PORT, NODE_A, NODE_A_INT, Node, REMOTE_NODE_PORT,
     Services, World, pod_ip,
@@ -60,9 +62,6 @@ const PARTS: [&str; 7] = [
 /// The default parts: all but `socket` (not applicable) and `iptables-nft` (loading 10,000
 /// services with the nf_tables backend takes minutes).
 const DEFAULT_PARTS: [&str; 5] = ["direct", "tc", "xdp", "iptables", "nftables"];
-/// Why the `xdp` row is empty.
-const XDP_ABSENT: &str = "absent: the agent has no XDP NodePort path (`--xdp-iface` \
-                          translates ClusterIP traffic only)";
 
 struct Opts {
     parts: Vec<String>,
@@ -311,14 +310,16 @@ fn measure_node_ports(w: &World, opts: &Opts) -> Result<Vec<(Backends, Sample)>>
 // ---------------------------------------------------------------------------------------
 // Cases
 
-/// The clusterip agent in node A, per packet on node A's two veths: start (timed to its
-/// first sync and its programs on both), measure, stop (the pins go with the [`PinDir`]).
+/// The clusterip agent in node A, per packet on node A's two veths (`tc_nodeport`, and with
+/// `extra` = `--nodeport-xdp` also `xdp_nodeport`): start (timed to its first sync and its
+/// programs on both), measure, stop (the pins go with the [`PinDir`]).
 fn clusterip_case(
     w: &World,
     env: &Env,
     manifests: &Manifests,
     opts: &Opts,
     n: usize,
+    extra: &[&str],
 ) -> Result<(Vec<(Backends, Sample)>, f64)> {
     let pins = PinDir::new(env);
     let sizes = MapSizes::for_services(n + 2);
@@ -327,44 +328,68 @@ fn clusterip_case(
         sizes.backend.to_string(),
         sizes.maglev.to_string(),
     );
+    let mut args = vec![
+        "--node-name",
+        Node::A.name(),
+        "--socket-lb=false",
+        "--nodeport-iface",
+        EXT_IFACE,
+        "--nodeport-iface",
+        INT_IFACE,
+        // Closed flows linger as long as netfilter's TIME_WAIT does in the kube-proxy
+        // cases (see short_conntrack_time_wait).
+        "--ct-tcp-closing-timeout",
+        "5",
+        "--service-map-entries",
+        &svc,
+        "--backend-map-entries",
+        &be,
+        "--maglev-map-entries",
+        &maglev,
+        "--metrics-addr",
+        "",
+        "--healthz-bind-address",
+        "",
+    ];
+    args.extend_from_slice(extra);
     let t0 = Instant::now();
     let agent = AgentProc::start(
         &env.agent_bin,
         &manifests.dir(),
         pins.path(),
-        &[
-            "--node-name",
-            Node::A.name(),
-            "--socket-lb=false",
-            "--nodeport-iface",
-            EXT_IFACE,
-            "--nodeport-iface",
-            INT_IFACE,
-            // Closed flows linger as long as netfilter's TIME_WAIT does in the kube-proxy
-            // cases (see short_conntrack_time_wait).
-            "--ct-tcp-closing-timeout",
-            "5",
-            "--service-map-entries",
-            &svc,
-            "--backend-map-entries",
-            &be,
-            "--maglev-map-entries",
-            &maglev,
-            "--metrics-addr",
-            "",
-            "--healthz-bind-address",
-            "",
-        ],
+        &args,
         Some(&w.node_a),
         "info",
     )?;
     let ifaces = [EXT_IFACE.to_owned(), INT_IFACE.to_owned()];
     wait_tc_ingress(&w.node_a, None, &ifaces, Duration::from_secs(10))?;
+    if extra.contains(&"--nodeport-xdp") {
+        wait_xdp(&w.node_a, &ifaces, Duration::from_secs(10))?;
+    }
     let programmed_ms = t0.elapsed().as_secs_f64() * 1e3;
     let samples = measure_node_ports(w, opts)?;
     drop(agent);
     drop(pins);
     Ok((samples, programmed_ms))
+}
+
+/// Waits until each of `ifaces` in `ns` has an XDP program.
+fn wait_xdp(ns: &Netns, ifaces: &[String], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let net = net_progs(ns)?;
+        let missing: Vec<&String> = ifaces
+            .iter()
+            .filter(|i| !net.xdp.iter().any(|x| &x.devname == *i))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no XDP program on {missing:?} after {timeout:?}: {net:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Capacities of the agent's service, backend and Maglev maps for `services` NodePort
@@ -533,7 +558,12 @@ fn run_n(w: &World, env: &Env, manifests: &Manifests, opts: &Opts, n: usize) -> 
                 }
                 "tc" => (
                     "tc",
-                    clusterip_case(w, env, manifests, opts, n).context("tc")?,
+                    clusterip_case(w, env, manifests, opts, n, &[]).context("tc")?,
+                ),
+                "xdp" => (
+                    "xdp",
+                    clusterip_case(w, env, manifests, opts, n, &["--nodeport-xdp"])
+                        .context("xdp")?,
                 ),
                 "iptables" | "iptables-nft" | "nftables" => {
                     let mode = match part.as_str() {
@@ -544,7 +574,7 @@ fn run_n(w: &World, env: &Env, manifests: &Manifests, opts: &Opts, n: usize) -> 
                     let r = kube_proxy_case(w, opts, &svcs, mode).context(mode.case())?;
                     (mode.case(), r)
                 }
-                // `socket`: not applicable; `xdp`: absent (a row says so).
+                // `socket`: not applicable.
                 _ => continue,
             };
             let (samples, ms) = result;
@@ -617,7 +647,7 @@ impl RunN {
 }
 
 impl Report<'_> {
-    /// The rows in table order: measured cases, and `xdp` when asked for.
+    /// The rows in table order.
     fn cases(&self) -> Vec<&'static str> {
         PARTS
             .iter()
@@ -647,10 +677,6 @@ impl Report<'_> {
                 out.push_str(&"---|".repeat(METRICS.len() + 1));
                 out.push('\n');
                 for case in self.cases() {
-                    if case == "xdp" {
-                        let _ = writeln!(out, "| xdp | {XDP_ABSENT} |");
-                        continue;
-                    }
                     let _ = write!(out, "| {case} |");
                     for m in &METRICS {
                         let ratio = if case == "direct" {
@@ -692,10 +718,6 @@ impl Report<'_> {
             .map(|r| {
                 let mut cases = serde_json::Map::new();
                 for case in self.cases() {
-                    if case == "xdp" {
-                        cases.insert(case.into(), json!({"absent": XDP_ABSENT}));
-                        continue;
-                    }
                     let mut paths = serde_json::Map::new();
                     for path in Backends::ALL {
                         let mut o = serde_json::Map::new();
@@ -736,7 +758,7 @@ impl Report<'_> {
     /// connection per request.
     fn check_smoke(&self) -> Result<()> {
         for run in &self.runs {
-            for case in self.cases().into_iter().filter(|c| *c != "xdp") {
+            for case in self.cases() {
                 for path in Backends::ALL {
                     let samples = run.samples.get(&(case.to_string(), path));
                     let Some(samples) = samples.filter(|s| !s.is_empty()) else {

@@ -11,8 +11,9 @@
 //!     -m statistic --mode random --probability 1/(n-i) -j KUBE-SEP-<hash>   (last: no match)
 //! KUBE-SEP-<hash>: -s POD/32 -j KUBE-MARK-MASQ (hairpin), -p tcp -j DNAT --to-destination
 //! POSTROUTING -> KUBE-POSTROUTING: masquerade what KUBE-MARK-MASQ marked (0x4000).
-//! filter: KUBE-FORWARD (INVALID dropped, marked and established accepted), and the (here
-//! empty) KUBE-SERVICES, KUBE-EXTERNAL-SERVICES, KUBE-NODEPORTS, KUBE-PROXY-FIREWALL.
+//! filter: KUBE-FORWARD (what conntrack finds INVALID dropped, as kube-proxy does unless
+//! `--conntrack-tcp-be-liberal`; marked and established accepted), and the (here empty)
+//! KUBE-SERVICES, KUBE-EXTERNAL-SERVICES, KUBE-NODEPORTS, KUBE-PROXY-FIREWALL.
 //! ```
 //! A partial sync (what kube-proxy does when only some services changed) rewrites the
 //! top-level chains (KUBE-SERVICES and KUBE-NODEPORTS whole) and only the changed services'

@@ -14,7 +14,9 @@
 //! nat-postrouting -> masquerading: what mark-for-masquerade marked is masqueraded
 //! ```
 //! `nodeport-ips` holds the node's addresses (kube-proxy's nftables mode defaults
-//! `--nodeport-addresses` to the node's primary IPs).
+//! `--nodeport-addresses` to the node's primary IPs). Unlike the iptables mode (KUBE-FORWARD),
+//! the nftables mode drops nothing conntrack finds invalid (its alpha did, with
+//! `--conntrack-tcp-be-liberal` to turn it off; the proxier since has no such rule).
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -70,8 +72,6 @@ pub fn nft_full(services: &[SvcPort], nodeport_ips: &[Ipv4Addr]) -> String {
             "add chain ip {t} {name} {{ type {ty} hook {hook} priority {prio} ; }}"
         );
     }
-    // Without --conntrack-tcp-be-liberal, kube-proxy drops what conntrack finds invalid.
-    let _ = writeln!(out, "add rule ip {t} filter-forward ct state invalid drop");
     for c in [
         "nodeport-endpoints-check",
         "service-endpoints-check",
