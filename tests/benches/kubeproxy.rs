@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,7 +41,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clusterip_tests::bench::{
     ClientOp, Memory, Server, ServerConfig, dispatch, parse_latency, run_client, run_client_raw,
-    stats,
 };
 use clusterip_tests::bins;
 use clusterip_tests::bpffs::PinDir;
@@ -51,6 +50,7 @@ use clusterip_tests::kubeproxy::{
     NFT_TABLE, Proto, SvcPort, iptables_full, iptables_partial, nft_full, nft_update, proto_upper,
     stale_sep_chains,
 };
+use clusterip_tests::loadgen::{Nginx, conn_rate, fmt_num, med, stdin_in, xml};
 use clusterip_tests::manifests::Manifests;
 use clusterip_tests::netns::{Netns, ip};
 use clusterip_tests::node::{output_in, sysctl};
@@ -287,21 +287,8 @@ struct World {
 }
 
 struct Servers {
-    nginx: Vec<Child>,
+    _nginx: Nginx,
     _echo: Vec<Server>,
-    /// Every nginx process (master and workers): killed with the cgroup.
-    _cg: Cgroup,
-    dir: PathBuf,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.nginx {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl World {
@@ -399,46 +386,14 @@ fn ptp(node: &Netns, node_side: &str, pod: &Netns, addr: Ipv4Addr) -> Result<()>
 }
 
 fn start_servers(pods: &[Netns]) -> Result<Servers> {
-    let dir = std::env::temp_dir().join(format!("cip-bench-{}", clusterip_tests::uniq()));
-    std::fs::create_dir_all(&dir)?;
-    let mut servers = Servers {
-        nginx: Vec::new(),
-        _echo: Vec::new(),
-        _cg: Cgroup::new()?,
-        dir: dir.clone(),
-    };
-    // One worker per core: the direct case talks to one pod, the service cases to ten; with
-    // one worker each, direct at concurrency 16 would be capped by a single nginx process.
+    let addrs: Vec<(&Netns, IpAddr)> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| (pod, pod_ip(i).into()))
+        .collect();
+    let mut echo = Vec::new();
     for (i, pod) in pods.iter().enumerate() {
-        let prefix = dir.join(format!("nginx{i}"));
-        std::fs::create_dir_all(&prefix)?;
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "worker_processes auto;\ndaemon off;\npid {p}/nginx.pid;\nerror_log {p}/error.log \
-                 warn;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  \
-                 keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  server {{\n    \
-                 listen {ip}:{HTTP_PORT} backlog=4096;\n    location / {{ return 200 \
-                 \"ok\\n\"; }}\n  }}\n}}\n",
-                p = prefix.display(),
-                ip = pod_ip(i)
-            ),
-        )?;
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-p")
-            .arg(&prefix)
-            .arg("-e")
-            .arg(prefix.join("error.log"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        enter(&mut cmd, Some(pod), Some(&servers._cg))?;
-        servers
-            .nginx
-            .push(cmd.spawn().context("starting nginx in a pod netns")?);
-        servers._echo.push(Server::start(
+        echo.push(Server::start(
             pod,
             &ServerConfig {
                 ip: pod_ip(i).into(),
@@ -449,21 +404,15 @@ fn start_servers(pods: &[Netns]) -> Result<Servers> {
             },
         )?);
     }
-    Ok(servers)
+    Ok(Servers {
+        _nginx: Nginx::start(&addrs, HTTP_PORT)?,
+        _echo: echo,
+    })
 }
 
 /// Retries one HTTP request to `addr` from the client (in `cg`) until it works.
 fn wait_http(w: &World, cg: Option<&Cgroup>, addr: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match run_client_raw(&w.client, cg, ClientOp::HttpKeepalive, addr, 1) {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => {
-                return Err(e).context(format!("{addr} never answered"));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
+    clusterip_tests::loadgen::wait_http(&w.client, cg, addr, Duration::from_secs(15))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -497,13 +446,15 @@ impl Services {
                     }
                 })
                 .collect();
-            let port = |port_name: &str, port, target, proto| SvcPort {
-                name: format!("svc-{i}"),
-                port_name: port_name.into(),
-                vip: vip(i),
-                port,
-                proto,
-                endpoints: eps.iter().map(|&e| (e, target)).collect(),
+            let port = |port_name: &str, port, target, proto| {
+                SvcPort::new(
+                    &format!("svc-{i}"),
+                    port_name,
+                    vip(i),
+                    port,
+                    proto,
+                    eps.iter().map(|&e| (e, target)).collect(),
+                )
             };
             if real {
                 // UDP first: the TCP rule of `last` is the very last service rule.
@@ -648,19 +599,19 @@ fn measure(w: &World, opts: &Opts, cg: Option<&Cgroup>, ip: IpAddr) -> Result<Sa
     let mut opens = 0u64;
     let mut reqs = 0u64;
     for (c, t) in [(1, 1), (16, 2)] {
-        let before = tcp_counter(&w.client, "ActiveOpens")?;
-        let retrans = tcp_counter(&w.client, "TCPSynRetrans")?;
-        let (rate, n) = wrk(w, cg, http, c, t, opts.duration)?;
-        opens += tcp_counter(&w.client, "ActiveOpens")? - before;
-        let retrans = tcp_counter(&w.client, "TCPSynRetrans")? - retrans;
-        if retrans > 0 {
-            eprintln!("      c={c}: the client retransmitted {retrans} SYNs (1 s each)");
+        let r = conn_rate(&w.client, cg, http, c, t, opts.duration)?;
+        if r.syn_retrans > 0 {
+            eprintln!(
+                "      c={c}: the client retransmitted {} SYNs (1 s each)",
+                r.syn_retrans
+            );
         }
-        reqs += n;
+        opens += r.opens;
+        reqs += r.requests;
         if c == 1 {
-            s.conn1 = rate;
+            s.conn1 = r.rate;
         } else {
-            s.conn16 = rate;
+            s.conn16 = r.rate;
         }
     }
     s.opens_per_request = opens as f64 / reqs.max(1) as f64;
@@ -674,87 +625,6 @@ fn measure(w: &World, opts: &Opts, cg: Option<&Cgroup>, ip: IpAddr) -> Result<Sa
 
 fn is_vip(ip: IpAddr) -> bool {
     matches!(ip, IpAddr::V4(v) if v.octets()[..2] == [10, 96])
-}
-
-/// `wrk -t T -c C -d D -H 'Connection: close'`: (requests per second, requests completed).
-fn wrk(
-    w: &World,
-    cg: Option<&Cgroup>,
-    addr: SocketAddr,
-    c: u32,
-    t: u32,
-    d: Duration,
-) -> Result<(f64, u64)> {
-    let mut cmd = Command::new("wrk");
-    cmd.args([
-        "-t",
-        &t.to_string(),
-        "-c",
-        &c.to_string(),
-        "-d",
-        &format!("{}s", d.as_secs().max(1)),
-        "-H",
-        "Connection: close",
-        &format!("http://{addr}/"),
-    ]);
-    enter(&mut cmd, Some(&w.client), cg)?;
-    let out = cmd.output().context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "wrk {addr}: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    parse_wrk(&text).with_context(|| format!("wrk {addr} -c {c}: {text}"))
-}
-
-fn parse_wrk(text: &str) -> Result<(f64, u64)> {
-    if let Some(l) = text.lines().find(|l| l.contains("Non-2xx")) {
-        bail!("wrk got errors: {l}");
-    }
-    if let Some(l) = text.lines().find(|l| l.contains("Socket errors")) {
-        // A handful of connect errors at the very end of a run are not worth a failure, but
-        // they are worth seeing.
-        eprintln!("  wrk: {}", l.trim());
-    }
-    let rate = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .context("no Requests/sec")?
-        .trim()
-        .parse()?;
-    let n = text
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next())
-        .context("no request count")?
-        .parse()?;
-    if n == 0 {
-        bail!("wrk completed no request");
-    }
-    Ok((rate, n))
-}
-
-/// A TCP counter in `ns`: `Tcp:` of /proc/net/snmp (ActiveOpens, RetransSegs, ...) or
-/// `TcpExt:` of /proc/net/netstat (TCPSynRetrans, ...).
-fn tcp_counter(ns: &Netns, name: &str) -> Result<u64> {
-    for (file, prefix) in [("/proc/net/snmp", "Tcp:"), ("/proc/net/netstat", "TcpExt:")] {
-        let text = output_in(ns, "cat", &[file])?;
-        let mut lines = text.lines().filter(|l| l.starts_with(prefix));
-        let (Some(head), Some(vals)) = (lines.next(), lines.next()) else {
-            continue;
-        };
-        if let Some(k) = head.split_whitespace().position(|h| h == name) {
-            return vals
-                .split_whitespace()
-                .nth(k)
-                .with_context(|| format!("no {name} value"))?
-                .parse()
-                .with_context(|| name.to_string());
-        }
-    }
-    bail!("no TCP counter {name} in the client netns")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -940,27 +810,7 @@ fn clusterip_case(
 
 /// Runs `program args` in the node netns with `input` on stdin; its wall time in ms.
 fn timed_stdin(w: &World, program: &str, args: &[&str], input: &str) -> Result<f64> {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", w.node.path().display()))
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let t = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("running {program}"))?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    stdin.write_all(input.as_bytes())?;
-    drop(stdin);
-    let out = child.wait_with_output()?;
-    let ms = t.elapsed().as_secs_f64() * 1e3;
-    if !out.status.success() {
-        bail!(
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(ms)
+    Ok(stdin_in(&w.node, program, args, input)?.as_secs_f64() * 1e3)
 }
 
 /// Which iptables: the legacy (xtables) or the nf_tables backend.
@@ -1085,7 +935,7 @@ struct NftCp {
 fn nftables_case(w: &World, opts: &Opts, svcs: &Services) -> Result<(Sample, NftCp)> {
     let guard = Rules(w, nft_remove);
     let mut cp = NftCp {
-        load_ms: timed_stdin(w, "nft", &["-f", "-"], &nft_full(&svcs.ports))?,
+        load_ms: timed_stdin(w, "nft", &["-f", "-"], &nft_full(&svcs.ports, &[GATEWAY]))?,
         ..Default::default()
     };
     short_conntrack_time_wait(w);
@@ -1269,28 +1119,6 @@ const METRICS: [Metric; 6] = [
     ("latency_p99_us", "latency p99 µs", false, |s| s.lat_p99_us),
     ("udp_rr_per_s", "UDP rr/s", true, |s| s.udp_rr),
 ];
-
-/// `(median, min, max)` of the numbers in `v` (NaN = a missing sample, skipped).
-fn med(v: &[f64]) -> (f64, f64, f64) {
-    let v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        (f64::NAN, f64::NAN, f64::NAN)
-    } else {
-        stats(&v)
-    }
-}
-
-fn fmt_num(x: f64) -> String {
-    if x.is_nan() {
-        "-".into()
-    } else if x >= 100.0 {
-        format!("{x:.0}")
-    } else if x >= 10.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.2}")
-    }
-}
 
 impl RunN {
     fn ordered(&self) -> Vec<(&str, &Vec<Sample>)> {
@@ -1588,10 +1416,4 @@ fn ipt_json(c: &IptCp) -> Value {
         "from_empty_ms": c.load_ms, "one_endpoint_full_sync_ms": c.full_ms,
         "one_endpoint_partial_sync_ms": c.partial_ms,
     })
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

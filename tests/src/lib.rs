@@ -29,10 +29,12 @@ pub mod fakeapi;
 pub mod fixture;
 pub mod kubeproxy;
 pub mod lab;
+pub mod loadgen;
 pub mod manifests;
 pub mod memcg;
 pub mod netns;
 pub mod node;
+pub mod npbench;
 pub mod packet;
 pub mod process;
 
