@@ -6,8 +6,8 @@
 //! - `externalTrafficPolicy: Local` (SVC_FLAG_EXT_LOCAL): the frontend's scope-1 entry, this
 //!   node's endpoints only (none: dropped); the client's address is kept.
 //! - `Cluster`: any endpoint. To a backend on another node the source becomes this node's
-//!   address and a port of [`SNAT_PORT_MIN`]..=[`SNAT_PORT_MAX`], unique per backend through
-//!   the reply conntrack entry (created only when absent or expired), and the packet leaves by
+//!   address and a random port of [`SNAT_PORT_SPANS`], unique per backend through the reply
+//!   conntrack entry (created only when absent or expired; another port tried if taken), and the packet leaves by
 //!   a FIB lookup and redirect ([`Verdict::Route`]): the stack would drop a packet that
 //!   arrives with its own address as source. The replies come back here, addressed to the
 //!   node, and go back to the client the same way.
@@ -25,11 +25,11 @@
 use aya_log_ebpf::debug;
 use clusterip_common::{
     BE_FLAG_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_NODEPORT, CT_FLAG_SNAT,
-    SCOPE_DEFAULT, SCOPE_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_AFFINITY,
+    SCOPE_DEFAULT, SCOPE_EXTERNAL, SNAT_PORT_SPANS, SNAT_PORTS, SVC_FLAG_AFFINITY,
     SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR, SVC_FLAG_SOURCE_RANGE,
 };
 
-use aya_ebpf::helpers::bpf_fib_lookup;
+use aya_ebpf::helpers::{bpf_fib_lookup, bpf_get_prandom_u32};
 
 use crate::ct::{self, Ct, Tuple};
 use crate::fib;
@@ -40,8 +40,9 @@ use crate::pkt::{
 };
 use crate::select;
 
-/// Tries at a free source port for a source-NATed flow before the packet is dropped.
-const SNAT_TRIES: u32 = 8;
+/// Tries at a free source port for a source-NATed flow before the packet is dropped (the
+/// client's retransmission tries again).
+const SNAT_TRIES: u32 = 16;
 
 /// Stage results besides a [`Verdict`] code.
 const NO_REPLY: u32 = u32::MAX;
@@ -310,11 +311,12 @@ fn new_flow<P: Packet, const V6: bool>(p: &P) -> u32 {
     s.rev.nat_addr = s.t.saddr;
     s.rev.nat_port = s.t.sport;
     s.rev_t.daddr = snat;
-    // Start where the flow's hash says, then step.
-    let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-    let mut port = select::flow_hash::<V6>(&s.t) % range;
+    // Random tries, as Cilium's SNAT does: stepping from a hash would make taken ports
+    // cluster and every later flow landing in a cluster walk it.
     for _ in 0..SNAT_TRIES {
-        s.rev_t.dport = ((u32::from(SNAT_PORT_MIN) + port) as u16).to_be();
+        // SAFETY: plain helper call.
+        let i = unsafe { bpf_get_prandom_u32() } % SNAT_PORTS;
+        s.rev_t.dport = clusterip_common::snat_port(i).to_be();
         let taken = match ct::lookup::<V6>(&s.rev_t, CT_DIR_REPLY) {
             // An expired flow's port is free again: overwrite its entry.
             Some((old, _)) => {
@@ -329,7 +331,6 @@ fn new_flow<P: Packet, const V6: bool>(p: &P) -> u32 {
             let _ = ct::insert::<V6>(&s.t, CT_DIR_FORWARD, &s.e);
             return 1;
         }
-        port = (port + 1) % range;
     }
     debug!(p, "clusterip: svc {} no free SNAT port", s.fe.svc_id);
     0

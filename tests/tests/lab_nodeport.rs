@@ -415,3 +415,32 @@ fn lab_node_port_churn_without_failures() {
         "{counts:?}"
     );
 }
+
+/// Many short connections in a row through node-1's node port to node-2's pods: every one is
+/// source-NATed to a port of its own while the closed ones still hold theirs (the closing
+/// timeout), and not one fails. 6,000 is more than the upper SNAT span alone held.
+#[test]
+fn lab_node_port_many_short_connections_to_remote_backends() {
+    let env = require_env!();
+    let w = Web {
+        nodes: vec![2],
+        ..Web::default()
+    };
+    let lab = lab_with(env, &w, &[]);
+    let np = at(node_ip(1, false), NODE_PORT);
+    let replies = lab
+        .external_client()
+        .run_mode("tcp", np, 6_000, 2_000)
+        .unwrap();
+    let failed: Vec<&Reply> = replies.iter().filter(|r| !r.is_ok()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 6000 failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert_eq!(
+        tally(&replies).keys().cloned().collect::<Vec<_>>(),
+        backends_of(&lab, &[2])
+    );
+}

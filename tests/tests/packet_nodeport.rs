@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use clusterip_common::{
     BE_FLAG_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_NODEPORT, CT_FLAG_SNAT, SCOPE_EXTERNAL,
-    SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR,
-    SVC_FLAG_OPEN, SVC_FLAG_SOURCE_RANGE, SVC_FLAG_WILDCARD, ServiceValue,
+    SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR, SVC_FLAG_OPEN,
+    SVC_FLAG_SOURCE_RANGE, SVC_FLAG_WILDCARD, ServiceValue, is_snat_port,
 };
 use clusterip_tests::netns::Netns;
 use clusterip_tests::packet::*;
@@ -202,7 +202,7 @@ fn remote_backend_is_source_natted_and_routed() {
         assert_eq!((p.dst, p.dport), (f.remote_pod, BE_PORT), "v6={v6}");
         assert_eq!(p.src, f.node, "source NATed to the node's address");
         assert!(
-            (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&p.sport),
+            is_snat_port(p.sport),
             "port {} outside the SNAT range",
             p.sport
         );
@@ -390,7 +390,7 @@ fn snat_ports_are_unique_per_backend() {
         let out = inside(&ns, || dp.run_on("tc_nodeport", &syn, ext));
         assert_eq!(out.ret, TC_ACT_REDIRECT, "flow {i}");
         let p = parse(&out.out);
-        assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&p.sport));
+        assert!(is_snat_port(p.sport));
         assert!(
             ports.insert(p.sport),
             "port {} given twice (flow {i})",
@@ -485,7 +485,7 @@ fn xdp_forwards_remote_flows_and_leaves_the_rest_to_tc() {
         let p = parse(&out.out);
         assert_eq!((p.dst, p.dport), (f.remote_pod, BE_PORT), "v6={v6}");
         assert_eq!(p.src, f.node, "source NATed to the node's address");
-        assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&p.sport));
+        assert!(is_snat_port(p.sport));
         assert_eq!(p.dst_mac, PEER_MAC, "next hop: the other node");
         assert_eq!(
             p.src_mac,
