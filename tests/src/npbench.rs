@@ -31,7 +31,7 @@ use anyhow::{Context, Result};
 use crate::kubeproxy::{Proto, SvcPort, proto_upper};
 use crate::loadgen::{Nginx, wait_http};
 use crate::netns::{Netns, ip};
-use crate::node::sysctl;
+use crate::node::{output_in, sysctl};
 
 /// Pods per node; each measured service has them all as endpoints.
 pub const PODS_PER_NODE: usize = 2;
@@ -164,6 +164,11 @@ impl World {
         c.ip(&["link", "set", "lo", "up"])?;
         c.ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])?;
         c.ip(&["link", "set", "eth0", "up"])?;
+        // The client computes its checksums, as a host across a wire has: a veth otherwise
+        // hands on packets with a partial checksum, which XDP cannot see or finish (the
+        // `xdp` case's rewritten packets would reach node B with bad checksums).
+        output_in(c, "ethtool", &["-K", "eth0", "tx", "off"])
+            .context("ethtool (cargo xtask setup installs it)")?;
         c.ip(&["route", "add", POD_NET, "via", &NODE_A.to_string()])?;
         let a = &self.node_a;
         a.ip(&["addr", "add", &format!("{NODE_A}/24"), "dev", EXT_IFACE])?;
@@ -173,6 +178,11 @@ impl World {
         let b = &self.node_b;
         b.ip(&["addr", "add", &format!("{NODE_B}/24"), "dev", "eth0"])?;
         b.ip(&["link", "set", "eth0", "up"])?;
+        // GRO on node B's veth: the kernel delivers frames an XDP program redirects into a
+        // veth only when its peer runs NAPI (an XDP program, or GRO on), else drops them (the
+        // `xdp` case redirects node A's forward path into it). On for every case alike.
+        output_in(b, "ethtool", &["-K", "eth0", "gro", "on"])
+            .context("ethtool (cargo xtask setup installs it)")?;
         b.ip(&["route", "add", "default", "via", &NODE_A_INT.to_string()])?;
         a.ip(&[
             "route",

@@ -162,7 +162,7 @@ pub struct BenchOpts {
 }
 
 impl BenchOpts {
-    /// The arguments of the `kubeproxy` bench binary.
+    /// The arguments of the `kubeproxy` and `nodeport` bench binaries.
     fn args(&self, out: &Path) -> Vec<String> {
         let mut a = Vec::new();
         let mut opt = |k: &str, v: Option<String>| {
@@ -184,13 +184,18 @@ impl BenchOpts {
     }
 }
 
-/// The micro-benchmarks `cargo xtask bench --micro` runs after the main one.
+/// The main benchmarks, with the same options: ClusterIP from pods (`kubeproxy`) and
+/// NodePort from outside the node (`nodeport`).
+const MAIN_BENCHES: [&str; 2] = ["kubeproxy", "nodeport"];
+
+/// The micro-benchmarks `cargo xtask bench --micro` runs after the main ones.
 const MICRO_BENCHES: [&str; 2] = ["socket_lb", "packet_lb"];
 
 /// `cargo xtask bench`: builds the eBPF object and a release agent, then runs the
-/// `kubeproxy` benchmark in release mode (clusterip vs kube-proxy iptables/nftables vs direct,
-/// in network namespaces it creates; needs root and BPF like the e2e tests, plus wrk, nginx
-/// and nft, which `setup` installs). Results: stdout and `target/bench/kubeproxy.{md,json,svg}`.
+/// `kubeproxy` and `nodeport` benchmarks in release mode (clusterip vs kube-proxy
+/// iptables/nftables vs direct, in network namespaces they create; needs root and BPF like the
+/// e2e tests, plus wrk, nginx and nft, which `setup` installs). Results: stdout and
+/// `target/bench/{kubeproxy,nodeport}.{md,json}`.
 /// With `--smoke`: the debug build and [`bench_smoke`] instead.
 pub fn bench(root: &Path, opts: &BenchOpts) -> Result<()> {
     if opts.smoke {
@@ -204,20 +209,15 @@ pub fn bench(root: &Path, opts: &BenchOpts) -> Result<()> {
         .args(["build", "--release", "-p", "clusterip-agent"]))?;
     let agent = target_dir(root).join("release").join("clusterip-agent");
     let out = target_dir(root).join("bench");
-    eprintln!("==> bench kubeproxy");
-    run(cargo(STABLE)
-        .current_dir(root)
-        .env("CLUSTERIP_AGENT_BIN", &agent)
-        .env("CLUSTERIP_E2E_REQUIRED", "1")
-        .args([
-            "bench",
-            "-p",
-            "clusterip-tests",
-            "--bench",
-            "kubeproxy",
-            "--",
-        ])
-        .args(opts.args(&out)))?;
+    for name in MAIN_BENCHES {
+        eprintln!("==> bench {name}");
+        run(cargo(STABLE)
+            .current_dir(root)
+            .env("CLUSTERIP_AGENT_BIN", &agent)
+            .env("CLUSTERIP_E2E_REQUIRED", "1")
+            .args(["bench", "-p", "clusterip-tests", "--bench", name, "--"])
+            .args(opts.args(&out)))?;
+    }
     let largest = opts
         .services
         .as_deref()
@@ -288,22 +288,19 @@ pub fn bench_smoke(root: &Path, agent: &Path) -> Result<()> {
         smoke: true,
         ..Default::default()
     };
-    let result = run(cargo(STABLE)
-        .current_dir(root)
-        .env("CLUSTERIP_AGENT_BIN", agent)
-        .env("CLUSTERIP_E2E_REQUIRED", "1")
-        .args([
-            "bench",
-            "--profile",
-            "dev",
-            "-p",
-            "clusterip-tests",
-            "--bench",
-            "kubeproxy",
-            "--",
-        ])
-        .args(opts.args(&out)))
-    .and_then(|()| programming(root, agent, "dev", 100, &out));
+    let result = MAIN_BENCHES
+        .iter()
+        .try_for_each(|name| {
+            eprintln!("==> bench smoke: {name}");
+            run(cargo(STABLE)
+                .current_dir(root)
+                .env("CLUSTERIP_AGENT_BIN", agent)
+                .env("CLUSTERIP_E2E_REQUIRED", "1")
+                .args(["bench", "--profile", "dev", "-p", "clusterip-tests"])
+                .args(["--bench", name, "--"])
+                .args(opts.args(&out)))
+        })
+        .and_then(|()| programming(root, agent, "dev", 100, &out));
     eprintln!(
         "==> bench smoke: {} in {:.1}s",
         if result.is_ok() { "passed" } else { "FAILED" },

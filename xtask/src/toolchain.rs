@@ -30,8 +30,9 @@ pub const IMAGE_PROFILE: &str = "dist";
 
 /// Debian packages: LLVM for bpf-linker, bpftool to inspect maps, iproute2 for the demo/tests,
 /// and for the benchmark (`cargo xtask bench`, and its smoke mode in `test`): iptables and
-/// nftables (kube-proxy's two modes), wrk (the load generator) and nginx (the pods' HTTP
-/// server; the bench runs its own instances in network namespaces with its own config).
+/// nftables (kube-proxy's two modes), wrk (the load generator), nginx (the pods' HTTP
+/// server; the bench runs its own instances in network namespaces with its own config) and
+/// ethtool (GRO on the veth an XDP redirect sends into, which the kernel requires).
 pub fn debian_packages() -> Vec<String> {
     vec![
         format!("llvm-{LLVM_MAJOR}-dev"),
@@ -44,6 +45,7 @@ pub fn debian_packages() -> Vec<String> {
         "nftables".to_string(),
         "wrk".to_string(),
         "nginx".to_string(),
+        "ethtool".to_string(),
     ]
 }
 
