@@ -110,6 +110,10 @@ pub struct Scratch {
     /// The frontend (scope applied) and the chosen backend.
     pub fe: ServiceValue,
     pub b: Chosen,
+    /// The source port an earlier flow of the same client tuple was NATed to (0: none): a
+    /// reopened connection takes it again when it goes to the same backend, as netfilter
+    /// reuses a TIME_WAIT tuple, so a client's port reuse never takes a second port.
+    pub old_nat_port: u16,
     pub tcp_flags: u8,
     /// Where the XDP path sends a source-NATed packet: the FIB's egress interface and the
     /// next hop's MAC, and the MAC of that interface.

@@ -220,8 +220,12 @@ fn pick<P: Packet, const V6: bool>(p: &P) -> u32 {
     let now = ct::now_ns();
     let closing = nat::closing(s.tcp_flags);
     let syn_only = s.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    s.old_nat_port = 0;
     // An existing flow keeps its backend while the entry is fresh and the backend exists.
     if let Some((e, slot)) = ct::lookup::<V6>(t, CT_DIR_FORWARD) {
+        if e.flags & CT_FLAG_SNAT != 0 {
+            s.old_nat_port = e.nat_port;
+        }
         let cfg = ct::config();
         let fresh = now.wrapping_sub(e.last_seen_ns) < ct::timeout_ns(&cfg, t.proto, e.flags);
         let reopened = syn_only && e.flags & CT_FLAG_CLOSING != 0;
@@ -311,16 +315,25 @@ fn new_flow<P: Packet, const V6: bool>(p: &P) -> u32 {
     s.rev.nat_addr = s.t.saddr;
     s.rev.nat_port = s.t.sport;
     s.rev_t.daddr = snat;
-    // Random tries, as Cilium's SNAT does: stepping from a hash would make taken ports
+    // The port of the client tuple's earlier flow first (see `Scratch::old_nat_port`), then
+    // random tries, as Cilium's SNAT does: stepping from a hash would make taken ports
     // cluster and every later flow landing in a cluster walk it.
-    for _ in 0..SNAT_TRIES {
-        // SAFETY: plain helper call.
-        let i = unsafe { bpf_get_prandom_u32() } % SNAT_PORTS;
-        s.rev_t.dport = clusterip_common::snat_port(i).to_be();
+    for n in 0..SNAT_TRIES {
+        s.rev_t.dport = if n == 0 && s.old_nat_port != 0 {
+            s.old_nat_port
+        } else {
+            // SAFETY: plain helper call.
+            let i = unsafe { bpf_get_prandom_u32() } % SNAT_PORTS;
+            clusterip_common::snat_port(i).to_be()
+        };
         let taken = match ct::lookup::<V6>(&s.rev_t, CT_DIR_REPLY) {
-            // An expired flow's port is free again: overwrite its entry.
+            // An expired flow's port is free again, and so is the port of this client
+            // tuple's own earlier flow: overwrite the entry.
             Some((old, _)) => {
-                now.wrapping_sub(old.last_seen_ns) < ct::timeout_ns(&cfg, s.t.proto, old.flags)
+                let own = old.nat_addr == s.t.saddr && old.nat_port == s.t.sport;
+                (!own
+                    && now.wrapping_sub(old.last_seen_ns)
+                        < ct::timeout_ns(&cfg, s.t.proto, old.flags))
                     || ct::insert::<V6>(&s.rev_t, CT_DIR_REPLY, &s.rev).is_err()
             }
             // Create-only: another CPU may have taken the port since the lookup.
