@@ -83,8 +83,11 @@ pub fn csum_replace(check: u16, from: u32, to: u32, size: u64) -> u16 {
     !fold(s)
 }
 
-/// The TC view: skb helpers only, so the packet may be non-linear and no packet pointer is
-/// ever invalidated by a helper call.
+/// The TC view. Reads are direct from the linear part of the skb (fresh `data`/`data_end`
+/// each time, so no pointer outlives a helper that moves them), with `bpf_skb_load_bytes` for
+/// what lies beyond it; a helper call per field cost about as much as the rest of a pass
+/// through `tc_ingress` (`tests/tests/packet_cost.rs`). Writes and checksums use the skb
+/// helpers, which keep the skb's checksum state right.
 pub struct TcPkt<'a>(pub &'a TcContext);
 
 impl EbpfContext for TcPkt<'_> {
@@ -105,6 +108,11 @@ impl Packet for TcPkt<'_> {
     }
     #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        let start = self.0.data() + off;
+        if start + size_of::<T>() <= self.0.data_end() {
+            // SAFETY: bounds checked against data_end just above; packet data is readable.
+            return Some(unsafe { (start as *const T).read_unaligned() });
+        }
         self.0.load::<T>(off).ok()
     }
     #[inline(always)]
