@@ -20,8 +20,8 @@
 //! - `externalTrafficPolicy: Local` (SVC_FLAG_EXT_LOCAL): the frontend's scope-1 entry, this
 //!   node's endpoints only (none: dropped); the client's address is kept;
 //! - `Cluster`: any endpoint; to a backend on another node the source becomes this node's
-//!   address and a port of [`SNAT_PORT_SPANS`] (unique per backend through the
-//!   reply conntrack entry), and the packet leaves by a FIB lookup and redirect
+//!   address and a port of [`clusterip_common::SNAT_PORT_SPANS`] (unique per backend through
+//!   the reply conntrack entry), and the packet leaves by a FIB lookup and redirect
 //!   ([`Verdict::Route`]: the stack would drop a packet that arrives with its own address as
 //!   source), as do the replies translated back to the client;
 //! - `loadBalancerSourceRanges` (SVC_FLAG_SOURCE_RANGE): other sources are dropped;

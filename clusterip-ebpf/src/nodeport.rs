@@ -6,9 +6,10 @@
 //! - `externalTrafficPolicy: Local` (SVC_FLAG_EXT_LOCAL): the frontend's scope-1 entry, this
 //!   node's endpoints only (none: dropped); the client's address is kept.
 //! - `Cluster`: any endpoint. To a backend on another node the source becomes this node's
-//!   address and a random port of [`SNAT_PORT_SPANS`], unique per backend through the reply
-//!   conntrack entry (created only when absent or expired; another port tried if taken), and the packet leaves by
-//!   a FIB lookup and redirect ([`Verdict::Route`]): the stack would drop a packet that
+//!   address and a random port of [`clusterip_common::SNAT_PORT_SPANS`], unique per backend
+//!   through the reply conntrack entry (created only when absent or expired; another port
+//!   tried if taken), and the packet leaves by a FIB lookup and redirect
+//!   ([`Verdict::Route`]): the stack would drop a packet that
 //!   arrives with its own address as source. The replies come back here, addressed to the
 //!   node, and go back to the client the same way.
 //! - `loadBalancerSourceRanges` (SVC_FLAG_SOURCE_RANGE): other sources are dropped.
@@ -25,8 +26,8 @@
 use aya_log_ebpf::debug;
 use clusterip_common::{
     BE_FLAG_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_NODEPORT, CT_FLAG_SNAT,
-    SCOPE_DEFAULT, SCOPE_EXTERNAL, SNAT_PORT_SPANS, SNAT_PORTS, SVC_FLAG_AFFINITY,
-    SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR, SVC_FLAG_SOURCE_RANGE,
+    SCOPE_DEFAULT, SCOPE_EXTERNAL, SNAT_PORTS, SVC_FLAG_AFFINITY, SVC_FLAG_EXT_LOCAL,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR, SVC_FLAG_SOURCE_RANGE,
 };
 
 use aya_ebpf::helpers::{bpf_fib_lookup, bpf_get_prandom_u32};

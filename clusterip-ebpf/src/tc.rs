@@ -93,6 +93,13 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
     action(&ctx, Verdict::decode(tc_main(&ctx)))
 }
 
+/// The floor of cost measurements: a classifier that only returns. Never attached by the
+/// agent; `tests/tests/packet_cost.rs` runs it next to the real programs.
+#[classifier]
+pub fn tc_floor(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[classifier]
 pub fn tc_nodeport(ctx: TcContext) -> i32 {
     action(&ctx, nodeport::ingress(&TcPkt(&ctx)))

@@ -25,6 +25,13 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The floor of cost measurements: an XDP program that only passes. Never attached by the
+/// agent; `tests/tests/packet_cost.rs` runs it next to the real programs.
+#[xdp]
+pub fn xdp_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[xdp]
 pub fn xdp_nodeport(ctx: XdpContext) -> u32 {
     let p = XdpPkt(&ctx);

@@ -81,6 +81,8 @@ impl Drop for Datapath {
 pub struct Run {
     pub ret: u32,
     pub out: Vec<u8>,
+    /// The kernel's own time for the run (BPF_PROG_TEST_RUN's `duration`), in ns.
+    pub ns: u64,
 }
 
 impl Datapath {
@@ -116,7 +118,7 @@ impl Datapath {
                 panic!("tc_ingress rejected: {e:?}");
             }
         }
-        for name in ["tc_nodeport", "tc_nodeport_egress"] {
+        for name in ["tc_nodeport", "tc_nodeport_egress", "tc_egress", "tc_floor"] {
             let p: &mut SchedClassifier = dp
                 .ebpf
                 .program_mut(name)
@@ -127,7 +129,7 @@ impl Datapath {
                 panic!("{name} rejected: {e:?}");
             }
         }
-        for name in ["xdp_ingress", "xdp_nodeport"] {
+        for name in ["xdp_ingress", "xdp_nodeport", "xdp_floor"] {
             let p: &mut Xdp = dp
                 .ebpf
                 .program_mut(name)
@@ -200,7 +202,15 @@ impl Datapath {
         Ok(Run {
             ret: r.return_value,
             out,
+            ns: u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX),
         })
+    }
+
+    /// Runs `pkt` through `prog` (a TC or XDP program of the object) `runs` times, one
+    /// BPF_PROG_TEST_RUN each (so each run starts from `pkt`, as a real packet would), and
+    /// returns the kernel's duration of each, in ns.
+    pub fn durations(&self, prog: &str, pkt: &[u8], runs: usize) -> Vec<u64> {
+        (0..runs).map(|_| self.run(prog, pkt).ns).collect()
     }
 
     /// Runs `pkt` through `tc_ingress`.
