@@ -336,6 +336,11 @@ fn clusterip_case(
         EXT_IFACE,
         "--nodeport-iface",
         INT_IFACE,
+        // Node ports on node A's address toward the client only, as kube-proxy's rules have
+        // them here (its nftables mode's `nodeport-ips`): not also on the address toward
+        // node B and the pods' gateway, which would triple the frontends.
+        "--nodeport-addresses",
+        NODE_PORT_CIDR,
         // Closed flows linger as long as netfilter's TIME_WAIT does in the kube-proxy
         // cases (see short_conntrack_time_wait).
         "--ct-tcp-closing-timeout",
@@ -391,6 +396,9 @@ fn wait_xdp(ns: &Netns, ifaces: &[String], timeout: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// What `--nodeport-addresses` selects in node A: [`NODE_A`] alone.
+const NODE_PORT_CIDR: &str = "10.100.0.0/24";
 
 /// Capacities of the agent's service, backend and Maglev maps for `services` NodePort
 /// services with up to 10 endpoints: a cluster IP and a node-port frontend each (each with
