@@ -169,6 +169,12 @@ fn reply<P: Packet, const V6: bool>(p: &P) -> u32 {
         return NO_REPLY;
     };
     match ct::lookup::<V6>(&s.t, CT_DIR_REPLY) {
+        // A local backend's reply that reaches an external interface (a backend this node
+        // reaches through one): translated at egress, once the stack has routed it. Translated
+        // here, its source would be the node's own address, which the stack drops on input.
+        Some((e, _)) if e.flags & (CT_FLAG_NODEPORT | CT_FLAG_SNAT) == CT_FLAG_NODEPORT => {
+            Verdict::PASS.encode()
+        }
         Some((e, slot)) => nat::reverse::<P, V6>(p, &s.t, s.tcp_flags, &e, slot).encode(),
         None => NO_REPLY,
     }

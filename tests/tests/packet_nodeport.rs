@@ -259,6 +259,12 @@ fn local_backend_keeps_the_client_address() {
             "the pod side must not translate it"
         );
         assert_eq!(pod_side.out, reply);
+        // Nor the ingress of an external interface, should the backend sit behind one:
+        // translated there, its source would be the node's own address, which the stack
+        // drops on input. The egress translates it once the stack has routed it.
+        let ext_side = inside(&ns, || dp.run_on("tc_nodeport", &reply, ext));
+        assert_eq!(ext_side.ret, TC_ACT_UNSPEC, "v6={v6}");
+        assert_eq!(ext_side.out, reply);
         let out = inside(&ns, || dp.run_on("tc_nodeport_egress", &reply, ext));
         assert_eq!(out.ret, TC_ACT_OK);
         let r = parse(&out.out);

@@ -363,11 +363,19 @@ else
 fi
 
 # ---- NodePort: tc_nodeport / tc_nodeport_egress on the node's interfaces -------------------
+# The per-packet agents above leave their programs attached when they stop (TCX links are
+# pinned): agent2's tc_ingress on c0 and b0 would translate first and end the TCX chain.
+for d in agent2 agent-tc agent-xdp; do
+    clusterip-agent cleanup --bpffs "/sys/fs/bpf/$d" >/dev/null 2>&1
+done
 if [ $topo -ne 0 ]; then
     for c in nodeport nodeport-local nodeport-snat; do result $c FAIL "could not build the netns topology"; done
     finish
 fi
+RUST_LOG=debug
 run_packet_agent /tmp/agent3.log --nodeport-iface c0 --nodeport-iface b0
+RUST_LOG=info
+echo 1 >/proc/sys/kernel/bpf_stats_enabled
 grep ' WARN ' /tmp/agent3.log | sed 's/^/agent3-warn| /'
 if [ $rc -eq 0 ]; then
     mode=$(attach_mode /tmp/agent3.log tc_nodeport c0)
@@ -387,6 +395,16 @@ if [ $rc -eq 0 ]; then
         result nodeport-snat PASS "3/3 connects from netns cl to 10.0.1.1:30081 reached be-1 (endpoint elsewhere) from the node's address"
     else
         result nodeport-snat FAIL "client: $(first /tmp/c3-snat.out)"
+    fi
+    if ! grep -q '"reply"' /tmp/c3-local.out || ! grep -q '"reply"' /tmp/c3-snat.out; then
+        # What the datapath holds and saw, for the log.
+        clusterip-agent dump --bpffs /sys/fs/bpf/agent3 2>&1 | sed 's/^/agent3-dump| /'
+        clusterip-agent dump --bpffs /sys/fs/bpf/agent3 --conntrack 2>&1 | sed 's/^/agent3-ct| /'
+        $IP -s link show 2>&1 | sed 's/^/agent3-link| /'
+        $IP neigh 2>&1 | sed 's/^/agent3-neigh| /'
+        bpftool net show 2>&1 | sed 's/^/agent3-net| /'
+        bpftool prog show 2>&1 | grep -A1 nodeport | sed 's/^/agent3-prog| /'
+        dump_log /tmp/agent3.log agent3
     fi
 else
     reason="agent: $(why /tmp/agent3.log)"
