@@ -701,10 +701,10 @@ impl Report<'_> {
             if !run.programmed_ms.is_empty() {
                 let _ = writeln!(out, "Programming the N + 2 services from empty (ms):\n");
                 for (case, v) in &run.programmed_ms {
-                    let what = if case == "tc" {
-                        "agent start → first sync and its programs on both veths"
-                    } else {
-                        "rules loaded"
+                    let what = match case.as_str() {
+                        "tc" => "agent start → first sync and its programs on both veths",
+                        "xdp" => "agent start → first sync, its TC and XDP programs on both veths",
+                        _ => "rules loaded",
                     };
                     let _ = writeln!(out, "- {case}: {} ({what})", fmt_range(v));
                 }
