@@ -236,7 +236,7 @@ fn lab_with_kube_proxy(env: Env, mode: Mode) -> Lab {
 }
 
 /// `count` connections on `path` to `svc`: who answered each, or the error.
-fn connect(lab: &Lab, path: Path, svc: Svc, count: u32) -> Vec<Result<Owner, Reply>> {
+fn connect(lab: &Lab, path: Path, svc: Svc, count: u32) -> Vec<Outcome> {
     let replies = path
         .client(lab)
         .run_mode("tcp", path.addr(svc), count, 1500)
@@ -244,11 +244,14 @@ fn connect(lab: &Lab, path: Path, svc: Svc, count: u32) -> Vec<Result<Owner, Rep
     replies.into_iter().map(|r| owner(svc, r)).collect()
 }
 
-fn owner(svc: Svc, r: Reply) -> Result<Owner, Reply> {
+/// Who served a connection, or the failed reply.
+type Outcome = Result<Owner, Box<Reply>>;
+
+fn owner(svc: Svc, r: Reply) -> Outcome {
     match r.backend() {
         Some(b) if r.is_ok() && b == svc.backend(Owner::Clusterip) => Ok(Owner::Clusterip),
         Some(b) if r.is_ok() && b == svc.backend(Owner::KubeProxy) => Ok(Owner::KubeProxy),
-        _ => Err(r),
+        _ => Err(Box::new(r)),
     }
 }
 
@@ -264,11 +267,7 @@ fn assert_served(lab: &Lab, path: Path, svc: Svc, want: Owner) {
 
 /// Connections on every path `mode` lets clusterip serve, to every service, one after the
 /// other, until `stop`: the answers of each.
-fn traffic(
-    lab: &Lab,
-    mode: Mode,
-    stop: &AtomicBool,
-) -> Vec<((Path, Svc), Vec<Result<Owner, Reply>>)> {
+fn traffic(lab: &Lab, mode: Mode, stop: &AtomicBool) -> Vec<((Path, Svc), Vec<Outcome>)> {
     std::thread::scope(|scope| {
         let workers: Vec<_> = Path::ALL
             .iter()
