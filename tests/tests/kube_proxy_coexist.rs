@@ -278,7 +278,11 @@ fn traffic(lab: &Lab, mode: Mode, stop: &AtomicBool) -> Vec<((Path, Svc), Vec<Ou
                 let worker = scope.spawn(move || {
                     let mut out = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let r = client.run_mode("tcp", p.addr(s), 1, 1500).unwrap();
+                        // 3.5 s: room for two SYN retransmissions (1 s, then 2 s more).
+                        // Deleting netfilter tables can drop a packet in passing, whoever
+                        // serves the connection; a failure here is a connection that never
+                        // got through.
+                        let r = client.run_mode("tcp", p.addr(s), 1, 3500).unwrap();
                         out.extend(r.into_iter().map(|r| owner(s, r)));
                     }
                     out
