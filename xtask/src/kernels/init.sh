@@ -372,9 +372,7 @@ if [ $topo -ne 0 ]; then
     for c in nodeport nodeport-local nodeport-snat; do result $c FAIL "could not build the netns topology"; done
     finish
 fi
-RUST_LOG=debug
 run_packet_agent /tmp/agent3.log --nodeport-iface c0 --nodeport-iface b0
-RUST_LOG=info
 echo 1 >/proc/sys/kernel/bpf_stats_enabled
 grep ' WARN ' /tmp/agent3.log | sed 's/^/agent3-warn| /'
 if [ $rc -eq 0 ]; then
