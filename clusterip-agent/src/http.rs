@@ -208,6 +208,41 @@ pub async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot serve {what} on {addr}: {e}")))
 }
 
+/// A server address flag (`--metrics-addr`, `--healthz-bind-address`) that is not IP:PORT.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid {flag} {value:?}: {source}; expected IP:PORT such as {examples}, or '' to serve nothing"
+)]
+pub struct BadAddr {
+    flag: &'static str,
+    examples: &'static str,
+    value: String,
+    #[source]
+    source: std::net::AddrParseError,
+}
+
+/// A server address flag's value: `""` (or only blanks) serves nothing (None), as in
+/// kube-proxy. `flag` and `examples` name the flag and good values in the error.
+pub fn parse_optional_addr(
+    s: &str,
+    flag: &'static str,
+    examples: &'static str,
+) -> Result<Option<SocketAddr>, BadAddr> {
+    let trimmed = s.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    trimmed
+        .parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|source| BadAddr {
+            flag,
+            examples,
+            value: s.to_string(),
+            source,
+        })
+}
+
 /// Binds `addr` as Go's `net.Listen("tcp", addr)` does, which is what kube-proxy's health
 /// check servers get: an unspecified address (`0.0.0.0` or `::`) listens on every address of
 /// both families (one IPv6 socket that also accepts IPv4 peers), or of its own family where

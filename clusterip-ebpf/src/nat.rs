@@ -402,6 +402,30 @@ pub(crate) fn rewrite<P: Packet, const V6: bool, const REPLY: bool>(
     Some(())
 }
 
+/// The forward conntrack entry of `t`, if any, and whether its flow goes on with it: fresh,
+/// of service `svc_id`, its backend still there, and not a new SYN on a closed flow. A flow
+/// that goes on has the entry refreshed (and marked closing by a FIN or RST). Shared by the
+/// pod side and the external side ([`crate::nodeport`]).
+#[inline(always)]
+pub(crate) fn forward_entry<const V6: bool>(
+    t: &Tuple,
+    tcp_flags: u8,
+    svc_id: u32,
+    now: u64,
+) -> Option<(Ct, bool)> {
+    let (e, slot) = ct::lookup::<V6>(t, CT_DIR_FORWARD)?;
+    let cfg = ct::config();
+    let fresh = now.wrapping_sub(e.last_seen_ns) < ct::timeout_ns(&cfg, t.proto, e.flags);
+    let syn_only = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let reopened = syn_only && e.flags & CT_FLAG_CLOSING != 0;
+    let goes_on =
+        fresh && !reopened && e.svc_id == svc_id && select::backend::<V6>(e.backend_id).is_some();
+    if goes_on {
+        ct::touch(slot, now, closing(tcp_flags));
+    }
+    Some((e, goes_on))
+}
+
 /// client -> VIP:port, pod side.
 #[inline(always)]
 fn forward<P: Packet, const V6: bool>(
@@ -416,26 +440,9 @@ fn forward<P: Packet, const V6: bool>(
     }
     let now = ct::now_ns();
     let closing = closing(tcp_flags);
-    let syn_only = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-
-    // An existing flow keeps its backend while the entry is fresh and the backend exists.
-    let mut kept: Option<Ct> = None;
-    if let Some((e, slot)) = ct::lookup::<V6>(t, CT_DIR_FORWARD) {
-        let cfg = ct::config();
-        let fresh = now.wrapping_sub(e.last_seen_ns) < ct::timeout_ns(&cfg, t.proto, e.flags);
-        let reopened = syn_only && e.flags & CT_FLAG_CLOSING != 0;
-        if fresh
-            && !reopened
-            && e.svc_id == fe.svc_id
-            && select::backend::<V6>(e.backend_id).is_some()
-        {
-            ct::touch(slot, now, closing);
-            kept = Some(e);
-        }
-    }
-    let e = match kept {
-        Some(e) => e,
-        None => {
+    let e = match forward_entry::<V6>(t, tcp_flags, fe.svc_id, now) {
+        Some((e, true)) => e,
+        _ => {
             let Some(b) = select::choose::<V6>(t, fe, SCOPE_DEFAULT, now) else {
                 debug!(p, "clusterip: svc {} no usable backend", fe.svc_id);
                 return reject(fe, V6, t.proto);

@@ -25,9 +25,9 @@
 
 use aya_log_ebpf::debug;
 use clusterip_common::{
-    BE_FLAG_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_NODEPORT, CT_FLAG_SNAT,
-    SCOPE_DEFAULT, SCOPE_EXTERNAL, SNAT_PORTS, SVC_FLAG_AFFINITY, SVC_FLAG_EXT_LOCAL,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_ADDR, SVC_FLAG_SOURCE_RANGE,
+    BE_FLAG_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_NODEPORT, CT_FLAG_SNAT, SCOPE_DEFAULT,
+    SCOPE_EXTERNAL, SNAT_PORTS, SVC_FLAG_AFFINITY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_NODE_ADDR, SVC_FLAG_SOURCE_RANGE,
 };
 
 use aya_ebpf::helpers::{bpf_fib_lookup, bpf_get_prandom_u32};
@@ -36,9 +36,7 @@ use crate::ct::{self, Ct, Tuple};
 use crate::fib;
 use crate::maps::{CIP_SCRATCH, Scratch};
 use crate::nat::{self, Verdict};
-use crate::pkt::{
-    ETH_LEN, ETH_P_IP, ETH_P_IPV6, PROTO_ICMP, PROTO_ICMPV6, Packet, TCP_ACK, TCP_SYN,
-};
+use crate::pkt::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, PROTO_ICMP, PROTO_ICMPV6, Packet};
 use crate::select;
 
 /// Tries at a free source port for a source-NATed flow before the packet is dropped (the
@@ -225,25 +223,14 @@ fn pick<P: Packet, const V6: bool>(p: &P) -> u32 {
         return nat::reject(&fe, V6, t.proto).encode();
     }
     let now = ct::now_ns();
-    let closing = nat::closing(s.tcp_flags);
-    let syn_only = s.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     s.old_nat_port = 0;
-    // An existing flow keeps its backend while the entry is fresh and the backend exists.
-    if let Some((e, slot)) = ct::lookup::<V6>(t, CT_DIR_FORWARD) {
-        if e.flags & CT_FLAG_SNAT != 0 {
-            s.old_nat_port = e.nat_port;
-        }
-        let cfg = ct::config();
-        let fresh = now.wrapping_sub(e.last_seen_ns) < ct::timeout_ns(&cfg, t.proto, e.flags);
-        let reopened = syn_only && e.flags & CT_FLAG_CLOSING != 0;
-        if fresh
-            && !reopened
-            && e.svc_id == fe.svc_id
-            && select::backend::<V6>(e.backend_id).is_some()
-        {
-            ct::touch(slot, now, closing);
+    if let Some((e, goes_on)) = nat::forward_entry::<V6>(t, s.tcp_flags, fe.svc_id, now) {
+        if goes_on {
             s.e = e;
             return KEPT_FLOW;
+        }
+        if e.flags & CT_FLAG_SNAT != 0 {
+            s.old_nat_port = e.nat_port;
         }
     }
     let Some(b) = select::choose::<V6>(t, &fe, scope, now) else {

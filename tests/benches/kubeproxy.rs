@@ -33,7 +33,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
@@ -128,90 +127,14 @@ impl Part {
     }
 }
 
-struct Opts {
-    parts: Vec<Part>,
-    services: Vec<usize>,
-    rounds: usize,
-    /// wrk duration per measurement.
-    duration: Duration,
-    /// Requests of the latency and UDP clients per measurement.
-    requests: u64,
-    smoke: bool,
-    out: PathBuf,
-}
-
-impl Opts {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut me = Self {
-            parts: DEFAULT_PARTS.to_vec(),
-            services: vec![1, 1000, 10_000],
-            rounds: 5,
-            duration: Duration::from_secs(3),
-            requests: 20_000,
-            smoke: false,
-            out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
-        };
-        let mut explicit_services = false;
-        let mut explicit_parts = false;
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{a} needs a value"));
-            match a.as_str() {
-                "--bench" => {}
-                "--smoke" => me.smoke = true,
-                "--parts" => {
-                    explicit_parts = true;
-                    me.parts = value()?
-                        .split(',')
-                        .map(|p| {
-                            ALL_PARTS
-                                .into_iter()
-                                .find(|x| x.name() == p)
-                                .with_context(|| format!("unknown part {p}"))
-                        })
-                        .collect::<Result<_>>()?;
-                }
-                "--services" => {
-                    explicit_services = true;
-                    me.services = value()?
-                        .split(',')
-                        .map(|n| n.parse().with_context(|| format!("--services {n}")))
-                        .collect::<Result<_>>()?;
-                }
-                "--rounds" => me.rounds = value()?.parse()?,
-                "--duration" => me.duration = Duration::from_secs(value()?.parse()?),
-                "--requests" => me.requests = value()?.parse()?,
-                "--out" => me.out = PathBuf::from(value()?),
-                other => bail!(
-                    "unknown option {other}; options: --parts LIST --services LIST --rounds N \
-                     --duration S --requests N --smoke --out DIR"
-                ),
-            }
-        }
-        if me.smoke {
-            if !explicit_services {
-                me.services = vec![10];
-            }
-            if !explicit_parts {
-                me.parts = ALL_PARTS.to_vec();
-            }
-            me.rounds = 1;
-            me.duration = Duration::from_secs(1);
-            me.requests = 200;
-        }
-        if me.services.contains(&0) || me.rounds == 0 {
-            bail!("--services and --rounds must be at least 1");
-        }
-        Ok(me)
-    }
-}
+type Opts = clusterip_tests::bench::Opts<Part>;
 
 fn main() -> Result<()> {
     if let Some(result) = dispatch() {
         return result;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = Opts::parse(&args)?;
+    let opts = Opts::parse(&args, &ALL_PARTS, &DEFAULT_PARTS, Part::name)?;
     let Some(env) = prerequisites("bench kubeproxy", bins!()) else {
         return Ok(());
     };

@@ -27,7 +27,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -63,86 +62,14 @@ const PARTS: [&str; 7] = [
 /// services with the nf_tables backend takes minutes).
 const DEFAULT_PARTS: [&str; 5] = ["direct", "tc", "xdp", "iptables", "nftables"];
 
-struct Opts {
-    parts: Vec<String>,
-    services: Vec<usize>,
-    rounds: usize,
-    duration: Duration,
-    requests: u64,
-    smoke: bool,
-    out: PathBuf,
-}
-
-impl Opts {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut me = Self {
-            parts: DEFAULT_PARTS.iter().map(|s| s.to_string()).collect(),
-            services: vec![1, 1000, 10_000],
-            rounds: 5,
-            duration: Duration::from_secs(3),
-            requests: 20_000,
-            smoke: false,
-            out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
-        };
-        let (mut explicit_parts, mut explicit_services) = (false, false);
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{a} needs a value"));
-            match a.as_str() {
-                "--bench" => {}
-                "--smoke" => me.smoke = true,
-                "--parts" => {
-                    explicit_parts = true;
-                    me.parts = value()?.split(',').map(str::to_string).collect();
-                    if let Some(p) = me.parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
-                        bail!("unknown part {p}; parts: {}", PARTS.join(","));
-                    }
-                }
-                "--services" => {
-                    explicit_services = true;
-                    me.services = value()?
-                        .split(',')
-                        .map(|n| n.parse().with_context(|| format!("--services {n}")))
-                        .collect::<Result<_>>()?;
-                }
-                "--rounds" => me.rounds = value()?.parse()?,
-                "--duration" => me.duration = Duration::from_secs(value()?.parse()?),
-                "--requests" => me.requests = value()?.parse()?,
-                "--out" => me.out = PathBuf::from(value()?),
-                other => bail!(
-                    "unknown option {other}; options: --parts LIST --services LIST --rounds N \
-                     --duration S --requests N --smoke --out DIR"
-                ),
-            }
-        }
-        if me.smoke {
-            if !explicit_services {
-                me.services = vec![10];
-            }
-            if !explicit_parts {
-                me.parts = PARTS.iter().map(|s| s.to_string()).collect();
-            }
-            me.rounds = 1;
-            me.duration = Duration::from_secs(1);
-            me.requests = 200;
-        }
-        if me.services.contains(&0) || me.rounds == 0 {
-            bail!("--services and --rounds must be at least 1");
-        }
-        Ok(me)
-    }
-
-    fn wants(&self, part: &str) -> bool {
-        self.parts.iter().any(|p| p == part)
-    }
-}
+type Opts = clusterip_tests::bench::Opts<&'static str>;
 
 fn main() -> Result<()> {
     if let Some(result) = dispatch() {
         return result;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = Opts::parse(&args)?;
+    let opts = Opts::parse(&args, &PARTS, &DEFAULT_PARTS, |p| p)?;
     let Some(env) = prerequisites("bench nodeport", bins!()) else {
         return Ok(());
     };
@@ -556,7 +483,7 @@ fn run_n(w: &World, env: &Env, manifests: &Manifests, opts: &Opts, n: usize) -> 
     for round in 0..opts.rounds {
         eprintln!("  round {}/{}", round + 1, opts.rounds);
         for part in &opts.parts {
-            let (case, result) = match part.as_str() {
+            let (case, result) = match *part {
                 "direct" => {
                     let samples = Backends::ALL
                         .iter()
@@ -574,7 +501,7 @@ fn run_n(w: &World, env: &Env, manifests: &Manifests, opts: &Opts, n: usize) -> 
                         .context("xdp")?,
                 ),
                 "iptables" | "iptables-nft" | "nftables" => {
-                    let mode = match part.as_str() {
+                    let mode = match *part {
                         "iptables" => KubeProxy::IptablesLegacy,
                         "iptables-nft" => KubeProxy::IptablesNft,
                         _ => KubeProxy::Nftables,

@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,101 @@ pub fn dispatch() -> Option<Result<()>> {
         Some("--client") => Some(client(&args[2..])),
         Some("--server") => Some(ServerConfig::parse(&args[2..]).and_then(|c| serve(&c))),
         _ => None,
+    }
+}
+
+/// The options of the `kubeproxy` and `nodeport` benches (after `--`): `--parts LIST`
+/// (names of `P`), `--services LIST`, `--rounds N`, `--duration SECONDS`, `--requests N`,
+/// `--smoke` (N = 10 unless `--services`, every part unless `--parts`, one round, 1 s runs,
+/// 200 requests), `--out DIR`.
+pub struct Opts<P> {
+    pub parts: Vec<P>,
+    pub services: Vec<usize>,
+    pub rounds: usize,
+    /// wrk's duration per measurement.
+    pub duration: Duration,
+    /// Requests of the latency (and UDP) clients per measurement.
+    pub requests: u64,
+    pub smoke: bool,
+    pub out: PathBuf,
+}
+
+impl<P: Copy + PartialEq> Opts<P> {
+    /// `all`: every part, `name` its name on the command line; `default`: the parts without
+    /// `--parts`.
+    pub fn parse(
+        args: &[String],
+        all: &[P],
+        default: &[P],
+        name: impl Fn(P) -> &'static str,
+    ) -> Result<Self> {
+        let mut me = Self {
+            parts: default.to_vec(),
+            services: vec![1, 1000, 10_000],
+            rounds: 5,
+            duration: Duration::from_secs(3),
+            requests: 20_000,
+            smoke: false,
+            out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
+        };
+        let (mut explicit_parts, mut explicit_services) = (false, false);
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+            match a.as_str() {
+                "--bench" => {}
+                "--smoke" => me.smoke = true,
+                "--parts" => {
+                    explicit_parts = true;
+                    me.parts = value()?
+                        .split(',')
+                        .map(|p| {
+                            all.iter()
+                                .copied()
+                                .find(|x| name(*x) == p)
+                                .with_context(|| {
+                                    let names: Vec<&str> = all.iter().map(|x| name(*x)).collect();
+                                    format!("unknown part {p}; parts: {}", names.join(","))
+                                })
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                "--services" => {
+                    explicit_services = true;
+                    me.services = value()?
+                        .split(',')
+                        .map(|n| n.parse().with_context(|| format!("--services {n}")))
+                        .collect::<Result<_>>()?;
+                }
+                "--rounds" => me.rounds = value()?.parse()?,
+                "--duration" => me.duration = Duration::from_secs(value()?.parse()?),
+                "--requests" => me.requests = value()?.parse()?,
+                "--out" => me.out = PathBuf::from(value()?),
+                other => bail!(
+                    "unknown option {other}; options: --parts LIST --services LIST --rounds N \
+                     --duration S --requests N --smoke --out DIR"
+                ),
+            }
+        }
+        if me.smoke {
+            if !explicit_services {
+                me.services = vec![10];
+            }
+            if !explicit_parts {
+                me.parts = all.to_vec();
+            }
+            me.rounds = 1;
+            me.duration = Duration::from_secs(1);
+            me.requests = 200;
+        }
+        if me.services.contains(&0) || me.rounds == 0 {
+            bail!("--services and --rounds must be at least 1");
+        }
+        Ok(me)
+    }
+
+    pub fn wants(&self, part: P) -> bool {
+        self.parts.contains(&part)
     }
 }
 

@@ -32,38 +32,49 @@ impl Cgroup {
     }
 
     pub fn procs(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.path.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        procs_of(&self.path)
+    }
+}
+
+/// The processes in the cgroup at `path`.
+pub(crate) fn procs_of(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Removes a test's cgroup at `path`, killing what still runs in it; gives up (and says so)
+/// after 10 s.
+pub(crate) fn remove_killing(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let procs = procs_of(path);
+        if procs.is_empty() {
+            match std::fs::remove_dir(path) {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => {
+                    eprintln!("cleanup: rmdir {}: {e}", path.display());
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+        for pid in procs {
+            // SAFETY: plain syscall; the pid is in our test cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if Instant::now() > deadline {
+            eprintln!("cleanup: {} still not empty", path.display());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let procs = self.procs();
-            if procs.is_empty() {
-                match std::fs::remove_dir(&self.path) {
-                    Ok(()) => return,
-                    Err(e) if Instant::now() > deadline => {
-                        eprintln!("cleanup: rmdir {}: {e}", self.path.display());
-                        return;
-                    }
-                    Err(_) => {}
-                }
-            }
-            for pid in procs {
-                // SAFETY: plain syscall; the pid is in our test cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if Instant::now() > deadline {
-                eprintln!("cleanup: {} still not empty", self.path.display());
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        remove_killing(&self.path);
     }
 }

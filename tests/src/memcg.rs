@@ -4,7 +4,6 @@
 //! is what a pod's memory limit does to the agent.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -95,36 +94,14 @@ impl MemoryCgroup {
     }
 
     pub fn procs(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.path.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        crate::cgroup::procs_of(&self.path)
     }
 }
 
 impl Drop for MemoryCgroup {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.wrapper);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let procs = self.procs();
-            if procs.is_empty() {
-                match std::fs::remove_dir(&self.path) {
-                    Ok(()) => return,
-                    Err(e) if Instant::now() > deadline => {
-                        eprintln!("cleanup: rmdir {}: {e}", self.path.display());
-                        return;
-                    }
-                    Err(_) => {}
-                }
-            }
-            for pid in procs {
-                // SAFETY: plain syscall; the pid is in our test cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::cgroup::remove_killing(&self.path);
     }
 }
 

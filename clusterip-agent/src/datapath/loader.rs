@@ -498,14 +498,10 @@ impl Datapath {
 
         if cgroup.is_some() {
             for name in PROGRAMS {
-                let prog_err = program_err(name);
-                let program: &mut CgroupSockAddr = ebpf
-                    .program_mut(name)
-                    .ok_or(DatapathError::MissingProgram(name))?
-                    .try_into()
-                    .map_err(prog_err)?;
                 // A verifier rejection's message carries the verifier log.
-                program.load().map_err(prog_err)?;
+                socket_program(&mut ebpf, name)?
+                    .load()
+                    .map_err(program_err(name))?;
             }
         }
         // The per-packet programs: loaded only when asked for.
@@ -928,6 +924,17 @@ fn socket_lb_missing(f: &crate::datapath::probe::Features) -> String {
 }
 
 /// Wraps a program error with the program's name.
+/// The socket program `name` of the object.
+fn socket_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(program_err(name))
+}
+
 fn program_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> DatapathError + Copy {
     move |source| DatapathError::Program {
         name,
@@ -961,11 +968,7 @@ fn attach_socket_programs(
 ) -> Result<(), DatapathError> {
     for name in PROGRAMS {
         let prog_err = program_err(name);
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(prog_err)?;
+        let program = socket_program(ebpf, name)?;
         let attach_err = |source| DatapathError::Attach {
             name,
             cgroup: cgroup_path.to_path_buf(),

@@ -28,7 +28,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
 use serde::Serialize;
-use thiserror::Error;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -44,32 +43,13 @@ const FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
 /// Go's zero `time.Time` in JSON: `lastUpdated` before the first update.
 const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
-#[derive(Debug, Error)]
-pub enum HealthzAddrError {
-    #[error(
-        "invalid --healthz-bind-address {value:?}: {source}; expected IP:PORT such as \
-         0.0.0.0:10256 (every address) or 127.0.0.1:10256, or '' to serve nothing"
-    )]
-    BadAddr {
-        value: String,
-        #[source]
-        source: std::net::AddrParseError,
-    },
-}
-
 /// `--healthz-bind-address`: `""` (or only blanks) disables the server, as in kube-proxy.
-pub fn parse_addr(s: &str) -> Result<Option<SocketAddr>, HealthzAddrError> {
-    let trimmed = s.trim();
-    if trimmed.is_empty() {
-        return Ok(None);
-    }
-    trimmed
-        .parse::<SocketAddr>()
-        .map(Some)
-        .map_err(|source| HealthzAddrError::BadAddr {
-            value: s.to_string(),
-            source,
-        })
+pub fn parse_addr(s: &str) -> Result<Option<SocketAddr>, crate::http::BadAddr> {
+    crate::http::parse_optional_addr(
+        s,
+        "--healthz-bind-address",
+        "0.0.0.0:10256 (every address) or 127.0.0.1:10256",
+    )
 }
 
 impl ProxyHealth {

@@ -23,7 +23,6 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
     registry::{Registry, Unit},
 };
-use thiserror::Error;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -47,32 +46,9 @@ const WATCHED_RESOURCES: &[&str] = &["services", "endpointslices", "nodes"];
 /// What /readyz says before the first successful sync.
 const NOT_SYNCED: &str = "the datapath has not been programmed yet";
 
-#[derive(Debug, Error)]
-pub enum MetricsError {
-    #[error(
-        "invalid metrics address {value:?}: {source}; expected IP:PORT such as \
-         127.0.0.1:9964 or [::1]:9964, or '' to serve nothing"
-    )]
-    BadAddr {
-        value: String,
-        #[source]
-        source: std::net::AddrParseError,
-    },
-}
-
 /// `--metrics-addr`: `""` (or only blanks) disables the server.
-pub fn parse_addr(s: &str) -> Result<Option<SocketAddr>, MetricsError> {
-    let trimmed = s.trim();
-    if trimmed.is_empty() {
-        return Ok(None);
-    }
-    trimmed
-        .parse::<SocketAddr>()
-        .map(Some)
-        .map_err(|source| MetricsError::BadAddr {
-            value: s.to_string(),
-            source,
-        })
+pub fn parse_addr(s: &str) -> Result<Option<SocketAddr>, crate::http::BadAddr> {
+    crate::http::parse_optional_addr(s, "metrics address", "127.0.0.1:9964 or [::1]:9964")
 }
 
 /// A count that is set, not added to (prometheus-client's default gauge is signed).

@@ -6,27 +6,9 @@ use std::net::IpAddr;
 
 use super::table::test_support::{backend, entry, fe, table};
 use super::table::{Backend, NoEndpoints, Protocol, ServiceEntry};
+use super::tests::parse_objects as parse;
 use super::*;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-fn parse(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>) {
-    let mut services = Vec::new();
-    let mut slices = Vec::new();
-    for value in serde_saphyr::from_multiple_with_options::<serde_json::Value>(
-        yaml,
-        serde_saphyr::options! { strict_booleans: true },
-    )
-    .unwrap()
-    {
-        match value.get("kind").and_then(|k| k.as_str()) {
-            Some("Service") => services.push(serde_json::from_value(value).unwrap()),
-            Some("EndpointSlice") => slices.push(serde_json::from_value(value).unwrap()),
-            other => panic!("unexpected kind {other:?}"),
-        }
-    }
-    (services, slices)
-}
 
 /// Node "node-a" with node-port addresses 192.168.1.10, 10.0.9.1 and fd00:1::10.
 fn node() -> NodeInfo {

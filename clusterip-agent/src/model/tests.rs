@@ -6,7 +6,7 @@ use super::*;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-fn parse_objects(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>) {
+pub(super) fn parse_objects(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>) {
     let mut services = Vec::new();
     let mut slices = Vec::new();
     for value in serde_saphyr::from_multiple_with_options::<serde_json::Value>(
